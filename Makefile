@@ -1,0 +1,24 @@
+PYTHON ?= python3
+
+.PHONY: build test lint demo bench clean
+
+build:
+	bash build_zipapp.sh
+
+# pytest exits 5 when it collected no tests: that must fail, never pass.
+test:
+	$(PYTHON) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+lint:
+	$(PYTHON) -m compileall -q clstr tests
+
+demo:
+	$(PYTHON) demo/demo.py
+
+bench:
+	$(PYTHON) bench/bench.py
+
+clean:
+	rm -rf clstr.pyz clstr.pyz.tmp build dist *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

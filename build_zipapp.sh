@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build clstr.pyz: one executable file, the clstr package and nothing else,
+# that runs with any python3 >= 3.8 (`./clstr.pyz --help`).
+#
+# Reproducible: files are added in sorted order with a fixed timestamp and
+# fixed permissions, so building twice gives the same bytes.  The stdlib
+# zipapp module then adds the interpreter line to that archive.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+OUT=${1:-clstr.pyz}
+
+"$PYTHON" - "$OUT" <<'PY'
+import io, os, sys, zipapp, zipfile
+
+out = sys.argv[1]
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+MAIN = b"import sys\nfrom clstr.cli import main\nsys.exit(main())\n"
+
+def add(archive, name, data):
+    info = zipfile.ZipInfo(name, FIXED_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
+
+buffer = io.BytesIO()
+with zipfile.ZipFile(buffer, "w") as archive:
+    add(archive, "__main__.py", MAIN)
+    for name in sorted(os.listdir("clstr")):
+        if name.endswith(".py"):
+            with open(os.path.join("clstr", name), "rb") as source:
+                add(archive, "clstr/" + name, source.read())
+buffer.seek(0)
+temporary = out + ".tmp"
+zipapp.create_archive(buffer, temporary, interpreter="/usr/bin/env python3")
+os.chmod(temporary, 0o755)
+os.replace(temporary, out)
+print("built %s (%d bytes)" % (out, os.path.getsize(out)))
+PY

@@ -1,0 +1,244 @@
+"""Jobs and where they come from.
+
+Job commands are bytes from start to end: they are read from files as bytes and
+handed to ssh as bytes, so a command that is not valid UTF-8 still runs.
+
+Job files are read as the run goes, not up front: a regular file is read a
+block at a time when jobs are wanted; a pipe, FIFO or terminal is read by the
+event loop as lines arrive, so jobs start as soon as their line does and a job
+source that never ends works.  Only a bounded number of unread jobs is held.
+"""
+
+import collections
+import os
+import stat
+
+READ_SIZE = 65536
+# Stop reading a streaming source while this many of its jobs wait to run.
+MAX_BUFFERED_JOBS = 10000
+
+
+class JobInputError(Exception):
+    """A job source cannot be used (message names it)."""
+
+
+class Job:
+    """One command to run, and what has happened to it so far."""
+
+    __slots__ = ("seq", "command", "host", "attempts", "failures")
+
+    def __init__(self, seq, command, host=None):
+        self.seq = seq
+        self.command = command
+        self.host = host  # set for --on-each-node: runs on this host only
+        self.attempts = 0
+        self.failures = []  # (host name, Failure) per failed attempt
+
+    @property
+    def text(self):
+        """The command as text, for people (undecodable bytes escaped)."""
+        return self.command.decode("utf-8", "backslashreplace")
+
+
+def split_job_lines(data):
+    """Commands from complete lines: newline and CR stripped, blank lines skipped."""
+    commands = []
+    for line in data.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line.strip():
+            commands.append(line)
+    return commands
+
+
+class _FileSource:
+    """Jobs from one opened file descriptor."""
+
+    def __init__(self, name, fd):
+        self.name = name
+        self.fd = fd
+        self.streaming = not stat.S_ISREG(os.fstat(fd).st_mode)
+        self.partial = b""
+        self.at_eof = False
+
+    def read_block(self):
+        """Read once; return the commands completed.  Raises BlockingIOError
+        when a streaming source has nothing yet."""
+        data = os.read(self.fd, READ_SIZE)
+        if not data:
+            self.at_eof = True
+            data, self.partial = self.partial + b"\n", b""
+            return split_job_lines(data)
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            self.partial += data
+            return []
+        complete, self.partial = self.partial + data[:cut], data[cut:]
+        return split_job_lines(complete)
+
+    def close(self):
+        if self.fd is not None and self.fd != 0:
+            os.close(self.fd)
+        self.fd = None
+
+
+def open_job_file(path):
+    """Open a job file (``-`` is stdin) now, so a missing one is reported
+    before anything starts.  FIFOs are opened without blocking: waiting for a
+    writer is the event loop's business."""
+    if path == "-":
+        return _FileSource("<stdin>", 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise JobInputError("cannot read job file %s: %s" % (path, error.strerror))
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise JobInputError("cannot read job file %s: Is a directory" % path)
+    return _FileSource(path, fd)
+
+
+class JobFeed:
+    """The queue of jobs to run: first any requeued jobs, then fixed commands,
+    then the job files in order.  ``take()`` never blocks."""
+
+    def __init__(self, commands=(), files=(), skip=None):
+        self._skip = skip  # predicate: a job already completed (--resume)
+        self.skipped = 0
+        self._ready = collections.deque()
+        self._retry = collections.deque()
+        self._files = collections.deque(files)
+        self._count = 0
+        self._loop = None
+        self._on_available = None
+        self._watched = None
+        for command in commands:
+            self._add(command)
+
+    @property
+    def total(self):
+        """Jobs read so far."""
+        return self._count
+
+    @property
+    def input_done(self):
+        """True once every source has been read to its end."""
+        return not self._files
+
+    def _add(self, command, host=None):
+        self._count += 1
+        job = Job(self._count, command, host)
+        if self._skip is not None and self._skip(job):
+            self.skipped += 1
+        else:
+            self._ready.append(job)
+
+    def add_pinned(self, command, hosts):
+        """One job per host, each to run on its own host (--on-each-node)."""
+        for host in hosts:
+            self._add(command, host)
+
+    def start(self, loop, on_available):
+        """Begin reading streaming sources in ``loop``; ``on_available()``
+        runs when new jobs have arrived."""
+        self._loop = loop
+        self._on_available = on_available
+        self._watch_current()
+
+    def take(self):
+        """The next job to run, or None if none is available right now."""
+        if self._retry:
+            return self._retry.popleft()
+        if not self._ready:
+            self._read_regular_file()
+        if self._ready:
+            job = self._ready.popleft()
+            self._watch_current()
+            return job
+        return None
+
+    def requeue(self, job):
+        """Put a job whose attempt failed at the front of the queue."""
+        self._retry.append(job)
+
+    def waiting(self):
+        """Jobs read but not yet handed out."""
+        return list(self._retry) + list(self._ready)
+
+    def take_pinned(self, can_run):
+        """The first waiting job pinned to a host for which ``can_run(host)``."""
+        for queue in (self._retry, self._ready):
+            for job in queue:
+                if can_run(job.host):
+                    queue.remove(job)
+                    return job
+        return None
+
+    @property
+    def empty(self):
+        return not self._retry and not self._ready and not self._files
+
+    def _read_regular_file(self):
+        while not self._ready and self._files and not self._files[0].streaming:
+            source = self._files[0]
+            try:
+                commands = source.read_block()
+            except OSError as error:
+                raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
+            for command in commands:
+                self._add(command)
+            if source.at_eof:
+                self._finish_source()
+
+    def _finish_source(self):
+        self._files.popleft().close()
+
+    def _watch_current(self):
+        """Keep exactly the current streaming source registered with the loop
+        while there is room for more jobs."""
+        want = None
+        if (self._loop is not None and self._files and self._files[0].streaming
+                and len(self._ready) < MAX_BUFFERED_JOBS):
+            want = self._files[0]
+        if want is self._watched:
+            return
+        if self._watched is not None and self._watched.fd is not None:
+            self._loop.remove_reader(self._watched.fd)
+        self._watched = want
+        if want is not None:
+            self._loop.add_reader(want.fd, self._read_stream)
+
+    def _read_stream(self):
+        source = self._files[0]
+        try:
+            commands = source.read_block()
+        except BlockingIOError:
+            return
+        except OSError as error:
+            raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
+        for command in commands:
+            self._add(command)
+        if source.at_eof:
+            self._loop.remove_reader(source.fd)
+            self._watched = None
+            self._finish_source()
+            self._read_regular_file()
+        self._watch_current()
+        self._on_available()
+
+    def close(self):
+        if self._watched is not None and self._loop is not None and self._watched.fd is not None:
+            self._loop.remove_reader(self._watched.fd)
+        self._watched = None
+        while self._files:
+            self._finish_source()
+
+    def drain_regular_files(self):
+        """Read what is left of regular job files (cheap, never blocks), so a
+        run that gave up can say how many jobs it did not run."""
+        while self._files and not self._files[0].streaming:
+            source = self._files[0]
+            while not source.at_eof:
+                for command in source.read_block():
+                    self._add(command)
+            self._finish_source()

@@ -1,0 +1,252 @@
+"""Where job output goes: whole lines, in order, with bounded buffering.
+
+Each job stream is cut into lines by a ``LineAssembler``; complete lines are
+appended to a ``Sink`` (clstr's stdout or stderr, or a file).  Because the loop
+is single-threaded and a sink is one FIFO buffer, a line from one job is never
+split by another job's bytes.  Bytes are never decoded.
+"""
+
+import collections
+import errno
+import io
+import os
+import stat
+import tempfile
+
+# Above this many buffered bytes the sink asks for reading to pause; below the
+# low mark it asks to resume.  Children then block on their full pipes.
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = 1024 * 1024
+# Many short lines are joined into writes of about this size.
+COALESCE = 65536
+
+
+def _take_batch(chunks):
+    """Pop in-memory chunks from the left until about COALESCE bytes, joined."""
+    batch = []
+    size = 0
+    while chunks and size < COALESCE and not isinstance(chunks[0], _SpillReader):
+        chunk = chunks.popleft()
+        batch.append(chunk)
+        size += len(chunk)
+    return b"".join(batch)
+
+
+class LineAssembler:
+    """Cuts one byte stream into complete lines, keeping the partial tail."""
+
+    __slots__ = ("_partial",)
+
+    def __init__(self):
+        self._partial = b""
+
+    def feed(self, data):
+        """Return the complete lines (with newlines) that ``data`` finishes."""
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            self._partial += data
+            return b""
+        lines = self._partial + data[:cut] if self._partial else data[:cut]
+        self._partial = data[cut:]
+        return lines
+
+    def finish(self):
+        """Return the unterminated tail, if any, and forget it."""
+        tail, self._partial = self._partial, b""
+        return tail
+
+
+class Sink:
+    """An output fd fed with whole lines from many sources.
+
+    Pipes and sockets are written without blocking, driven by the loop, so a
+    slow reader never stalls the loop; terminals and regular files are written
+    directly.  ``on_pressure(bool)`` is called with True when the buffer passes
+    the high-water mark and False when it has drained; ``on_broken()`` when the
+    reader has gone away (EPIPE)."""
+
+    def __init__(self, loop, fd, on_pressure=None, on_broken=None):
+        self._loop = loop
+        self.fd = fd
+        self._on_pressure = on_pressure or (lambda pressed: None)
+        self._on_broken = on_broken or (lambda: None)
+        self._chunks = collections.deque()
+        self._buffered = 0
+        self._pressed = False
+        self._writer_armed = False
+        self._open_source = None  # source whose last line lacked a newline
+        self.broken = False
+        self._saved_blocking = None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            self._saved_blocking = os.get_blocking(fd)
+            os.set_blocking(fd, False)
+        self._nonblocking = self._saved_blocking is not None
+        self.before_write = None  # hook: the status line clears itself
+
+    @property
+    def buffered(self):
+        return self._buffered
+
+    def write(self, source, data):
+        """Append ``data`` (whole lines, or a final unterminated line) from
+        ``source``.  A line left unterminated by one source gets a newline
+        before another source writes, so lines are never glued together."""
+        if not data or self.broken:
+            return
+        self._separate_from(source)
+        self._open_source = None if data.endswith(b"\n") else source
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._written()
+
+    def write_spilled(self, source, spill):
+        """Append all of a SpillBuffer; its bytes stay on disk until written."""
+        if not spill.size or self.broken:
+            spill.close()
+            return
+        self._separate_from(source)
+        self._open_source = None if spill.ends_with_newline else source
+        self._chunks.append(spill.reader())
+        self._written()
+
+    def _separate_from(self, source):
+        if self._open_source is not None and self._open_source != source:
+            self._chunks.append(b"\n")
+            self._buffered += 1
+            self._open_source = None
+
+    def _written(self):
+        if self._nonblocking:
+            if not self._writer_armed:
+                self._writer_armed = True
+                self._loop.add_writer(self.fd, self._flush)
+            if self._buffered > HIGH_WATER and not self._pressed:
+                self._pressed = True
+                self._on_pressure(True)
+        else:
+            self._flush()
+
+    def _flush(self):
+        if self.before_write:
+            self.before_write(self)
+        chunks = self._chunks
+        try:
+            while chunks:
+                if isinstance(chunks[0], _SpillReader):
+                    # Bring the next piece of a spilled buffer into memory.
+                    piece = chunks[0].read(COALESCE)
+                    if not piece:
+                        chunks.popleft().close()
+                        continue
+                    chunks.appendleft(piece)
+                    self._buffered += len(piece)
+                if len(chunks) > 1 and len(chunks[0]) < COALESCE and isinstance(chunks[1], bytes):
+                    chunks.appendleft(_take_batch(chunks))
+                chunk = chunks[0]
+                try:
+                    written = os.write(self.fd, chunk)
+                except BlockingIOError:
+                    break
+                self._buffered -= written
+                if written == len(chunk):
+                    chunks.popleft()
+                else:
+                    chunks[0] = memoryview(chunk)[written:]
+        except OSError as error:
+            if error.errno in (errno.EPIPE, errno.ECONNRESET):
+                self._break()
+                return
+            raise
+        if not chunks and self._writer_armed:
+            self._writer_armed = False
+            self._loop.remove_writer(self.fd)
+        if self._pressed and self._buffered < LOW_WATER:
+            self._pressed = False
+            self._on_pressure(False)
+
+    def _break(self):
+        self.broken = True
+        for chunk in self._chunks:
+            if isinstance(chunk, _SpillReader):
+                chunk.close()
+        self._chunks.clear()
+        self._buffered = 0
+        if self._writer_armed:
+            self._writer_armed = False
+            self._loop.remove_writer(self.fd)
+        self._on_broken()
+
+    def flush_blocking(self):
+        """Write everything still buffered, waiting as long as it takes (used
+        once the run is over)."""
+        if self.broken:
+            return
+        if self._writer_armed:
+            self._writer_armed = False
+            self._loop.remove_writer(self.fd)
+        if self._saved_blocking is not None:
+            os.set_blocking(self.fd, True)
+            self._nonblocking = False
+        if self._chunks:
+            self._flush()
+
+    def close(self):
+        """Flush and put the fd's blocking mode back as we found it (the fd is
+        shared with whoever started us)."""
+        self.flush_blocking()
+        if self._saved_blocking is not None:
+            try:
+                os.set_blocking(self.fd, self._saved_blocking)
+            except OSError:
+                pass
+
+
+# A job's output in --group mode is kept in memory up to this size, then in
+# an unlinked temporary file, so clstr's memory stays bounded.
+SPILL_AFTER = 1024 * 1024
+
+
+class SpillBuffer:
+    """Bytes appended in order, in memory while small, on disk when large."""
+
+    def __init__(self):
+        self._memory = io.BytesIO()
+        self._file = None
+        self.size = 0
+        self.ends_with_newline = True
+
+    def append(self, data):
+        if not data:
+            return
+        if self._file is None and self.size + len(data) > SPILL_AFTER:
+            self._file = tempfile.TemporaryFile(prefix="clstr-")
+            self._file.write(self._memory.getvalue())
+            self._memory = None
+        (self._file or self._memory).write(data)
+        self.size += len(data)
+        self.ends_with_newline = data.endswith(b"\n")
+
+    def reader(self):
+        """A reader over everything appended; the buffer belongs to it now."""
+        handle = self._file or self._memory
+        handle.seek(0)
+        return _SpillReader(handle)
+
+    def close(self):
+        (self._file or self._memory).close()
+
+
+class _SpillReader:
+    """Reads a SpillBuffer from the start, a piece at a time."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def read(self, size):
+        return self._handle.read(size)
+
+    def close(self):
+        self._handle.close()

@@ -1,0 +1,363 @@
+"""Runs a plan: wires the event loop, ssh children, the scheduler and output.
+
+This is the only module that knows all the others; each of them knows only
+what it is handed.
+"""
+
+import os
+import signal
+import time
+
+from .child import ChildProcess
+from .delivery import Delivery
+from .failures import Failure, Kind, classify
+from .loop import EventLoop
+from .multiplex import MasterSet
+from .nodes import NodePool
+from .output import Sink
+from .records import failure_report
+from .scheduler import MAX_THROTTLED, THROTTLE_BACKOFF, Scheduler
+from .status import ActiveNodesFile, StatusLine, status_text
+
+# Exit statuses.
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+_SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+
+
+class Attempt:
+    """One job running on one slot: its child, output assemblers, and what
+    clstr itself did to it (``stopped_for``: a Kind if clstr killed it)."""
+
+    __slots__ = ("job", "slot", "child", "out", "stderr_tail", "started", "received",
+                 "timer", "stopped_for")
+
+    def __init__(self, job, slot, out):
+        self.job = job
+        self.slot = slot
+        self.child = None
+        self.out = out
+        self.stderr_tail = b""
+        self.started = time.time()
+        self.received = 0
+        self.timer = None
+        self.stopped_for = None
+
+
+def same_file(fd_a, fd_b):
+    a, b = os.fstat(fd_a), os.fstat(fd_b)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class Runner:
+    """Runs ``plan`` with jobs from ``feed`` to the end; ``run()`` returns
+    clstr's exit status."""
+
+    def __init__(self, plan, feed, joblog=None):
+        self.plan = plan
+        self.feed = feed
+        self.joblog = joblog
+        self.loop = EventLoop()
+        self.masters = None
+        if plan.multiplex:
+            self.masters = MasterSet(self.loop, plan.ssh, plan.sessions_per_master)
+        self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses, held=bool(self.masters))
+        self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
+                                   max_attempts=plan.max_attempts, job_failure=plan.job_failure)
+        self.attempts = set()
+        self.exit_status = None
+        self._paused = False
+        self._stopping = False
+        self._master_tries = {}
+        # Every ssh gets the read end of this pipe as stdin; only clstr holds
+        # the write end and never writes.  The remote wrapper takes EOF on it
+        # as "connection or clstr gone" and stops the job (see ssh.py), even
+        # when clstr itself is killed.
+        self._stdin_read, self._stdin_write = os.pipe()
+        self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
+        self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
+                                 output_dir=plan.output_dir)
+        self.status = None
+        if plan.status and os.isatty(2):
+            self.status = StatusLine(self.loop, 2, self._status_text)
+            for sink in set(self.sinks.values()):
+                if os.isatty(sink.fd):
+                    sink.before_write = self.status.clear
+        self.active_nodes = None
+        if plan.active_nodes:
+            self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes, self._active_entries)
+
+    def _make_sinks(self, stdout_fd, stderr_fd):
+        """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
+        messages (0).  Fds that are the same file share one sink, or partial
+        writes to a shared pipe could cut each other's lines."""
+        sinks = {}
+        for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
+            for other in sinks.values():
+                if same_file(other.fd, fd):
+                    sinks[key] = other
+                    break
+            else:
+                on_broken = self._broken_pipe if key == 1 else None
+                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken)
+        return sinks
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self):
+        for signum in _SIGNAL_EXITS:
+            self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
+        try:
+            if self.active_nodes:
+                self.active_nodes.write()
+            self.feed.start(self.loop, self._dispatch)
+            if self.masters:
+                for host in self.pool.hosts.values():
+                    for group in self.masters.groups(host.slot_count):
+                        self._start_master(host.name, group)
+            self._dispatch()
+            if self.exit_status is None:
+                self.loop.run()
+        finally:
+            self._shut_down()
+        return self.exit_status
+
+    def _dispatch(self):
+        """Start every attempt that can start now; end the run when nothing
+        more can happen."""
+        if self._stopping:
+            return
+        next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
+                           else self.scheduler.next_assignment)
+        while not self._stopping:
+            assignment = next_assignment()
+            if assignment is None:
+                break
+            self._start(*assignment)
+        self._changed()
+        if not self.pool.busy and self._nothing_more_can_run():
+            self._finish()
+
+    def _nothing_more_can_run(self):
+        if self.scheduler.done() or not self.pool.usable:
+            return True
+        if self.pool.waiting_for_admission:
+            return False
+        # Input is all read, yet nothing could start: no slot will ever take
+        # what is left (pinned to retired hosts, or slots used up).
+        return self.feed.input_done
+
+    # -- masters ------------------------------------------------------------
+
+    def _start_master(self, host, group):
+        try:
+            self.masters.start(host, group, lambda failure: self._master_started(host, group, failure))
+        except OSError as error:
+            self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
+                                                      % error.strerror))
+
+    def _master_started(self, host, group, failure):
+        if failure is None:
+            self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
+        elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
+            tries = self._master_tries[host] = self._master_tries.get(host, 0) + 1
+            self.loop.call_later(THROTTLE_BACKOFF * 2 ** (tries - 1),
+                                 lambda: self._start_master(host, group))
+        else:
+            self._retire(host, failure)
+        self._dispatch()
+
+    def _retire(self, host, failure):
+        if not self.pool.hosts[host].retired:
+            self.pool.retire(host, failure)
+            self._note_retired(host, failure)
+
+    def _note_retired(self, host, failure):
+        if self.plan.verbose:
+            self._message("node %s retired: %s" % (host, failure))
+
+    # -- attempts -----------------------------------------------------------
+
+    def _start(self, job, slot):
+        attempt = Attempt(job, slot, self.delivery.open(job.seq, slot.host.name))
+        job.attempts += 1
+        control_path = None
+        if self.masters:
+            control_path = self.masters.control_path(slot.host.name, slot.index)
+        argv = self.plan.ssh.argv(slot.host.name, job.command, control_path)
+        try:
+            attempt.child = ChildProcess(
+                self.loop, argv, self._stdin_read,
+                lambda stream, data: self._output(attempt, stream, data),
+                lambda code: self._exited(attempt, code))
+        except OSError as error:
+            # Could not even start ssh (out of processes or fds): nothing
+            # will start later either, so stop with what we have.
+            attempt.out.close(False)
+            self.feed.requeue(job)
+            self.pool.put_back(slot)
+            self._message("cannot start ssh: %s" % error.strerror)
+            self._stop(EXIT_INCOMPLETE)
+            return
+        self.attempts.add(attempt)
+        if self.plan.timeout:
+            attempt.timer = self.loop.call_later(
+                self.plan.timeout, lambda: self._kill(attempt, Kind.TIMEOUT))
+        if self._paused:
+            attempt.child.pause()
+
+    def _kill(self, attempt, reason):
+        """Stop an attempt: killing the local ssh closes the connection, and
+        the remote wrapper then stops the job and all it started."""
+        attempt.stopped_for = reason
+        attempt.child.kill(signal.SIGTERM)
+
+    def _output(self, attempt, stream, data):
+        attempt.received += len(data)
+        if stream == 2:
+            attempt.stderr_tail = (attempt.stderr_tail + data)[-4096:]
+        attempt.out.data(stream, data)
+
+    def _exited(self, attempt, code):
+        self.attempts.discard(attempt)
+        if attempt.timer:
+            attempt.timer.cancel()
+        job = attempt.job
+        host = attempt.slot.host.name
+        if self.joblog:
+            self.joblog.record(job.seq, host, attempt.started,
+                               time.time() - attempt.started, attempt.received, code, job.text)
+        failure = self._failure(attempt, code)
+        attempt.out.close(failure is None)
+        if self._stopping:
+            if failure:
+                job.failures.append((attempt.slot.host.name, failure))
+            self.pool.release(attempt.slot)
+            self.feed.requeue(job)
+            self._maybe_finish_stop()
+            return
+        outcome = self.scheduler.attempt_finished(job, attempt.slot, failure)
+        if failure is None or outcome.gave_up:
+            self.delivery.record(job.seq, code, host, job.text)
+        if outcome.retired:
+            self._note_retired(outcome.retired, failure)
+        if failure and self.plan.verbose:
+            then = ("requeued" if outcome.requeued else "given up")
+            self._message("job %d on %s: %s; %s" % (job.seq, host, failure, then))
+        if outcome.backoff is not None:
+            self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
+        self._dispatch()
+
+    def _failure(self, attempt, code):
+        if attempt.stopped_for is Kind.TIMEOUT:
+            return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
+        if attempt.stopped_for is Kind.INTERRUPTED:
+            return Failure(Kind.INTERRUPTED, "stopped by clstr")
+        return classify(code, attempt.stderr_tail)
+
+    def _readmit(self, host):
+        self.pool.admit(host)
+        self._dispatch()
+
+    # -- ending -------------------------------------------------------------
+
+    def _finish(self):
+        incomplete = self.scheduler.not_completed()
+        if incomplete or not self.feed.input_done:
+            self.feed.drain_regular_files()
+            incomplete = self.scheduler.not_completed()
+        ok = not incomplete and self.feed.input_done
+        self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
+        self._report(incomplete)
+        self.loop.stop()
+
+    def _report(self, incomplete):
+        """The failure report: always when jobs did not complete; with -v also
+        when nodes were retired on the way (node filtering does that by
+        design, so it is not news by itself)."""
+        retired = self.pool.retired_hosts()
+        if not incomplete and self.feed.input_done and not (retired and self.plan.verbose):
+            return
+        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20)
+        if incomplete or not self.feed.input_done:
+            unread = "" if self.feed.input_done else " (job input not read to its end)"
+            lines.append("%d of %d jobs were not completed%s" % (
+                len(incomplete), self.feed.total - self.feed.skipped, unread))
+        for line in lines:
+            self._message(line)
+
+    def _interrupted(self, signum):
+        if self._stopping:
+            # A second signal: leave now.
+            self.exit_status = _SIGNAL_EXITS[signum]
+            self.loop.stop()
+            return
+        self._stop(_SIGNAL_EXITS[signum])
+
+    def _broken_pipe(self):
+        self._stop(EXIT_BROKEN_PIPE)
+
+    def _stop(self, status):
+        """Stop every running attempt, then end the run with ``status``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.exit_status = status
+        for attempt in list(self.attempts):
+            self._kill(attempt, Kind.INTERRUPTED)
+        self._maybe_finish_stop()
+
+    def _maybe_finish_stop(self):
+        if not self.attempts:
+            self.loop.stop()
+
+    def _shut_down(self):
+        for attempt in list(self.attempts):
+            attempt.child.kill(signal.SIGKILL)
+        if self.masters:
+            self.masters.shutdown()
+        self.feed.close()
+        if self.status:
+            self.status.finish()
+        self.delivery.close()
+        for sink in set(self.sinks.values()):
+            sink.close()
+        if self.active_nodes:
+            self.attempts.clear()
+            self.active_nodes.write()
+        if self.joblog:
+            self.joblog.close()
+        self.loop.close()
+        os.close(self._stdin_read)
+        os.close(self._stdin_write)
+
+    # -- watching -----------------------------------------------------------
+
+    def _pressure(self, pressed):
+        """A sink is backed up: stop reading children until it drains."""
+        self._paused = pressed
+        for attempt in self.attempts:
+            if pressed:
+                attempt.child.pause()
+            else:
+                attempt.child.resume()
+
+    def _changed(self):
+        if self.status:
+            self.status.changed()
+        if self.active_nodes:
+            self.active_nodes.changed()
+
+    def _status_text(self):
+        return status_text(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                           self.pool.busy, self.pool.live_slots, self.feed.input_done)
+
+    def _active_entries(self):
+        running = sorted(self.attempts, key=lambda a: a.job.seq)
+        return [(a.slot.host.name, a.job.text) for a in running]
+
+    def _message(self, text):
+        """One line from clstr itself, on stderr, in order with job output."""
+        self.sinks[0].write(self, ("clstr: %s\n" % text).encode("utf-8", "backslashreplace"))

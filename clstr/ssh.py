@@ -1,0 +1,114 @@
+"""Building ssh command lines: the only module that knows ssh's options, and
+the remote wrapper that every job runs under."""
+
+import os
+
+# ssh cannot stop a remote command: killing the local ssh only closes the
+# connection and the command runs on (``ssh -tt`` would hang it up, but merges
+# stderr into stdout and mangles bytes).  So, like GNU parallel, every job runs
+# under a small POSIX sh wrapper:
+# - the job runs in its own session (setsid), so the job and everything it
+#   starts can be signalled as one process group, with /dev/null as stdin;
+# - a watcher reads the wrapper's stdin, which clstr holds open and never
+#   writes to.  EOF means the connection or clstr is gone (Ctrl-C, timeout,
+#   clstr killed): the watcher sends TERM to the job's group, and KILL if it
+#   is still there 2 s later;
+# - the job runs in the user's login shell ($SHELL), as a plain `ssh host cmd`
+#   would, and its exit status is the wrapper's.
+# The watcher's output goes to /dev/null: sshd keeps a session open while
+# anything holds its stdout or stderr.  The job's command is passed as $1, one
+# shell-quoted word, so no user command needs extra quoting.
+REMOTE_WRAPPER = (
+    "exec 3<&0 </dev/null; "
+    "if command -v setsid >/dev/null 2>&1; "
+    "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
+    "else \"${SHELL:-sh}\" -c \"$1\" 3<&- & fi; "
+    "job=$!; "
+    "{ while read -r _; do :; done; kill -TERM -$job $job; "
+    "for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
+    "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 & "
+    "watcher=$!; exec 3<&-; "
+    "wait $job; status=$?; kill $watcher 2>/dev/null; exit $status"
+)
+
+
+def shell_quote(word):
+    """``word`` (bytes) as one POSIX shell word, whatever bytes it holds."""
+    return b"'" + word.replace(b"'", b"'\\''") + b"'"
+
+
+def wrapped_command(command):
+    """The remote command line that runs ``command`` (bytes) under the
+    wrapper.  The wrapper has no single quotes, so it quotes as is."""
+    return (b"exec sh -c '" + REMOTE_WRAPPER.encode() + b"' clstr-job "
+            + shell_quote(command))
+
+
+class SshSettings:
+    """How to call ssh: the command (already split into words), the user's
+    ``-o`` options, and the timeouts clstr sets by default."""
+
+    def __init__(self, command=("ssh",), user_options=(), connect_timeout=5,
+                 alive_interval=5, alive_count=3):
+        # ServerAliveInterval takes whole seconds.
+        alive_interval = max(1, int(round(alive_interval)))
+        self.command = list(command)
+        self.user_options = list(user_options)
+        self.connect_timeout = connect_timeout
+        self.alive_interval = alive_interval
+        self.alive_count = alive_count
+
+    def default_options(self):
+        """clstr's own options.  ssh keeps the first value it obtains for an
+        option, so these come after the user's and the user can override
+        every one; ~/.ssh/config still applies to whatever we do not set."""
+        return [
+            # Never prompt for a password or passphrase: a node that wants one
+            # is a broken node, and a prompt would hang the run.
+            "BatchMode=yes",
+            # Fail fast on dead or silent hosts instead of the TCP default of
+            # minutes.
+            "ConnectTimeout=%d" % max(1, int(round(self.connect_timeout))),
+            # Notice a node that hangs mid-job (TCP open, nothing answering):
+            # ssh gives up after interval * count seconds.
+            "ServerAliveInterval=%g" % self.alive_interval,
+            "ServerAliveCountMax=%d" % self.alive_count,
+        ]
+
+    def _argv(self, host, options, extra_args=(), remote=None):
+        # User options first: ssh keeps the first value it sees.  ``--`` ends
+        # ssh's options, so no hostname can ever be read as one.
+        argv = list(self.command)
+        for option in self.user_options + options + self.default_options():
+            argv += ["-o", option]
+        argv += list(extra_args) + ["--", host]
+        if remote is not None:
+            argv.append(remote)
+        return argv
+
+    def argv(self, host, command, control_path=None):
+        """The argv running ``command`` (bytes) on ``host`` under the remote
+        wrapper, through the master at ``control_path`` if given.  If that
+        master has gone, ssh quietly makes a connection of its own."""
+        options = []
+        if control_path:
+            options = ["ControlMaster=no", "ControlPath=" + control_path]
+        return self._argv(host, options, remote=wrapped_command(command))
+
+    def master_argv(self, host, control_path, idle_exit):
+        """The argv starting a ControlMaster for ``host``.  With ControlPersist
+        and -N the foreground ssh exits 0 once the master is ready (255 if it
+        could not connect), and the master leaves by itself after
+        ``idle_exit`` seconds without sessions, even if clstr was killed."""
+        options = ["ControlMaster=yes", "ControlPath=" + control_path,
+                   "ControlPersist=%d" % idle_exit]
+        return self._argv(host, options, extra_args=["-N"])
+
+    def master_exit_argv(self, host, control_path):
+        """The argv asking the master at ``control_path`` to exit."""
+        return self._argv(host, ["ControlPath=" + control_path], extra_args=["-O", "exit"])
+
+
+def display_argv(argv):
+    """Bytes arguments as text, for messages."""
+    return [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]

@@ -1,0 +1,113 @@
+"""What a person watching sees: the live status line and the active-nodes file."""
+
+import os
+import tempfile
+import time
+
+# At most this many redraws of the status line per second.
+REDRAW_INTERVAL = 0.1
+
+
+def status_text(completed, total, busy, live_slots, input_done=True):
+    """The clstr 0.1.0 status line."""
+    width_jobs = len(str(total))
+    width_nodes = len(str(live_slots))
+    return "%*d of %*d%s jobs complete, %*d of %*d nodes running jobs." % (
+        width_jobs, completed, width_jobs, total, "" if input_done else "+",
+        width_nodes, busy, width_nodes, live_slots)
+
+
+class StatusLine:
+    """A line redrawn in place on a terminal, at most 10 times a second.
+    ``render()`` returns the current text.  Output sinks on the same terminal
+    call ``clear()`` before writing so lines never land after the status."""
+
+    def __init__(self, loop, fd, render):
+        self._loop = loop
+        self._fd = fd
+        self._render = render
+        self._timer = None
+        self._shown = False
+        self._last_draw = 0.0
+
+    def clear(self, _sink=None):
+        if self._shown:
+            self._write("\r\x1b[2K")
+            self._shown = False
+        self.changed()
+
+    def changed(self):
+        """Schedule a redraw (coalesced)."""
+        if self._timer is None:
+            delay = max(0.0, self._last_draw + REDRAW_INTERVAL - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._draw)
+
+    def _draw(self):
+        self._timer = None
+        self._last_draw = time.monotonic()
+        text = self._render()
+        try:
+            columns = os.get_terminal_size(self._fd).columns
+        except OSError:
+            columns = 80
+        self._write("\r\x1b[2K" + text[:max(10, columns - 1)])
+        self._shown = True
+
+    def finish(self):
+        """Draw the final state and end the line."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._draw()
+        self._write("\n")
+        self._shown = False
+
+    def _write(self, text):
+        try:
+            os.write(self._fd, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+def active_nodes_text(entries):
+    """``host: <'Job' 'command'>`` lines, as clstr 0.1.0 wrote them."""
+    return "".join("%s: <'Job' %r>\n" % (host, command) for host, command in entries)
+
+
+def replace_file(path, data):
+    """Write ``data`` to ``path`` by atomic rename: a reader sees the old file
+    or the new one, never a half-written one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".clstr-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+class ActiveNodesFile:
+    """Keeps ``path`` listing which host runs which job.  Changes are coalesced
+    into at most one rewrite per interval."""
+
+    def __init__(self, loop, path, entries, interval=0.1):
+        self._loop = loop
+        self.path = path
+        self._entries = entries
+        self._interval = interval
+        self._timer = None
+
+    def changed(self):
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._interval, self.write)
+
+    def write(self):
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        replace_file(self.path, active_nodes_text(self._entries()).encode("utf-8", "backslashreplace"))

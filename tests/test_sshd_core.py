@@ -1,0 +1,204 @@
+"""The core behaviours over the real ssh client and a real loopback sshd."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def clstr(cluster, *args, timeout=120, **kwargs):
+    """Run clstr from the source tree against the loopback cluster."""
+    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command] + list(args)
+    return subprocess.run(argv, cwd=REPO, capture_output=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
+
+
+def node_args(names):
+    args = []
+    for name in names:
+        args += ["-n", name]
+    return args
+
+
+def test_three_jobs_on_two_nodes_print_every_line(cluster):
+    result = clstr(cluster, *node_args(cluster.nodes(2)),
+                   "--job", 'echo "Hello, world."', "--job", 'echo "Hello again."',
+                   "--job", 'echo "What do you want?"')
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [
+        b"Hello again.", b"Hello, world.", b"What do you want?"]
+
+
+def test_job_file_and_node_file(cluster, tmp_path):
+    nodes = tmp_path / "nodes.txt"
+    nodes.write_text("\n".join(cluster.nodes(2)) + "\n\n")
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text('echo "Hello, world."\necho "Hello again."\r\n\necho "What do you want?"\n')
+    result = clstr(cluster, "--node-file", str(nodes), "--job-file", str(jobs))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [
+        b"Hello again.", b"Hello, world.", b"What do you want?"]
+
+
+def test_jobs_generated_by_process_substitution(cluster):
+    script = ('exec "$0" -m clstr --ssh-command "$1" -n node001 -n node002 '
+              '--job-file <(for i in $(seq 10); do echo "echo I am job $i"; done)')
+    result = subprocess.run(["bash", "-c", script, sys.executable, cluster.ssh_command],
+                            cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(
+        b"I am job %d" % i for i in range(1, 11))
+
+
+def test_on_each_node_runs_once_per_node(cluster):
+    names = cluster.nodes(60)
+    result = clstr(cluster, *node_args(names + names[:5]), "-E", "echo ran")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"ran"] * 60
+
+
+def test_400_jobs_over_16_slots_each_complete_exactly_once(cluster, tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join("echo job %d\n" % i for i in range(400)))
+    result = clstr(cluster, *node_args(cluster.nodes(8) * 2), "-J", str(jobs))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(b"job %d" % i for i in range(400))
+
+
+def test_refused_node_is_retired_and_its_job_reruns_elsewhere(cluster):
+    started = time.monotonic()
+    result = clstr(cluster, "-v", "-n", cluster.dead_nodes(1)[0], "-n", cluster.nodes(1)[0],
+                   "-j", "echo one", "-j", "echo two", "-j", "echo three")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"one", b"three", b"two"]
+    # At most one job can have been tried on the dead node before it retired.
+    assert result.stderr.count(b"retired") <= 1
+    # Refusal is immediate: far below the 5 s connect timeout.
+    assert elapsed < 4, elapsed
+
+
+def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, tmp_path):
+    flag = "/tmp/clstr-test-flag-%d" % os.getpid()
+    job = "if [ -e %s ]; then echo second try; else touch %s; exit 3; fi" % (flag, flag)
+    try:
+        result = clstr(cluster, "-v", *node_args(cluster.nodes(2)), "-j", job)
+    finally:
+        subprocess.run(["rm", "-f", flag])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"second try\n"
+    assert re.search(rb"node node00[12] retired \(exited 3\)", result.stderr), result.stderr
+
+
+def test_all_nodes_dead_exits_1_and_counts_jobs_not_completed(cluster):
+    result = clstr(cluster, "-v", *node_args(cluster.dead_nodes(3)),
+                   "-j", "echo a", "-j", "echo b")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"2 of 2 jobs were not completed" in result.stderr
+
+
+def test_status_without_a_terminal_prints_no_status_and_succeeds(cluster):
+    result = clstr(cluster, "--status", *node_args(cluster.nodes(2)), "-j", "echo x")
+    assert result.returncode == 0
+    assert result.stdout == b"x\n"
+    assert b"jobs complete" not in result.stderr
+
+
+def test_stdout_and_stderr_are_kept_apart_and_whole(cluster):
+    job = "for i in 1 2 3; do echo out$i; echo err$i >&2; done"
+    result = clstr(cluster, *node_args(cluster.nodes(4)), *(["-j", job] * 8))
+    assert result.returncode == 0
+    assert sorted(result.stdout.splitlines()) == sorted([b"out1", b"out2", b"out3"] * 8)
+    assert sorted(result.stderr.splitlines()) == sorted([b"err1", b"err2", b"err3"] * 8)
+
+
+def test_active_nodes_file_is_always_complete(cluster, tmp_path):
+    active = tmp_path / "active"
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                seen.append(active.read_bytes())
+            except FileNotFoundError:
+                pass
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = clstr(cluster, "-A", str(active), *node_args(cluster.nodes(6)),
+                       *(["-j", "sleep 0.2; echo done"] * 18))
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr
+    line = re.compile(rb"^node\d{3}: <'Job' 'sleep 0.2; echo done'>$")
+    busy = [snapshot for snapshot in seen if snapshot]
+    assert busy, "the file never listed a running job"
+    for snapshot in busy:
+        assert snapshot.endswith(b"\n")
+        assert all(line.match(entry) for entry in snapshot.splitlines()), snapshot
+    assert active.read_bytes() == b""
+
+
+def test_control_persist_master_does_not_hold_up_the_run(cluster, tmp_path):
+    # A ControlPersist master inherits ssh's stderr and keeps it open; the job
+    # must still count as finished when its ssh exits.
+    control = tmp_path / "cm"
+    control.mkdir(mode=0o700)
+    options = ["-O", "ControlMaster=auto", "-O", "ControlPersist=120",
+               "-O", "ControlPath=%s/%%C" % control]
+    started = time.monotonic()
+    try:
+        result = clstr(cluster, *options, "-n", "node001", "-j", "echo first",
+                       "-j", "echo second", timeout=60)
+    finally:
+        for socket in control.iterdir():
+            subprocess.run(cluster.ssh_argv + ["-O", "exit", "-o", "ControlPath=%s" % socket,
+                                               "node001"], capture_output=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"first", b"second"]
+    assert time.monotonic() - started < 30
+
+
+def test_interrupt_stops_remote_jobs_and_exits_130(cluster):
+    marker = "clstr-marker-%d" % os.getpid()
+    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
+            *node_args(cluster.nodes(3)),
+            *(["-j", "sh -c 'sleep 300; echo %s' & sleep 300 # %s" % (marker, marker)] * 3)]
+    process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while len(cluster.remote_processes(marker)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(cluster.remote_processes(marker)) >= 3
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+        deadline = time.monotonic() + 10
+        while cluster.remote_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cluster.remote_processes(marker) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("payload", [b"\x00\xff\xfe binary\n", b"no newline at end"])
+def test_output_bytes_pass_through_unchanged(cluster, payload):
+    job = "printf '%s'" % "".join("\\%03o" % byte for byte in payload)
+    result = clstr(cluster, "-n", "node001", "-j", job)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == payload
