@@ -116,6 +116,9 @@ def build_parser():
                         help="write jobs' stderr to FILE (no FILE: discard it)")
 
     watching = parser.add_argument_group("watching")
+    watching.add_argument("--dry-run", action="store_true",
+                          help="print the ssh command lines that would run, one per "
+                          "line, and start nothing")
     watching.add_argument("--verbose", "-v", action="count", default=0,
                           help="report retired nodes and jobs not completed "
                           "(-vv lists the jobs)")
@@ -271,7 +274,7 @@ def make_plan(argv):
         multiplex=not pinned if args.multiplex is None else args.multiplex,
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
-        tag=args.tag, group=args.group, output_dir=args.output_dir,
+        tag=args.tag, group=args.group, output_dir=args.output_dir, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
         active_nodes=args.active_nodes,
         stdout_fd=_open_output(args.stdout, "--stdout", 1),
@@ -298,6 +301,15 @@ def main(argv=None):
     except UsageError as error:
         sys.stderr.write("clstr: error: %s (see clstr --help)\n" % error)
         return 2
+    if plan.dry_run:
+        from .dryrun import dry_run_lines
+        try:
+            for line in dry_run_lines(plan, feed):
+                sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return 141
+        return 0
     raise_open_file_limit()
     from .runner import Runner
     return Runner(plan, feed, joblog).run()

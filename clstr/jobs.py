@@ -233,6 +233,16 @@ class JobFeed:
         while self._files:
             self._finish_source()
 
+    def read_everything(self):
+        """Read every source to its end, waiting on pipes (for --dry-run)."""
+        while self._files:
+            source = self._files[0]
+            os.set_blocking(source.fd, True)
+            while not source.at_eof:
+                for command in source.read_block():
+                    self._add(command)
+            self._finish_source()
+
     def drain_regular_files(self):
         """Read what is left of regular job files (cheap, never blocks), so a
         run that gave up can say how many jobs it did not run."""

@@ -17,7 +17,7 @@ from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, THROTTLE_BACKOFF, Scheduler
-from .status import ActiveNodesFile, StatusLine, status_text
+from .status import ActiveNodesFile, StatusLine, progress_text
 
 # Exit statuses.
 EXIT_OK = 0
@@ -71,6 +71,7 @@ class Runner:
         self._paused = False
         self._stopping = False
         self._master_tries = {}
+        self._started = time.monotonic()
         # Every ssh gets the read end of this pipe as stdin; only clstr holds
         # the write end and never writes.  The remote wrapper takes EOF on it
         # as "connection or clstr gone" and stops the job (see ssh.py), even
@@ -351,8 +352,9 @@ class Runner:
             self.active_nodes.changed()
 
     def _status_text(self):
-        return status_text(self.scheduler.completed, self.feed.total - self.feed.skipped,
-                           self.pool.busy, self.pool.live_slots, self.feed.input_done)
+        return progress_text(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                             self.pool.busy, self.pool.live_slots, self.feed.input_done,
+                             time.monotonic() - self._started, len(self.pool.retired_hosts()))
 
     def _active_entries(self):
         running = sorted(self.attempts, key=lambda a: a.job.seq)

@@ -8,6 +8,10 @@ import time
 REDRAW_INTERVAL = 0.1
 
 
+# An ETA is shown once this many jobs have completed.
+ETA_AFTER = 5
+
+
 def status_text(completed, total, busy, live_slots, input_done=True):
     """The clstr 0.1.0 status line."""
     width_jobs = len(str(total))
@@ -15,6 +19,29 @@ def status_text(completed, total, busy, live_slots, input_done=True):
     return "%*d of %*d%s jobs complete, %*d of %*d nodes running jobs." % (
         width_jobs, completed, width_jobs, total, "" if input_done else "+",
         width_nodes, busy, width_nodes, live_slots)
+
+
+def _duration(seconds):
+    seconds = int(seconds + 0.5)
+    if seconds >= 3600:
+        return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+    if seconds >= 60:
+        return "%dm%02ds" % (seconds // 60, seconds % 60)
+    return "%ds" % seconds
+
+
+def progress_text(completed, total, busy, live_slots, input_done, elapsed, retired):
+    """The 0.1.0 line followed by what a person watching wants: the rate, an
+    ETA once enough jobs have finished, and how many nodes were retired."""
+    parts = [status_text(completed, total, busy, live_slots, input_done)]
+    if elapsed > 0 and completed:
+        rate = completed / elapsed
+        parts.append("%.1f jobs/min" % (rate * 60))
+        if input_done and completed >= ETA_AFTER and total > completed:
+            parts.append("ETA %s" % _duration((total - completed) / rate))
+    if retired:
+        parts.append("%d node%s retired" % (retired, "s" * (retired != 1)))
+    return "  ".join(parts)
 
 
 class StatusLine:

@@ -1,0 +1,39 @@
+"""--dry-run: the exact ssh command lines a run would start, and nothing else."""
+
+import os
+import shlex
+
+from .multiplex import MASTER_IDLE_EXIT
+from .nodes import NodePool
+
+# Masters' sockets live in a directory made when the run starts; a dry run
+# shows where, with this stand-in name.
+SOCKETS = "/tmp/clstr-XXXXXXXX"
+
+
+def quote_argv(argv):
+    """One shell-quoted line for ``argv`` (bytes items decoded for display)."""
+    return " ".join(shlex.quote(os.fsdecode(word)) for word in argv)
+
+
+def dry_run_lines(plan, feed):
+    """The command lines, in the order a run in which every job succeeds
+    would start them (masters first when multiplexing)."""
+    pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
+    sessions = max(1, plan.sessions_per_master)
+    paths = {}
+    if plan.multiplex:
+        for host in pool.hosts.values():
+            for group in range((host.slot_count + sessions - 1) // sessions):
+                paths[host.name, group] = "%s/%d" % (SOCKETS, len(paths))
+                yield quote_argv(plan.ssh.master_argv(host.name, paths[host.name, group],
+                                                      MASTER_IDLE_EXIT))
+    feed.read_everything()
+    while True:
+        job = feed.take()
+        if job is None:
+            return
+        slot = pool.acquire_on(job.host) if job.host else pool.acquire()
+        control_path = paths.get((slot.host.name, slot.index // sessions))
+        yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path))
+        pool.release(slot)

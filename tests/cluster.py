@@ -1,0 +1,329 @@
+"""A throwaway SSH cluster on loopback: one real sshd, many node names.
+
+``LoopbackCluster`` starts ``/usr/sbin/sshd`` on a free 127.0.0.1 port with
+fresh host and user keys, and writes an ssh client config that maps node
+names onto it:
+
+- ``node001``... log in to the sshd as an unprivileged user (``clstrtest``,
+  created when running as root: root's rc files here run pyenv, ~80 ms a
+  session, which would swamp every measurement);
+- ``dead001``... point at a port where nothing listens (connection refused);
+- ``silent001``... point at a listener that accepts and never sends a banner;
+- ``badkey001``... offer a key the sshd does not accept;
+- ``wronghost001``... expect a different host key.
+
+Only loopback is ever contacted.  Usable from tests, the demo and the
+benchmark; ``python3 tests/cluster.py`` starts one until Ctrl-C.
+"""
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+SSHD = "/usr/sbin/sshd"
+TEST_USER = "clstrtest"
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", path],
+                   check=True, stdin=subprocess.DEVNULL, timeout=30)
+
+
+def ensure_test_user():
+    """The unprivileged login user: ``clstrtest`` when root, else ourselves."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        # Two test processes may race here; the loser's useradd fails harmlessly.
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        pwd.getpwnam(TEST_USER)
+    # sshd without PAM refuses a locked ("!") account; "*" is not locked but
+    # still has no password.
+    subprocess.run(["usermod", "-p", "*", TEST_USER], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return TEST_USER
+
+
+class _SilentListener:
+    """Accepts TCP connections on loopback and never says a word: a host that
+    never sends its SSH banner."""
+
+    def __init__(self):
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(128)
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._held = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._held.append(connection)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for connection in self._held:
+            connection.close()
+        self._server.close()
+
+
+class LoopbackCluster:
+    """A running loopback sshd and an ssh config naming nodes on it."""
+
+    def __init__(self, max_startups="1000:30:1000", max_sessions=100):
+        self.max_startups = max_startups
+        self.max_sessions = max_sessions
+        self.tmpdir = None
+        self.port = None
+        self.user = None
+        self._sshd = None
+        self._silent = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        if not os.path.exists(SSHD):
+            raise RuntimeError("%s not found: install openssh-server "
+                               "(apt-get install openssh-server)" % SSHD)
+        self.user = ensure_test_user()
+        self.tmpdir = tempfile.mkdtemp(prefix="clstr-cluster-")
+        # sshd (StrictModes) and the login user must be able to read the
+        # authorized keys; the directory holds no secret of the user's.
+        os.chmod(self.tmpdir, 0o755)
+        for name in ("host_key", "user_key", "other_key", "other_host_key"):
+            _keygen(self.path(name))
+        shutil.copy(self.path("user_key.pub"), self.path("authorized_keys"))
+        os.chmod(self.path("authorized_keys"), 0o644)
+        self.port = _free_port()
+        self.dead_port = _free_port()
+        self._silent = _SilentListener()
+        self._write_sshd_config()
+        self._write_client_config()
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        log = open(self.path("sshd.log"), "wb")
+        self._sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", self.path("sshd_config")],
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        self._wait_for_sshd()
+
+    def _wait_for_sshd(self):
+        # Wait for sshd to say it listens, instead of probing with bare TCP
+        # connections (recent sshd penalises clients that do that).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if "Server listening on" in self.sshd_log():
+                return
+            if self._sshd.poll() is not None:
+                break
+            time.sleep(0.02)
+        log = self.sshd_log()
+        self.stop()
+        raise RuntimeError("sshd did not start:\n" + log[-2000:])
+
+    def stop(self):
+        if self._sshd is not None:
+            self._sshd.terminate()
+            try:
+                self._sshd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._sshd.kill()
+                self._sshd.wait(timeout=10)
+            self._sshd = None
+            self._kill_user_processes()
+        if self._silent is not None:
+            self._silent.close()
+            self._silent = None
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def _kill_user_processes(self):
+        if self.user != TEST_USER:
+            return
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            subprocess.run(["pkill", "-%d" % signum, "-u", TEST_USER],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            time.sleep(0.1)
+
+    # -- configuration ----------------------------------------------------
+
+    def path(self, name):
+        return os.path.join(self.tmpdir, name)
+
+    def _write_sshd_config(self):
+        lines = [
+            "ListenAddress 127.0.0.1",
+            "Port %d" % self.port,
+            "HostKey %s" % self.path("host_key"),
+            "PidFile %s" % self.path("sshd.pid"),
+            "AuthorizedKeysFile %s" % self.path("authorized_keys"),
+            "AllowUsers %s" % self.user,
+            "UsePAM no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PubkeyAuthentication yes",
+            # The keys live in a temp dir that is not the user's home.
+            "StrictModes no",
+            # Every node name reaches this one sshd, so it sees the handshakes
+            # of a whole cluster at once.
+            "MaxStartups %s" % self.max_startups,
+            "MaxSessions %d" % self.max_sessions,
+            "UseDNS no",
+            "LogLevel INFO",
+        ]
+        with open(self.path("sshd_config"), "w") as config:
+            config.write("\n".join(lines) + "\n")
+
+    def _write_client_config(self):
+        host_key = open(self.path("host_key.pub")).read().strip()
+        other_host_key = open(self.path("other_host_key.pub")).read().strip()
+        address = "[127.0.0.1]:%d" % self.port
+        with open(self.path("known_hosts"), "w") as known:
+            known.write("%s %s\n" % (address, host_key))
+        with open(self.path("wrong_known_hosts"), "w") as known:
+            known.write("%s %s\n" % (address, other_host_key))
+
+        def block(pattern, port, key="user_key", known="known_hosts"):
+            return "\n".join([
+                "Host %s" % pattern,
+                "    HostName 127.0.0.1",
+                "    Port %d" % port,
+                "    User %s" % self.user,
+                "    IdentityFile %s" % self.path(key),
+                "    IdentitiesOnly yes",
+                "    UserKnownHostsFile %s" % self.path(known),
+                "    StrictHostKeyChecking yes",
+                "    LogLevel ERROR",
+                ""])
+
+        with open(self.path("ssh_config"), "w") as config:
+            config.write(block("node*", self.port))
+            config.write(block("dead*", self.dead_port))
+            config.write(block("silent*", self._silent.port))
+            config.write(block("badkey*", self.port, key="other_key"))
+            config.write(block("wronghost*", self.port, known="wrong_known_hosts"))
+
+    # -- what tests use -----------------------------------------------------
+
+    @property
+    def ssh_config(self):
+        return self.path("ssh_config")
+
+    @property
+    def ssh_argv(self):
+        return ["ssh", "-F", self.ssh_config]
+
+    @property
+    def ssh_command(self):
+        return "ssh -F %s" % self.ssh_config
+
+    @staticmethod
+    def _names(prefix, count):
+        return ["%s%03d" % (prefix, n) for n in range(1, count + 1)]
+
+    def nodes(self, count, prefix="node"):
+        return self._names(prefix, count)
+
+    def dead_nodes(self, count):
+        return self._names("dead", count)
+
+    def silent_nodes(self, count):
+        return self._names("silent", count)
+
+    def badkey_nodes(self, count):
+        return self._names("badkey", count)
+
+    def wronghost_nodes(self, count):
+        return self._names("wronghost", count)
+
+    def sshd_log(self):
+        try:
+            with open(self.path("sshd.log"), errors="replace") as log:
+                return log.read()
+        except OSError:
+            return ""
+
+    def remote_processes(self, marker):
+        """(pid, cmdline) of the login user's processes whose command line
+        holds ``marker`` (the "remote" side is this machine)."""
+        uid = pwd.getpwnam(self.user).pw_uid
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat("/proc/" + entry).st_uid != uid:
+                    continue
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                with open("/proc/%s/stat" % entry) as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker in cmdline and state != "Z":
+                found.append((int(entry), cmdline))
+        return found
+
+    def session_pids(self):
+        """Pids of the sshd processes serving the login user's sessions
+        (``sshd: clstrtest@notty``)."""
+        pids = []
+        for pid, cmdline in self.remote_processes("sshd: %s@" % self.user):
+            pids.append(pid)
+        return pids
+
+    def signal_sessions(self, signum):
+        """Send ``signum`` to every session process: SIGKILL models a node
+        dying mid-job, SIGSTOP one that hangs with its TCP connection open."""
+        for pid in self.session_pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+if __name__ == "__main__":
+    with LoopbackCluster() as cluster:
+        print("sshd on 127.0.0.1:%d, logging in as %s" % (cluster.port, cluster.user))
+        print("try:   %s node001 uname -n" % cluster.ssh_command)
+        print("clstr: python3 -m clstr --ssh-command '%s' -n node001 -j 'uname -n'"
+              % cluster.ssh_command)
+        print("Ctrl-C to stop.")
+        sys.stdout.flush()
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
