@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -17,3 +19,14 @@ def cluster():
         pytest.skip("%s not installed (apt-get install openssh-server)" % SSHD)
     with LoopbackCluster() as running:
         yield running
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory that jobs (run as the cluster's login user) and the test
+    can both write: all "nodes" share this machine's file system, so a job
+    can leave a flag there to act differently on its first attempt."""
+    path = tempfile.mkdtemp(prefix="clstr-shared-", dir="/tmp")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

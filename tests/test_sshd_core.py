@@ -12,21 +12,7 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def clstr(cluster, *args, timeout=120, **kwargs):
-    """Run clstr from the source tree against the loopback cluster."""
-    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command] + list(args)
-    return subprocess.run(argv, cwd=REPO, capture_output=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kwargs)
-
-
-def node_args(names):
-    args = []
-    for name in names:
-        args += ["-n", name]
-    return args
+from clstr_run import REPO, clstr, node_args
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -87,13 +73,10 @@ def test_refused_node_is_retired_and_its_job_reruns_elsewhere(cluster, mode):
     assert elapsed < 4, elapsed
 
 
-def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, tmp_path):
-    flag = "/tmp/clstr-test-flag-%d" % os.getpid()
+def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, shared_dir):
+    flag = os.path.join(shared_dir, "flag")
     job = "if [ -e %s ]; then echo second try; else touch %s; exit 3; fi" % (flag, flag)
-    try:
-        result = clstr(cluster, "-v", *node_args(cluster.nodes(2)), "-j", job)
-    finally:
-        subprocess.run(["rm", "-f", flag])
+    result = clstr(cluster, "-v", *node_args(cluster.nodes(2)), "-j", job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"second try\n"
     assert re.search(rb"node node00[12] retired: job exited 3", result.stderr), result.stderr
