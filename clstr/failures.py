@@ -77,10 +77,11 @@ def _said(line):
     return text[5:] if text.startswith("ssh: ") else text
 
 
-def classify(code, stderr_tail):
+def classify(code, stderr_tail, master_gone=False):
     """The Failure for an ssh that exited with ``code`` (-N: killed by signal
     N) after writing ``stderr_tail`` (bytes, the last few KiB), or None if it
-    succeeded."""
+    succeeded.  ``master_gone``: the job ran through a ControlMaster that has
+    since gone away (a mux client says nothing when its master dies)."""
     if code == 0:
         return None
     if code < 0:
@@ -91,6 +92,8 @@ def classify(code, stderr_tail):
             for line in reversed(lines):
                 if pattern.search(line):
                     return Failure(kind, _said(line))
+        if master_gone:
+            return Failure(Kind.CONNECTION_LOST, "shared connection closed")
         lines = _last_lines(stderr_tail, 1)
         return Failure(Kind.SSH_ERROR, _said(lines[0]) if lines else "ssh exited 255")
     return Failure(Kind.JOB_EXIT, "job exited %d" % code)

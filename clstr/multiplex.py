@@ -15,6 +15,7 @@ on after the ssh that started it, and would hold a pipe open.
 
 import os
 import shutil
+import signal
 import tempfile
 
 from .failures import classify
@@ -37,7 +38,7 @@ def _socket_directory():
 class Master:
     """One ControlMaster: its socket, and whether it is up."""
 
-    __slots__ = ("host", "group", "path", "log_path", "ready", "started")
+    __slots__ = ("host", "group", "path", "log_path", "ready", "starter")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -45,7 +46,7 @@ class Master:
         self.path = path
         self.log_path = log_path
         self.ready = False
-        self.started = False
+        self.starter = None  # pid of the ssh still setting the master up
 
 
 class MasterSet:
@@ -79,13 +80,13 @@ class MasterSet:
                          0o600)
         argv = self._ssh.master_argv(host, master.path, MASTER_IDLE_EXIT)
         try:
-            self._loop.spawn(argv, self._devnull, self._devnull, log_fd,
-                             lambda code: self._started(master, code, on_done))
-            master.started = True
+            master.starter = self._loop.spawn(argv, self._devnull, self._devnull, log_fd,
+                                              lambda code: self._started(master, code, on_done))
         finally:
             os.close(log_fd)
 
     def _started(self, master, code, on_done):
+        master.starter = None
         with open(master.log_path, "rb") as log:
             said = log.read()[-4096:]
         failure = classify(code, said)
@@ -103,6 +104,12 @@ class MasterSet:
         Runs its own loop iterations: the run is over by now."""
         pending = set()
         for master in self._masters.values():
+            if master.starter:
+                # Still connecting: nobody needs it any more.
+                try:
+                    os.kill(master.starter, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             if not os.path.exists(master.path):
                 continue
             argv = self._ssh.master_exit_argv(master.host, master.path)

@@ -5,6 +5,7 @@ what it is handed.
 """
 
 import os
+import random
 import signal
 import time
 
@@ -16,7 +17,7 @@ from .multiplex import MasterSet
 from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
-from .scheduler import MAX_THROTTLED, THROTTLE_BACKOFF, Scheduler
+from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
 from .status import ActiveNodesFile, StatusLine, progress_text
 
 # Exit statuses.
@@ -32,7 +33,7 @@ class Attempt:
     clstr itself did to it (``stopped_for``: a Kind if clstr killed it)."""
 
     __slots__ = ("job", "slot", "child", "out", "stderr_tail", "started", "received",
-                 "timer", "stopped_for")
+                 "timer", "stopped_for", "control_path")
 
     def __init__(self, job, slot, out):
         self.job = job
@@ -44,6 +45,7 @@ class Attempt:
         self.received = 0
         self.timer = None
         self.stopped_for = None
+        self.control_path = None
 
 
 def same_file(fd_a, fd_b):
@@ -160,11 +162,13 @@ class Runner:
                                                       % error.strerror))
 
     def _master_started(self, host, group, failure):
+        if self._stopping:
+            return
         if failure is None:
             self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
         elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
             tries = self._master_tries[host] = self._master_tries.get(host, 0) + 1
-            self.loop.call_later(THROTTLE_BACKOFF * 2 ** (tries - 1),
+            self.loop.call_later(throttle_backoff(tries, random),
                                  lambda: self._start_master(host, group))
         else:
             self._retire(host, failure)
@@ -187,6 +191,7 @@ class Runner:
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(slot.host.name, slot.index)
+        attempt.control_path = control_path
         argv = self.plan.ssh.argv(slot.host.name, job.command, control_path)
         try:
             attempt.child = ChildProcess(
@@ -256,7 +261,8 @@ class Runner:
             return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
-        return classify(code, attempt.stderr_tail)
+        master_gone = bool(attempt.control_path) and not os.path.exists(attempt.control_path)
+        return classify(code, attempt.stderr_tail, master_gone)
 
     def _readmit(self, host):
         self.pool.admit(host)
@@ -270,6 +276,7 @@ class Runner:
             self.feed.drain_regular_files()
             incomplete = self.scheduler.not_completed()
         ok = not incomplete and self.feed.input_done
+        self._stopping = True  # nothing new starts now
         self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
         self._report(incomplete)
         self.loop.stop()

@@ -15,11 +15,21 @@ Refinements, each chosen by the user or forced by ssh's nature:
 - a job killed by ``--timeout`` failed on its own: not retried, node kept.
 """
 
+import random
+
 from .failures import Kind
 
-# A host whose connections are throttled this many times in a row is retired.
+# A host whose connections are throttled this many times in a row, while none
+# of its jobs runs, is retired: it is not merely busy.
 MAX_THROTTLED = 6
 THROTTLE_BACKOFF = 0.25  # seconds, doubled for each throttled attempt in a row
+THROTTLE_BACKOFF_MAX = 4.0
+
+
+def throttle_backoff(count, rng):
+    """Seconds to wait after the ``count``-th throttled attempt in a row:
+    exponential, capped, with jitter so that slots do not retry in step."""
+    return min(THROTTLE_BACKOFF_MAX, THROTTLE_BACKOFF * 2 ** (count - 1)) * rng.uniform(0.5, 1.5)
 
 
 class Outcome:
@@ -41,7 +51,8 @@ class Scheduler:
     """Matches jobs from a ``JobFeed`` to slots from a ``NodePool``.
     ``max_running`` (0: unlimited) caps slots busy at once (--max-nodes)."""
 
-    def __init__(self, pool, feed, max_running=0, max_attempts=0, job_failure="node"):
+    def __init__(self, pool, feed, max_running=0, max_attempts=0, job_failure="node", rng=None):
+        self._rng = rng or random.Random()
         self.pool = pool
         self.feed = feed
         self.max_running = max_running
@@ -110,15 +121,16 @@ class Scheduler:
     def _throttled_attempt(self, job, slot):
         # sshd dropped the connection before key exchange (MaxStartups): the
         # host is busy, not broken.  Rest the slot and try again later.
+        # A host with jobs running is alive, however often it throttles.
         name = slot.host.name
         count = self._throttled[name] = self._throttled.get(name, 0) + 1
         self.feed.requeue(job)
-        if count >= MAX_THROTTLED:
+        if count >= MAX_THROTTLED and slot.host.running == 1:
             self.pool.release(slot)
             self.pool.retire(name, job.failures[-1][1])
             return Outcome(retired=name, requeued=True)
         self.pool.hold(slot)
-        return Outcome(requeued=True, backoff=THROTTLE_BACKOFF * 2 ** (count - 1))
+        return Outcome(requeued=True, backoff=throttle_backoff(count, self._rng))
 
     def done(self):
         """True when every job has been read and none is waiting or running."""

@@ -73,6 +73,10 @@ class SshSettings:
             # ssh gives up after interval * count seconds.
             "ServerAliveInterval=%g" % self.alive_interval,
             "ServerAliveCountMax=%d" % self.alive_count,
+            # ssh says why a connection ended ("Timeout, server not
+            # responding", "closed by remote host") at INFO; a config with
+            # LogLevel ERROR would leave us guessing.
+            "LogLevel=INFO",
         ]
 
     def _argv(self, host, options, extra_args=(), remote=None):

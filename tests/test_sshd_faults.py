@@ -1,0 +1,213 @@
+"""Failures handled like a production scheduler, with faults injected into
+the real loopback sshd."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from clstr_run import clstr, node_args, start_clstr
+from cluster import LoopbackCluster
+
+
+def retired_lines(stderr):
+    return re.findall(rb"node (\S+) retired: (.*)", stderr)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("badkey", rb"auth: .*Permission denied \(publickey\)"),
+    ("wronghost", rb"host key: .*Host key verification failed"),
+    ("dead", rb"refused: .*Connection refused"),
+])
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, kind, expected,
+                                                                       mode):
+    bad = "%s001" % kind
+    started = time.monotonic()
+    result = clstr(cluster, mode, "-v", "-n", bad, "-n", "node001",
+                   "-j", "echo a", "-j", "echo b", "-j", "echo c")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"a", b"b", b"c"]
+    retired = retired_lines(result.stderr)
+    assert [name for name, _ in retired] == [bad.encode()]
+    assert re.match(expected, retired[0][1]), retired
+    assert elapsed < 4, elapsed  # a fast failure, never a connect timeout
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
+    started = time.monotonic()
+    result = clstr(cluster, mode, "-v", "--connect-timeout", "2", "-n", "silent001",
+                   "-n", "node001", "-j", "echo a", "-j", "sleep 3; echo b")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"a", b"b"]
+    retired = retired_lines(result.stderr)
+    assert retired and retired[0][0] == b"silent001"
+    assert retired[0][1].startswith(b"timed out"), retired
+    assert elapsed < 2 + 3 + 3, elapsed
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_node_dying_mid_job_requeues_the_job(cluster, shared_dir, mode):
+    flag = os.path.join(shared_dir, "died")
+    # The first attempt kills the sshd process serving its connection.
+    job = ("if [ ! -e {f} ]; then touch {f}; kill -9 $(ps -o ppid= -p $PPID); sleep 5; fi; "
+           "echo finished").format(f=flag)
+    result = clstr(cluster, mode, "-v", *node_args(cluster.nodes(2)), "-j", job)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"finished\n"
+    retired = retired_lines(result.stderr)
+    assert len(retired) == 1 and retired[0][1].startswith(b"connection lost"), result.stderr
+
+
+def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, shared_dir):
+    flag = os.path.join(shared_dir, "hung")
+    # The first attempt freezes the sshd process serving it: TCP stays open,
+    # nothing answers.
+    job = ("if [ ! -e {f} ]; then touch {f}; echo $(ps -o ppid= -p $PPID) > {f}; "
+           "kill -STOP $(ps -o ppid= -p $PPID); sleep 60; fi; echo finished").format(f=flag)
+    try:
+        started = time.monotonic()
+        result = clstr(cluster, "--no-multiplex", "-v", "--alive-interval", "1",
+                       *node_args(cluster.nodes(2)), "-j", job)
+        elapsed = time.monotonic() - started
+    finally:
+        with open(flag) as frozen:
+            pid = int(frozen.read().strip() or 0)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"finished\n"
+    retired = retired_lines(result.stderr)
+    assert len(retired) == 1 and retired[0][1].startswith(b"connection lost"), result.stderr
+    assert elapsed < 20, elapsed
+
+
+def test_max_attempts_gives_a_poison_job_up_instead_of_draining_the_cluster(cluster):
+    result = clstr(cluster, "--max-attempts", "2", *node_args(cluster.nodes(5)),
+                   "-j", "exit 7", "-j", "echo fine")
+    assert result.returncode == 1
+    assert result.stdout == b"fine\n"
+    assert len(retired_lines(result.stderr + b"")) == 0  # not verbose: no live messages
+    report = result.stderr.decode()
+    assert "2 nodes retired" in report
+    assert re.search(r"job 1 'exit 7': node\d+: job exited 7; node\d+: job exited 7", report)
+
+
+def test_job_failure_job_keeps_the_node(cluster):
+    result = clstr(cluster, "--job-failure", "job", "-n", "node001",
+                   "-j", "exit 3", "-j", "echo after")
+    assert result.returncode == 1
+    assert result.stdout == b"after\n"
+    assert "node retired" not in result.stderr.decode()
+    assert "job 1 'exit 3': node001: job exited 3" in result.stderr.decode()
+
+
+def test_timeout_kills_the_job_on_the_node_too(cluster):
+    marker = "clstr-timeout-%d" % os.getpid()
+    started = time.monotonic()
+    result = clstr(cluster, "--timeout", "1", "-n", "node001",
+                   "-j", "sleep 30 # %s" % marker, "-j", "echo quick")
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert result.stdout == b"quick\n"
+    assert "timed out after 1s" in result.stderr.decode()
+    deadline = time.monotonic() + 10
+    while cluster.remote_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.remote_processes(marker) == []
+
+
+def test_joblog_has_gnu_parallel_columns_and_ssh_failures_show_as_255(cluster, tmp_path):
+    joblog = tmp_path / "joblog"
+    result = clstr(cluster, "--joblog", str(joblog), "--no-multiplex", "-n", "dead001",
+                   "-n", "node001", "-j", "echo a", "-j", "echo b")
+    assert result.returncode == 0, result.stderr
+    lines = joblog.read_text().splitlines()
+    assert lines[0].split("\t") == ["Seq", "Host", "Starttime", "JobRuntime", "Send",
+                                    "Receive", "Exitval", "Signal", "Command"]
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 9 for row in rows)
+    ok = sorted((row[0], row[1], row[6], row[8]) for row in rows if row[6] == "0")
+    assert ok == [("1", "node001", "0", "echo a"), ("2", "node001", "0", "echo b")]
+    failed = [row for row in rows if row[6] != "0"]
+    assert all(row[1] == "dead001" and row[6] == "255" for row in failed)
+
+
+def test_interrupted_run_resumed_from_joblog_runs_every_job_exactly_once(cluster, tmp_path):
+    joblog = tmp_path / "joblog"
+    jobs = tmp_path / "jobs"
+    jobs.write_text("".join("sleep 0.3; echo job %d\n" % n for n in range(30)))
+    first = start_clstr(cluster, "--joblog", str(joblog), *node_args(cluster.nodes(3)),
+                        "-J", str(jobs))
+    time.sleep(1.5)
+    first.send_signal(signal.SIGINT)
+    out1, _ = first.communicate(timeout=30)
+    assert first.returncode == 130
+    second = clstr(cluster, "--joblog", str(joblog), "--resume", *node_args(cluster.nodes(3)),
+                   "-J", str(jobs))
+    assert second.returncode == 0, second.stderr
+    done_first = out1.splitlines()
+    assert 0 < len(done_first) < 30
+    assert sorted(done_first + second.stdout.splitlines()) == sorted(
+        b"job %d" % n for n in range(30))
+
+
+@pytest.fixture(scope="module")
+def throttled_cluster():
+    """An sshd with the stock MaxStartups: beyond 10 unauthenticated
+    connections it starts dropping new ones."""
+    with LoopbackCluster(max_startups="10:30:100") as running:
+        yield running
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_maxstartups_throttling_does_not_retire_a_host_listed_32_times(throttled_cluster, mode):
+    result = clstr(throttled_cluster, mode, "-v", "--max-sessions", "10",
+                   *node_args(["node001"] * 32), *(["-j", "echo ok"] * 64), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"ok"] * 64
+    assert retired_lines(result.stderr) == []
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, signum, status):
+    marker = "clstr-signal-%d-%d" % (os.getpid(), signum)
+    process = start_clstr(cluster, *node_args(cluster.nodes(2)),
+                          *(["-j", "sleep 60 # %s" % marker] * 2))
+    try:
+        deadline = time.monotonic() + 20
+        while len(cluster.remote_processes(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signum)
+        assert process.wait(timeout=20) == status
+        deadline = time.monotonic() + 10
+        while cluster.remote_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cluster.remote_processes(marker) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
+    marker = "clstr-kill9-%d" % os.getpid()
+    process = start_clstr(cluster, "--no-multiplex", "-n", "node001",
+                          "-j", "sleep 60 & sleep 61 # %s" % marker)
+    deadline = time.monotonic() + 20
+    while not cluster.remote_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.kill()
+    process.wait(timeout=10)
+    # clstr's ssh children outlive it, but the pipe they had as stdin is
+    # closed now, so the remote wrapper sees EOF and stops the job.
+    deadline = time.monotonic() + 10
+    while cluster.remote_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.remote_processes(marker) == []
