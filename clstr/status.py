@@ -74,7 +74,7 @@ class StatusLine:
         self._last_draw = time.monotonic()
         text = self._render()
         try:
-            columns = os.get_terminal_size(self._fd).columns
+            columns = os.get_terminal_size(self._fd).columns or 80
         except OSError:
             columns = 80
         self._write("\r\x1b[2K" + text[:max(10, columns - 1)])
