@@ -65,6 +65,16 @@ class _FileSource:
         """Read once; return the commands completed.  Raises BlockingIOError
         when a streaming source has nothing yet."""
         data = os.read(self.fd, READ_SIZE)
+        if data and not self.streaming and len(data) < READ_SIZE:
+            # Probably the end of a regular file: look now, so the job count
+            # is known from the start for the status line.
+            more = os.read(self.fd, READ_SIZE)
+            if more:
+                data += more
+            else:
+                complete = split_job_lines(self.partial + data)
+                self.partial, self.at_eof = b"", True
+                return complete
         if not data:
             self.at_eof = True
             data, self.partial = self.partial + b"\n", b""
