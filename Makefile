@@ -10,8 +10,12 @@ test:
 	$(PYTHON) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
+# ruff with the configuration in pyproject.toml; vermin proves Python 3.8
+# syntax and APIs suffice for the package.
 lint:
-	$(PYTHON) -m compileall -q clstr tests
+	$(PYTHON) -m ruff check clstr tests demo bench
+	$(PYTHON) -c "import sys; from vermin.main import main; sys.exit(main())" \
+		-t=3.8- --no-tips --violations --eval-annotations clstr
 
 demo:
 	$(PYTHON) demo/demo.py

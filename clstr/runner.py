@@ -156,7 +156,8 @@ class Runner:
 
     def _start_master(self, host, group):
         try:
-            self.masters.start(host, group, lambda failure: self._master_started(host, group, failure))
+            self.masters.start(host, group,
+                               lambda failure: self._master_started(host, group, failure))
         except OSError as error:
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))

@@ -115,7 +115,8 @@ class Scheduler:
     def _attempts_used_up(self, job):
         if not self.max_attempts:
             return False
-        failed_hosts = {name for name, failure in job.failures if failure.kind is not Kind.THROTTLED}
+        failed_hosts = {name for name, failure in job.failures
+                        if failure.kind is not Kind.THROTTLED}
         return len(failed_hosts) >= self.max_attempts
 
     def _throttled_attempt(self, job, slot):

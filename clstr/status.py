@@ -137,4 +137,5 @@ class ActiveNodesFile:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        replace_file(self.path, active_nodes_text(self._entries()).encode("utf-8", "backslashreplace"))
+        text = active_nodes_text(self._entries())
+        replace_file(self.path, text.encode("utf-8", "backslashreplace"))

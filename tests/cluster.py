@@ -300,10 +300,7 @@ class LoopbackCluster:
     def session_pids(self):
         """Pids of the sshd processes serving the login user's sessions
         (``sshd: clstrtest@notty``)."""
-        pids = []
-        for pid, cmdline in self.remote_processes("sshd: %s@" % self.user):
-            pids.append(pid)
-        return pids
+        return [pid for pid, _ in self.remote_processes("sshd: %s@" % self.user)]
 
     def signal_sessions(self, signum):
         """Send ``signum`` to every session process: SIGKILL models a node

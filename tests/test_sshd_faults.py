@@ -4,7 +4,6 @@ the real loopback sshd."""
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pytest
