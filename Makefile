@@ -13,7 +13,7 @@ test:
 # ruff with the configuration in pyproject.toml; vermin proves Python 3.8
 # syntax and APIs suffice for the package.
 lint:
-	$(PYTHON) -m ruff check clstr tests demo bench
+	$(PYTHON) -m ruff check clstr tests demo $(wildcard bench)
 	$(PYTHON) -c "import sys; from vermin.main import main; sys.exit(main())" \
 		-t=3.8- --no-tips --violations --eval-annotations clstr
 
