@@ -1,0 +1,105 @@
+"""The command line, with a local stand-in for ssh: usage errors are one line
+and exit 2 with nothing started; options behave as documented."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clstr_run import REPO
+
+FAKESSH = os.path.join(REPO, "tests", "fakessh")
+
+
+def run(*args, stdin=subprocess.DEVNULL, **kwargs):
+    return subprocess.run([sys.executable, "-m", "clstr", "--ssh-command", FAKESSH] + list(args),
+                          cwd=REPO, capture_output=True, timeout=60, stdin=stdin, **kwargs)
+
+
+@pytest.mark.parametrize("args, mentions", [
+    (["-n", "a", "-J", "/no/such/jobs", "-j", "JOB"], "/no/such/jobs"),
+    (["-N", "/no/such/nodes", "-j", "JOB"], "/no/such/nodes"),
+    (["-j", "JOB"], "no nodes"),
+    (["-n", "a"], "no jobs"),
+    (["-n", "a", "-j", "JOB", "--frobnicate"], "--frobnicate"),
+    (["-n", "a", "-j", "JOB", "-E", "y"], "--on-each-node"),
+    (["-n", "a", "-j", "JOB", "-m", "lots"], "lots"),
+    (["-n", "lab[3-1]", "-j", "JOB"], "lab[3-1]"),
+    (["--node=-oProxyCommand=evil", "-j", "JOB"], "-oProxyCommand=evil"),
+    (["-n", "a", "-j", "JOB", "--resume"], "--resume"),
+    (["-n", "a", "-j", "JOB", "--ssh-command", "no-such-ssh-here"], "no-such-ssh-here"),
+])
+def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_path):
+    marker = tmp_path / "ran"
+    result = run(*[("touch %s" % marker if arg == "JOB" else arg) for arg in args])
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clstr: error: "), lines
+    assert mentions in lines[0]
+    assert result.stdout == b""
+    assert not marker.exists()
+
+
+def test_node_file_error_names_the_line(tmp_path):
+    nodes = tmp_path / "nodes"
+    nodes.write_text("a\nb[9-1]\n")
+    result = run("-N", str(nodes), "-j", "x")
+    assert result.returncode == 2
+    assert ("%s:2:" % nodes) in result.stderr.decode()
+
+
+def test_help_teaches_with_examples():
+    result = run("--help")
+    text = result.stdout.decode()
+    assert result.returncode == 0
+    for word in ("--node", "--job-file", "--on-each-node", "examples:", "exit status"):
+        assert word in text
+
+
+def test_dry_run_prints_ssh_lines_and_starts_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    result = run("--dry-run", "--no-multiplex", "-n", "h[1-2]", "-j", "touch %s" % marker)
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1 and " -- h" in lines[0] and "BatchMode=yes" in lines[0]
+    assert not marker.exists()
+    # The printed line is a shell command that really does the job (given a
+    # stdin that stays open, as clstr gives every ssh).
+    shell = subprocess.Popen(["sh", "-c", lines[0]], stdin=subprocess.PIPE)
+    assert shell.wait(timeout=30) == 0
+    shell.stdin.close()
+    assert marker.exists()
+
+
+def test_stdout_option_without_file_discards_output():
+    result = run("-n", "a", "-j", "echo hidden", "-o")
+    assert result.returncode == 0 and result.stdout == b""
+
+
+def test_jobs_from_stdin_dash():
+    result = run("-n", "a", "-n", "b", "-J", "-", stdin=None,
+                 input=b"echo one\n\necho two\r\n")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"one", b"two"]
+
+
+def test_1000_jobs_over_4_slots_each_print_exactly_once(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.write_text("".join("echo %d\n" % n for n in range(1000)))
+    result = run("-n", "a", "b", "c", "d", "-J", str(jobs))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(b"%d" % n for n in range(1000))
+
+
+def test_verbose_counts_and_very_verbose_lists_jobs_not_completed():
+    one = run("-v", "-n", "dead1", "-j", "echo a", "-j", "echo b")
+    two = run("-vv", "-n", "dead1", "-j", "echo a", "-j", "echo b")
+    assert one.returncode == two.returncode == 1
+    assert b"2 of 2 jobs were not completed" in one.stderr
+    assert b"job 1 'echo a'" in two.stderr and b"job 2 'echo b'" in two.stderr
+
+
+def test_version():
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith(b"clstr 0.")

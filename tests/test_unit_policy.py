@@ -1,0 +1,257 @@
+"""Pure tier: parsing, classification and scheduling rules, driven by
+synthetic events (no processes, no network)."""
+
+import random
+
+import pytest
+
+from clstr.delivery import tag_lines
+from clstr.failures import Failure, Kind, classify
+from clstr.jobs import JobFeed, split_job_lines
+from clstr.nodes import NodePool
+from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
+from clstr.records import completed_in_joblog, joblog_line
+from clstr.scheduler import MAX_THROTTLED, Scheduler
+from clstr.ssh import SshSettings, shell_quote
+from clstr.status import active_nodes_text, status_text
+
+# -- node specs ---------------------------------------------------------------
+
+
+def test_ranges_keep_zero_padding_and_lists():
+    assert expand("lab[01-03,09]") == ["lab01", "lab02", "lab03", "lab09"]
+    assert expand("e-c07kilf[901-903]") == ["e-c07kilf901", "e-c07kilf902", "e-c07kilf903"]
+
+
+def test_several_groups_expand_in_order_and_user_is_kept():
+    assert expand("r[1-2]n[1,3]") == ["r1n1", "r1n3", "r2n1", "r2n3"]
+    assert expand("me@h[1-2]") == ["me@h1", "me@h2"]
+    assert expand("a,b[1-2]") == ["a", "b1", "b2"]
+
+
+@pytest.mark.parametrize("spec", ["lab[5-1]", "lab[]", "lab[1-2", "lab1-2]", "lab[a]",
+                                  "x[[1]]", "a,,b", "n[1-1000000]"])
+def test_malformed_range_is_an_error_naming_the_text(spec):
+    with pytest.raises(NodeSpecError) as error:
+        expand(spec)
+    assert spec in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["-oProxyCommand=touch x", "a b", "a;b", "$(x)", "`x`", "a'b",
+                                  ""])
+def test_a_hostname_can_never_become_an_option_or_shell_syntax(name):
+    with pytest.raises(NodeSpecError):
+        validate_host(name)
+
+
+@pytest.mark.parametrize("name", ["user@host", "host.example.org", "10.1.2.3", "::1",
+                                  "fe80::1%eth0", "e-c07kilf901"])
+def test_ordinary_hostnames_are_accepted(name):
+    assert validate_host(name) == name
+
+
+def test_node_file_skips_comments_and_blank_lines_and_keeps_duplicates():
+    lines = ["# lab\n", "\n", "a\r\n", "a  # twice: two slots\n", "b[1-2]\n"]
+    assert parse_node_lines(lines, "nodes.txt") == ["a", "a", "b1", "b2"]
+
+
+def test_node_file_error_names_file_and_line():
+    with pytest.raises(NodeSpecError) as error:
+        parse_node_lines(["good\n", "bad[2-1]\n"], "nodes.txt")
+    assert str(error.value).startswith("nodes.txt:2: ")
+
+
+def test_fold_is_the_inverse_of_expand():
+    for spec in ["node[001-003,007]", "a,b[1-2]", "x9"]:
+        assert expand(fold(expand(spec))) == expand(spec)
+
+# -- ssh ----------------------------------------------------------------------
+
+
+def test_user_options_come_first_and_the_host_follows_double_dash():
+    argv = SshSettings(["ssh", "-F", "cfg"], ["ConnectTimeout=1"]).argv("-oProxyCommand=x", b"ls")
+    assert argv[:5] == ["ssh", "-F", "cfg", "-o", "ConnectTimeout=1"]
+    assert "BatchMode=yes" in argv
+    assert argv.index("ConnectTimeout=1") < argv.index("ConnectTimeout=5")
+    assert argv[-3:-1] == ["--", "-oProxyCommand=x"]
+
+
+def test_shell_quote_survives_quotes_and_any_bytes():
+    import subprocess
+    word = b"it's \"quoted\" $HOME `x` \xff\n"
+    out = subprocess.run([b"sh", b"-c", b"printf %s " + shell_quote(word)],
+                         capture_output=True, check=True).stdout
+    assert out == word
+
+# -- failures -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stderr, kind", [
+    (b"ssh: connect to host h port 22: Connection refused\r\n", Kind.REFUSED),
+    (b"ssh: connect to host h port 22: Connection timed out\r\n", Kind.TIMED_OUT),
+    (b"Connection timed out during banner exchange\r\n", Kind.TIMED_OUT),
+    (b"u@h: Permission denied (publickey).\r\n", Kind.AUTH),
+    (b"Host key verification failed.\r\n", Kind.HOST_KEY),
+    (b"ssh: Could not resolve hostname nope: Name or service not known\r\n", Kind.UNRESOLVED),
+    (b"kex_exchange_identification: read: Connection reset by peer\r\n"
+     b"Connection reset by 127.0.0.1 port 22\r\n", Kind.THROTTLED),
+    (b"Timeout, server h not responding.\r\n", Kind.CONNECTION_LOST),
+    (b"Connection to h closed by remote host.\r\n", Kind.CONNECTION_LOST),
+    (b"something new\r\n", Kind.SSH_ERROR),
+])
+def test_ssh_failures_are_named_from_its_stderr(stderr, kind):
+    failure = classify(255, b"job noise\n" + stderr)
+    assert failure.kind is kind
+    assert failure.detail in stderr.decode()
+
+
+def test_job_exit_is_told_apart_from_ssh_failure():
+    assert classify(0, b"") is None
+    failure = classify(3, b"Connection refused\n")
+    assert failure.kind is Kind.JOB_EXIT and str(failure) == "job exited 3"
+    assert not failure.kind.transport and Kind.REFUSED.transport
+
+
+def test_a_mux_client_whose_master_has_gone_lost_its_connection():
+    assert classify(255, b"", master_gone=True).kind is Kind.CONNECTION_LOST
+
+# -- slots and scheduling -----------------------------------------------------
+
+
+def test_each_listing_is_a_slot_and_the_least_loaded_host_goes_first():
+    pool = NodePool(["a", "a", "a", "b"], rng=random.Random(1))
+    first = pool.acquire()
+    second = pool.acquire()
+    assert {first.host.name, second.host.name} == {"a", "b"}
+    assert pool.acquire().host.name == "a"
+    assert pool.acquire().host.name == "a"
+    assert pool.acquire() is None
+
+
+def test_ties_are_broken_at_random():
+    firsts = {NodePool(["a", "b", "c", "d"], rng=random.Random(seed)).acquire().host.name
+              for seed in range(40)}
+    assert firsts == {"a", "b", "c", "d"}
+
+
+def test_max_uses_retires_a_slot_after_that_many_jobs():
+    pool = NodePool(["a"], max_uses=2)
+    for _ in range(2):
+        slot = pool.acquire()
+        pool.release(slot)
+    assert pool.acquire() is None and not pool.usable
+
+
+def feed_of(*commands):
+    return JobFeed([c.encode() for c in commands])
+
+
+def test_failure_requeues_the_job_and_retires_the_node():
+    pool = NodePool(["a", "b"], rng=random.Random(0))
+    scheduler = Scheduler(pool, feed_of("x"))
+    job, slot = scheduler.next_assignment()
+    outcome = scheduler.attempt_finished(job, slot, Failure(Kind.REFUSED, "refused"))
+    assert outcome.retired == slot.host.name and outcome.requeued
+    again, other = scheduler.next_assignment()
+    assert again is job and other.host is not slot.host
+    scheduler.attempt_finished(again, other, None)
+    assert scheduler.completed == 1 and scheduler.done()
+
+
+def test_job_failure_job_fails_only_the_job():
+    pool = NodePool(["a"])
+    scheduler = Scheduler(pool, feed_of("x", "y"), job_failure="job")
+    job, slot = scheduler.next_assignment()
+    outcome = scheduler.attempt_finished(job, slot, Failure(Kind.JOB_EXIT, "job exited 1"))
+    assert outcome.gave_up and not outcome.retired
+    assert scheduler.next_assignment() is not None
+
+
+def test_max_attempts_gives_up_after_that_many_nodes():
+    pool = NodePool(["a", "b", "c"])
+    scheduler = Scheduler(pool, feed_of("x"), max_attempts=2)
+    outcomes = []
+    for _ in range(2):
+        job, slot = scheduler.next_assignment()
+        outcomes.append(scheduler.attempt_finished(job, slot, Failure(Kind.JOB_EXIT, "e")))
+    assert [o.gave_up for o in outcomes] == [False, True]
+    assert scheduler.not_completed() == [job] and pool.usable
+
+
+def test_throttled_attempts_back_off_and_never_retire_a_host_with_running_jobs():
+    pool = NodePool(["a", "a"])
+    scheduler = Scheduler(pool, feed_of(*["x"] * 20), rng=random.Random(0))
+    busy_job, busy_slot = scheduler.next_assignment()
+    for _ in range(MAX_THROTTLED + 2):
+        job, slot = scheduler.next_assignment()
+        outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
+        assert outcome.backoff and 0 < outcome.backoff <= 6 and not outcome.retired
+        pool.admit("a")
+    assert not pool.hosts["a"].retired
+
+
+def test_throttled_alone_too_often_is_retired():
+    pool = NodePool(["a"])
+    scheduler = Scheduler(pool, feed_of("x"), rng=random.Random(0))
+    for count in range(1, MAX_THROTTLED + 1):
+        job, slot = scheduler.next_assignment()
+        outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
+        pool.admit("a")
+    assert outcome.retired == "a" and not pool.usable
+
+
+def test_max_running_caps_jobs_at_once():
+    scheduler = Scheduler(NodePool(["a", "b", "c"]), feed_of("x", "y", "z"), max_running=2)
+    assert scheduler.next_assignment() and scheduler.next_assignment()
+    assert scheduler.next_assignment() is None
+
+
+def test_pinned_jobs_run_on_their_host_and_are_not_rerun_elsewhere():
+    pool = NodePool(["a", "b"])
+    feed = JobFeed()
+    feed.add_pinned(b"uname", ["a", "b"])
+    scheduler = Scheduler(pool, feed)
+    (job_a, slot_a), (job_b, slot_b) = scheduler.next_pinned_assignment(), \
+        scheduler.next_pinned_assignment()
+    assert {(job_a.host, slot_a.host.name), (job_b.host, slot_b.host.name)} == {("a", "a"),
+                                                                                ("b", "b")}
+    outcome = scheduler.attempt_finished(job_a, slot_a, Failure(Kind.REFUSED, "r"))
+    assert outcome.gave_up and not outcome.requeued
+
+# -- jobs, records, status, tags ---------------------------------------------
+
+
+def test_job_lines_lose_newline_and_cr_and_blank_lines_but_keep_bytes():
+    assert split_job_lines(b"a\r\n\n  \nb \xff\nc") == [b"a", b"b \xff", b"c"]
+
+
+def test_requeued_jobs_come_before_new_ones():
+    feed = feed_of("1", "2")
+    first = feed.take()
+    feed.requeue(first)
+    assert feed.take() is first and feed.take().command == b"2"
+
+
+def test_joblog_round_trip_for_resume(tmp_path):
+    path = tmp_path / "log"
+    path.write_text("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+                    + joblog_line(1, "a", 1.0, 0.5, 3, 0, "echo\tx")
+                    + joblog_line(2, "a", 1.0, 0.5, 0, 255, "y")
+                    + joblog_line(3, "a", 1.0, 0.5, 0, -15, "z"))
+    assert completed_in_joblog(str(path)) == {(1, "echo\\tx")}
+
+
+def test_status_line_is_the_0_1_0_line():
+    assert status_text(110, 556, 176, 176) == \
+        "110 of 556 jobs complete, 176 of 176 nodes running jobs."
+
+
+def test_active_nodes_lines_look_like_0_1_0():
+    assert active_nodes_text([("e-c07kilf901", "my_experiment 7")]) == \
+        "e-c07kilf901: <'Job' 'my_experiment 7'>\n"
+
+
+def test_tag_prefixes_whole_lines_only():
+    assert tag_lines(b"h: ", b"a\nb\n") == b"h: a\nh: b\n"
+    assert tag_lines(b"h: ", b"tail") == b"h: tail"
+    assert tag_lines(b"h: ", b"") == b""
