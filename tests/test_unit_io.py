@@ -98,7 +98,8 @@ def sink_to_pipe():
     loop = EventLoop()
     read_end, write_end = os.pipe()
     events = []
-    sink = Sink(loop, write_end, on_pressure=events.append, on_broken=lambda: events.append("broken"))
+    sink = Sink(loop, write_end, on_pressure=events.append,
+                on_broken=lambda: events.append("broken"))
     return loop, sink, read_end, write_end, events
 
 

@@ -193,7 +193,7 @@ def test_throttled_attempts_back_off_and_never_retire_a_host_with_running_jobs()
 def test_throttled_alone_too_often_is_retired():
     pool = NodePool(["a"])
     scheduler = Scheduler(pool, feed_of("x"), rng=random.Random(0))
-    for count in range(1, MAX_THROTTLED + 1):
+    for _ in range(MAX_THROTTLED):
         job, slot = scheduler.next_assignment()
         outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
         pool.admit("a")
