@@ -18,7 +18,7 @@ import shutil
 import signal
 import tempfile
 
-from .failures import classify
+from .failures import Failure, Kind, classify
 
 # A master with no sessions for this long exits by itself: the safety net if
 # clstr is killed before it can stop its masters.  Jobs whose master has gone
@@ -26,6 +26,9 @@ from .failures import classify
 MASTER_IDLE_EXIT = 60
 # How long clstr waits for its masters to confirm they exit.
 EXIT_WAIT = 5.0
+# A master not up this long after its connect timeout is given up: ssh can
+# fall back to a plain session that never returns (e.g. a socket in the way).
+START_GRACE = 15.0
 
 
 def _socket_directory():
@@ -38,7 +41,7 @@ def _socket_directory():
 class Master:
     """One ControlMaster: its socket, and whether it is up."""
 
-    __slots__ = ("host", "group", "path", "log_path", "ready", "starter")
+    __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "timed_out")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -47,6 +50,8 @@ class Master:
         self.log_path = log_path
         self.ready = False
         self.starter = None  # pid of the ssh still setting the master up
+        self.timer = None
+        self.timed_out = False
 
 
 class MasterSet:
@@ -54,11 +59,12 @@ class MasterSet:
     calls ``on_done(failure)`` (None when it is up); ``control_path(host,
     slot_index)`` names the socket a slot's jobs use."""
 
-    def __init__(self, loop, ssh, sessions_per_master=10):
+    def __init__(self, loop, ssh, sessions_per_master=10, start_timeout=None):
         self._loop = loop
         self._ssh = ssh
         self._per_master = max(1, sessions_per_master)
         self._masters = {}
+        self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
         self.directory = _socket_directory()
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
@@ -84,14 +90,24 @@ class MasterSet:
                                               lambda code: self._started(master, code, on_done))
         finally:
             os.close(log_fd)
+        master.timer = self._loop.call_later(self._start_timeout, lambda: self._too_slow(master))
+
+    def _too_slow(self, master):
+        if master.starter:
+            master.timed_out = True
+            os.kill(master.starter, signal.SIGTERM)
 
     def _started(self, master, code, on_done):
         master.starter = None
+        master.timer.cancel()
         with open(master.log_path, "rb") as log:
             said = log.read()[-4096:]
         failure = classify(code, said)
-        if failure is None and not os.path.exists(master.path):
-            failure = classify(255, b"master exited without its control socket")
+        if master.timed_out:
+            failure = Failure(Kind.TIMED_OUT, "master connection not up after %gs"
+                              % self._start_timeout)
+        elif failure is None and not os.path.exists(master.path):
+            failure = Failure(Kind.SSH_ERROR, "master exited without its control socket")
         master.ready = failure is None
         on_done(failure)
 
