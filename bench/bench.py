@@ -1,0 +1,370 @@
+"""clstr against its peers, measured in one run on a loopback sshd cluster.
+
+    python3 bench/bench.py [--reps N] [--quick] [--no-install] [--out FILE]
+
+Starts the loopback cluster the tests use, installs the peers if they are
+missing (GNU parallel, pdsh, pssh, ClusterShell from Debian; clstr 0.1.0 from
+PyPI into a throwaway venv), and times each scenario R times.  It prints one
+table of medians, min-max and ratios (peer time / clstr time, so above 1 means
+clstr is faster) and writes it, with the machine it ran on, to
+bench/results-latest.md.  Every tool logs in as the cluster's unprivileged
+user; only 127.0.0.1 is contacted.
+"""
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from cluster import LoopbackCluster  # noqa: E402
+
+TIMEOUT = 300
+
+
+class Result:
+    """Wall times of one tool in one scenario (None: it failed)."""
+
+    def __init__(self, scenario, tool, times, note="", jobs=None, reference=False):
+        self.scenario = scenario
+        self.tool = tool
+        self.times = times
+        self.note = note
+        self.jobs = jobs
+        self.reference = reference
+
+    @property
+    def median(self):
+        return statistics.median(self.times) if self.times else None
+
+
+def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT):
+    """Run ``argv`` ``reps`` times; returns (times, note).  ``check(stdout)``
+    returns an error text when the output is wrong."""
+    times, note = [], ""
+    for _ in range(reps):
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout,
+                                  env=env)
+        except subprocess.TimeoutExpired:
+            return [], "timed out after %d s" % timeout
+        except OSError as error:
+            return [], "cannot run: %s" % error
+        finally:
+            if stdin_path:
+                stdin.close()
+        elapsed = time.monotonic() - started
+        problem = check(done.stdout) if check else None
+        if done.returncode != 0 and not problem:
+            problem = "exit %d: %s" % (done.returncode, done.stderr.decode(errors="replace")
+                                       .strip().splitlines()[-1:])
+        if problem:
+            return [], problem
+        times.append(elapsed)
+    return times, note
+
+
+def count_lines(expected):
+    def check(stdout):
+        lines = len(stdout.splitlines())
+        return None if lines == expected else "%d of %d answered" % (lines, expected)
+    return check
+
+
+# -- the peers ----------------------------------------------------------------
+
+def install_peers(allowed):
+    """Debian peers and clstr 0.1.0, where missing; returns the venv dir."""
+    wanted = {"parallel": "parallel", "pdsh": "pdsh", "parallel-ssh": "pssh",
+              "clush": "clustershell"}
+    missing = [package for command, package in wanted.items() if not shutil.which(command)]
+    if missing and allowed and os.geteuid() == 0:
+        print("installing %s" % " ".join(missing), flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, stdin=subprocess.DEVNULL,
+                       timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq"] + missing, env=env,
+                       stdin=subprocess.DEVNULL, timeout=900, capture_output=True)
+    venv = os.path.join(tempfile.gettempdir(), "clstr-bench-0.1.0")
+    if allowed and not os.path.exists(os.path.join(venv, "bin", "clstr")):
+        print("installing clstr 0.1.0 from PyPI into %s" % venv, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], timeout=300, capture_output=True)
+        subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "clstr==0.1.0"],
+                       timeout=600, capture_output=True)
+    return venv
+
+
+def ssh_wrapper_dir(cluster, work):
+    """A directory with an ``ssh`` that uses the cluster's config, for tools
+    that can only call plain ``ssh`` (clstr 0.1.0, pdsh)."""
+    directory = os.path.join(work, "bin")
+    os.makedirs(directory)
+    path = os.path.join(directory, "ssh")
+    with open(path, "w") as handle:
+        handle.write("#!/bin/sh\nexec /usr/bin/ssh -F %s \"$@\"\n"
+                     % shlex.quote(cluster.ssh_config))
+    os.chmod(path, 0o755)
+    return directory
+
+
+class Tools:
+    """Command lines for every tool, pointed at the loopback cluster."""
+
+    def __init__(self, cluster, work, venv):
+        self.cluster = cluster
+        self.work = work
+        self.ssh = cluster.ssh_command
+        self.pyz = os.path.join(work, "clstr.pyz")
+        subprocess.run(["bash", os.path.join(REPO, "build_zipapp.sh"), self.pyz], check=True,
+                       capture_output=True, timeout=60)
+        self.old_clstr = os.path.join(venv, "bin", "clstr")
+        self.env = dict(os.environ, PATH=ssh_wrapper_dir(cluster, work) + ":" + os.environ["PATH"],
+                        HOME=work)
+        # GNU parallel asks for a citation once; say it was seen.
+        os.makedirs(os.path.join(work, ".parallel"), exist_ok=True)
+        open(os.path.join(work, ".parallel", "will-cite"), "w").close()
+
+    def have(self, command):
+        return shutil.which(command, path=self.env["PATH"]) is not None
+
+    def clstr(self, *args):
+        return [sys.executable, self.pyz, "--ssh-command", self.ssh] + list(args)
+
+    def clstr_010(self, *args):
+        # 0.1.0 opens /dev/tty unconditionally and crashes without one, so it
+        # runs under script(1), which gives it a pseudo-terminal.
+        if not os.path.exists(self.old_clstr) or not self.have("script"):
+            return None
+        command = " ".join(shlex.quote(word) for word in [self.old_clstr] + list(args))
+        return ["script", "-qec", command, "/dev/null"]
+
+    def parallel(self, hosts, *args):
+        if not self.have("parallel"):
+            return None
+        return ["parallel", "--will-cite", "--ssh", self.ssh,
+                "-S", ",".join("1/" + host for host in hosts)] + list(args)
+
+    def pdsh(self, hosts, command):
+        if not self.have("pdsh"):
+            return None
+        return ["env", "PDSH_RCMD_TYPE=ssh", "PDSH_SSH_ARGS=-F %s -x %%h" % self.cluster.ssh_config,
+                "pdsh", "-f", str(len(hosts)), "-w", ",".join(hosts), command]
+
+    def pssh(self, hosts, command):
+        if not self.have("parallel-ssh"):
+            return None
+        return ["parallel-ssh", "-x", "-F %s" % self.cluster.ssh_config, "-p", str(len(hosts)),
+                "-i", "-H", " ".join(hosts), command]
+
+    def clush(self, hosts, command):
+        if not self.have("clush"):
+            return None
+        return ["clush", "-f", str(len(hosts)), "-o", "-F %s" % self.cluster.ssh_config,
+                "-w", ",".join(hosts), command]
+
+
+def run_one(results, scenario, tool, argv, reps, env, jobs=None, reference=False, **kwargs):
+    if argv is None:
+        results.append(Result(scenario, tool, [], "n/a (not installed)", jobs, reference))
+        return
+    print("  %-28s" % tool, end="", flush=True)
+    times, note = measure(argv, reps, env=env, **kwargs)
+    result = Result(scenario, tool, times, note, jobs, reference)
+    print(("%.2f s" % result.median) if times else note, flush=True)
+    results.append(result)
+
+
+# -- scenarios ----------------------------------------------------------------
+
+def many_short_jobs(tools, results, reps, jobs_count):
+    scenario = "%d `true` jobs, 8 nodes" % jobs_count
+    print(scenario, flush=True)
+    hosts = tools.cluster.nodes(8)
+    jobs = os.path.join(tools.work, "true-jobs")
+    with open(jobs, "w") as handle:
+        handle.write("true\n" * jobs_count)
+    targets = os.path.join(tools.work, "targets")
+    with open(targets, "w") as handle:
+        handle.write("".join(hosts[n % 8] + "\n" for n in range(jobs_count)))
+    env = tools.env
+    nodes = [arg for host in hosts for arg in ("-n", host)]
+    run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps, env, jobs_count,
+            reference=True)
+    run_one(results, scenario, "clstr --no-multiplex",
+            tools.clstr("--no-multiplex", *nodes, "-J", jobs), reps, env, jobs_count)
+    run_one(results, scenario, "GNU parallel -S", tools.parallel(hosts), reps, env, jobs_count,
+            stdin_path=jobs)
+    parallel_m = tools.parallel(hosts, "-M")
+    run_one(results, scenario, "GNU parallel -S -M", parallel_m, reps, env, jobs_count,
+            stdin_path=jobs)
+    run_one(results, scenario, "clstr 0.1.0", tools.clstr_010(*nodes, "-J", jobs), reps, env,
+            jobs_count)
+    run_one(results, scenario, "xargs -P 8 + ssh (floor)",
+            ["xargs", "-P", "8", "-I{}", "ssh", "-F", tools.cluster.ssh_config, "{}", "true"],
+            reps, env, jobs_count, stdin_path=targets)
+    sockets = tempfile.mkdtemp(prefix="cm-", dir="/tmp")
+    try:
+        for host in hosts:
+            subprocess.run(["ssh", "-F", tools.cluster.ssh_config, "-o", "ControlMaster=yes",
+                            "-o", "ControlPersist=120", "-o", "ControlPath=%s/%%n" % sockets,
+                            "-N", host], timeout=60, stdin=subprocess.DEVNULL)
+        run_one(results, scenario, "xargs -P 8 + masters (floor)",
+                ["xargs", "-P", "8", "-I{}", "ssh", "-F", tools.cluster.ssh_config,
+                 "-o", "ControlMaster=no", "-o", "ControlPath=%s/%%n" % sockets, "{}", "true"],
+                reps, env, jobs_count, stdin_path=targets)
+    finally:
+        for host in hosts:
+            subprocess.run(["ssh", "-F", tools.cluster.ssh_config, "-o",
+                            "ControlPath=%s/%%n" % sockets, "-O", "exit", host],
+                           timeout=30, capture_output=True)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def once_on_each_node(tools, results, reps, count):
+    scenario = "`uname -n` once on %d nodes" % count
+    print(scenario, flush=True)
+    hosts = tools.cluster.nodes(count)
+    env = tools.env
+    answered = count_lines(count)
+    node_file = os.path.join(tools.work, "nodes-%d" % count)
+    with open(node_file, "w") as handle:
+        handle.write("\n".join(hosts) + "\n")
+    run_one(results, scenario, "clstr -E", tools.clstr("-N", node_file, "-E", "uname -n"), reps,
+            env, reference=True, check=answered)
+    run_one(results, scenario, "pdsh", tools.pdsh(hosts, "uname -n"), reps, env, check=answered)
+    run_one(results, scenario, "pssh", tools.pssh(hosts, "uname -n"), reps, env,
+            check=lambda out: count_lines(count)(b"\n".join(
+                line for line in out.splitlines() if b"[SUCCESS]" in line)))
+    run_one(results, scenario, "clush", tools.clush(hosts, "uname -n"), reps, env, check=answered)
+    parallel = tools.parallel(hosts, "--nonall", "-j", str(count), "uname -n")
+    run_one(results, scenario, "GNU parallel --nonall", parallel, reps, env, check=answered)
+    run_one(results, scenario, "clstr 0.1.0",
+            tools.clstr_010("-N", node_file, "--on-each-node", "uname -n"), reps, env,
+            check=answered)
+
+
+def scheduler_overhead(tools, results, reps, jobs_count):
+    scenario = "%d jobs, 32 slots, no network" % jobs_count
+    print(scenario, flush=True)
+    jobs = os.path.join(tools.work, "local-jobs")
+    with open(jobs, "w") as handle:
+        handle.write("".join("job %d\n" % n for n in range(jobs_count)))
+    slots = ["-n", "slot[01-32]"]
+    # `true` stands in for ssh: each job is one spawn of true, as for xargs.
+    run_one(results, scenario, "clstr (ssh = true)",
+            [sys.executable, tools.pyz, "--ssh-command", "true", "--no-multiplex", *slots,
+             "-J", jobs], reps, tools.env, jobs_count, reference=True)
+    run_one(results, scenario, "xargs -P 32 true", ["xargs", "-P", "32", "-n", "1", "true"],
+            reps, tools.env, jobs_count, stdin_path=jobs)
+
+
+def dead_nodes(tools, results, reps, jobs_count):
+    scenario = "%d jobs, 8 good + 4 refused + 2 silent nodes" % jobs_count
+    print(scenario, flush=True)
+    cluster = tools.cluster
+    hosts = cluster.nodes(8) + cluster.dead_nodes(4) + cluster.silent_nodes(2)
+    jobs = os.path.join(tools.work, "dead-jobs")
+    with open(jobs, "w") as handle:
+        handle.write("true\n" * jobs_count)
+    nodes = [arg for host in hosts for arg in ("-n", host)]
+    run_one(results, scenario, "clstr", tools.clstr("--connect-timeout", "2", *nodes, "-J", jobs),
+            reps, tools.env, jobs_count, reference=True)
+    run_one(results, scenario, "clstr --no-multiplex",
+            tools.clstr("--no-multiplex", "--connect-timeout", "2", *nodes, "-J", jobs),
+            reps, tools.env, jobs_count)
+    parallel = tools.parallel(hosts)
+    if parallel:
+        parallel[parallel.index("--ssh") + 1] = tools.ssh + " -o ConnectTimeout=2"
+    run_one(results, scenario, "GNU parallel -S", parallel, reps, tools.env, jobs_count,
+            stdin_path=jobs, timeout=120)
+
+
+def start_up(tools, results, reps):
+    scenario = "start-up (--version)"
+    print(scenario, flush=True)
+    run_one(results, scenario, "clstr.pyz --version", [tools.pyz, "--version"], reps, tools.env,
+            reference=True)
+    run_one(results, scenario, "python3 -c pass", [sys.executable, "-c", "pass"], reps,
+            tools.env)
+
+
+# -- the table ----------------------------------------------------------------
+
+def table(results):
+    lines = ["| scenario | tool | median s | min-max s | jobs/s | peer / clstr |",
+             "|---|---|---|---|---|---|"]
+    references = {r.scenario: r for r in results if r.reference}
+    for result in results:
+        reference = references.get(result.scenario)
+        if not result.times:
+            lines.append("| %s | %s | %s | | | |" % (result.scenario, result.tool, result.note))
+            continue
+        ratio = ""
+        if reference and reference.times and not result.reference:
+            ratio = "%.2f" % (result.median / reference.median)
+        rate = "%.0f" % (result.jobs / result.median) if result.jobs else ""
+        lines.append("| %s | %s | %.3f | %.3f-%.3f | %s | %s |" % (
+            result.scenario, result.tool, result.median, min(result.times), max(result.times),
+            rate, ratio))
+    return "\n".join(lines)
+
+
+def machine():
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return "%s; %d cores (%s); %s; Python %s; %s" % (
+        platform.platform(), os.cpu_count(), model, ssh, platform.python_version(),
+        time.strftime("%Y-%m-%d"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="one small run of each (smoke)")
+    parser.add_argument("--no-install", action="store_true", help="use only what is installed")
+    parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
+    args = parser.parse_args()
+    reps = 1 if args.quick else args.reps
+    venv = install_peers(not args.no_install)
+    results = []
+    with LoopbackCluster() as cluster:
+        work = tempfile.mkdtemp(prefix="clstr-bench-")
+        try:
+            tools = Tools(cluster, work, venv)
+            many_short_jobs(tools, results, reps, 40 if args.quick else 400)
+            once_on_each_node(tools, results, reps, 10 if args.quick else 100)
+            scheduler_overhead(tools, results, reps, 500 if args.quick else 20000)
+            dead_nodes(tools, results, reps, 20 if args.quick else 100)
+            start_up(tools, results, 3 if args.quick else 20)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    text = table(results)
+    print()
+    print(text)
+    with open(args.out, "w") as out:
+        out.write("# Benchmark results\n\n%s\n\n%d repetitions each (median, min-max). "
+                  "peer / clstr above 1 means clstr is faster.\n\n%s\n"
+                  % (machine(), reps, text))
+    print("\nwritten to %s" % args.out)
+
+
+if __name__ == "__main__":
+    main()
