@@ -92,6 +92,10 @@ def build_parser():
     failures.add_argument("--timeout", metavar="SECONDS", type=_seconds,
                           help="kill a job (on the node too) that runs longer; it is "
                           "reported failed and not rerun")
+    failures.add_argument("--retry-nodes", metavar="SECONDS", type=_seconds, default=0,
+                          help="try a node retired for a connection failure again after "
+                          "SECONDS (doubling after each failure), and use it again if it "
+                          "answers (default 0: never)")
     failures.add_argument("--joblog", metavar="FILE",
                           help="log each finished attempt to FILE, in GNU parallel's "
                           "joblog format")
@@ -276,6 +280,7 @@ def make_plan(argv):
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, output_dir=args.output_dir, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
+        retry_nodes=args.retry_nodes,
         active_nodes=args.active_nodes,
         stdout_fd=_open_output(args.stdout, "--stdout", 1),
         stderr_fd=_open_output(args.stderr, "--stderr", 2))

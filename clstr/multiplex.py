@@ -82,6 +82,15 @@ class MasterSet:
             master = self._masters[key] = Master(
                 host, group, os.path.join(self.directory, name),
                 os.path.join(self.directory, name + ".log"))
+        else:
+            # Starting again (--retry-nodes): the old master is gone or
+            # useless.  A socket left by one killed outright would make the
+            # new ssh quietly skip being a master.
+            master.ready = False
+            try:
+                os.unlink(master.path)
+            except FileNotFoundError:
+                pass
         log_fd = os.open(master.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
                          0o600)
         argv = self._ssh.master_argv(host, master.path, MASTER_IDLE_EXIT)

@@ -13,10 +13,11 @@ class Host:
     """One machine: its free slots, how many jobs it runs, and whether it has
     been retired (and why)."""
 
-    __slots__ = ("name", "free", "held", "slot_count", "running", "retired", "reason")
+    __slots__ = ("name", "slots", "free", "held", "slot_count", "running", "retired", "reason")
 
     def __init__(self, name):
         self.name = name
+        self.slots = []  # all of them, whatever their state
         self.free = []
         self.held = []  # slots waiting for admit() (their connection is not up yet)
         self.slot_count = 0
@@ -56,7 +57,9 @@ class NodePool:
             host = self.hosts.get(name)
             if host is None:
                 host = self.hosts[name] = Host(name)
-            (host.held if held else host.free).append(Slot(host, host.slot_count))
+            slot = Slot(host, host.slot_count)
+            host.slots.append(slot)
+            (host.held if held else host.free).append(slot)
             host.slot_count += 1
         for host in self.hosts.values():
             self._push(host)
@@ -161,6 +164,16 @@ class NodePool:
             host.reason = reason
             host.free = []
             host.held = []
+
+    def reinstate(self, name):
+        """Bring a retired host back with its idle slots held, waiting for
+        admit(); returns how many slots it got back."""
+        host = self.hosts[name]
+        host.retired = False
+        host.reason = None
+        host.held = [slot for slot in host.slots if not slot.busy
+                     and not (self._max_uses and slot.uses >= self._max_uses)]
+        return len(host.held)
 
     def retired_hosts(self):
         return [h for h in self.hosts.values() if h.retired]

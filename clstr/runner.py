@@ -26,6 +26,8 @@ EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+# --retry-nodes: the cooldown doubles after each failed probe, up to this.
+RETRY_COOLDOWN_MAX = 600.0
 
 
 class Attempt:
@@ -73,6 +75,8 @@ class Runner:
         self._paused = False
         self._stopping = False
         self._master_tries = {}
+        self._node_retries = {}  # host -> probes so far (--retry-nodes)
+        self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
         # Every ssh gets the read end of this pipe as stdin; only clstr holds
         # the write end and never writes.  The remote wrapper takes EOF on it
@@ -167,6 +171,7 @@ class Runner:
             return
         if failure is None:
             self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
+            self._back_in_service(host)
         elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
             tries = self._master_tries[host] = self._master_tries.get(host, 0) + 1
             self.loop.call_later(throttle_backoff(tries, random),
@@ -181,8 +186,47 @@ class Runner:
             self._note_retired(host, failure)
 
     def _note_retired(self, host, failure):
+        self._probation.discard(host)
         if self.plan.verbose:
             self._message("node %s retired: %s" % (host, failure))
+        if self.plan.retry_nodes and failure.kind.transport:
+            tries = self._node_retries[host] = self._node_retries.get(host, 0) + 1
+            cooldown = min(self.plan.retry_nodes * 2 ** (tries - 1),
+                           max(self.plan.retry_nodes, RETRY_COOLDOWN_MAX))
+            self.loop.call_later(cooldown, lambda: self._probe(host))
+
+    # -- --retry-nodes --------------------------------------------------------
+
+    def _probe(self, name):
+        """Try a host retired for a transport failure again.  The probe is a
+        real ssh connection (a master, or one job on one slot), never a bare
+        TCP connect, which recent sshd penalises.  Pending probes do not keep
+        a run alive: it still ends when no live node is left."""
+        host = self.pool.hosts[name]
+        if self._stopping or not host.retired or self.scheduler.done():
+            return
+        reason = host.reason
+        if not self.pool.reinstate(name):
+            self.pool.retire(name, reason)  # every slot used up (--max-node-uses)
+            return
+        if self.plan.verbose:
+            self._message("node %s: trying again" % name)
+        if self.masters:
+            # A master coming up admits its slots; failing, it retires the
+            # host again with a longer cooldown.
+            groups = {self.masters.group_of(slot.index) for slot in host.held}
+            for group in sorted(groups):
+                self._start_master(name, group)
+        else:
+            # One slot first; the rest once a job there succeeds.
+            first = host.held[0]
+            self._probation.add(name)
+            self.pool.admit(name, lambda slot: slot is first)
+        self._dispatch()
+
+    def _back_in_service(self, name):
+        if name in self._node_retries and self.plan.verbose:
+            self._message("node %s is back" % name)
 
     # -- attempts -----------------------------------------------------------
 
@@ -246,6 +290,10 @@ class Runner:
             self._maybe_finish_stop()
             return
         outcome = self.scheduler.attempt_finished(job, attempt.slot, failure)
+        if failure is None and host in self._probation:
+            self._probation.discard(host)
+            self.pool.admit(host)
+            self._back_in_service(host)
         if failure is None or outcome.gave_up:
             self.delivery.record(job.seq, code, host, job.text)
         if outcome.retired:

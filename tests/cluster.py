@@ -93,6 +93,58 @@ class _SilentListener:
         self._server.close()
 
 
+class _Forwarder:
+    """Forwards TCP connections from a loopback port to sshd: a node that was
+    down comes up when a forwarder starts on its port."""
+
+    def __init__(self, port, target):
+        self._target = target
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", port))
+        self._server.listen(128)
+        self._server.settimeout(0.2)
+        self._open = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            upstream.settimeout(None)
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self._stop.set()
+        self._server.close()
+        for connection in self._open:
+            connection.close()
+
+
 class LoopbackCluster:
     """A running loopback sshd and an ssh config naming nodes on it."""
 
@@ -104,6 +156,7 @@ class LoopbackCluster:
         self.user = None
         self._sshd = None
         self._silent = None
+        self._forwarders = []
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -130,6 +183,7 @@ class LoopbackCluster:
         self.port = _free_port()
         self.dead_port = _free_port()
         self._silent = _SilentListener()
+        self.late_port = _free_port()
         self._write_sshd_config()
         self._write_client_config()
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -163,6 +217,7 @@ class LoopbackCluster:
                 self._sshd.wait(timeout=10)
             self._sshd = None
             self._kill_user_processes()
+        self.take_down_late_nodes()
         if self._silent is not None:
             self._silent.close()
             self._silent = None
@@ -213,6 +268,7 @@ class LoopbackCluster:
         address = "[127.0.0.1]:%d" % self.port
         with open(self.path("known_hosts"), "w") as known:
             known.write("%s %s\n" % (address, host_key))
+            known.write("[127.0.0.1]:%d %s\n" % (self.late_port, host_key))
         with open(self.path("wrong_known_hosts"), "w") as known:
             known.write("%s %s\n" % (address, other_host_key))
 
@@ -232,6 +288,7 @@ class LoopbackCluster:
         with open(self.path("ssh_config"), "w") as config:
             config.write(block("node*", self.port))
             config.write(block("dead*", self.dead_port))
+            config.write(block("late*", self.late_port))
             config.write(block("silent*", self._silent.port))
             config.write(block("badkey*", self.port, key="other_key"))
             config.write(block("wronghost*", self.port, known="wrong_known_hosts"))
@@ -268,6 +325,17 @@ class LoopbackCluster:
 
     def wronghost_nodes(self, count):
         return self._names("wronghost", count)
+
+    def late_nodes(self, count):
+        """Names refused until ``bring_up_late_nodes()`` is called."""
+        return self._names("late", count)
+
+    def bring_up_late_nodes(self):
+        self._forwarders.append(_Forwarder(self.late_port, self.port))
+
+    def take_down_late_nodes(self):
+        while self._forwarders:
+            self._forwarders.pop().close()
 
     def sshd_log(self):
         try:

@@ -4,6 +4,7 @@ the real loopback sshd."""
 import os
 import re
 import signal
+import threading
 import time
 
 import pytest
@@ -210,3 +211,35 @@ def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
     while cluster.remote_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert cluster.remote_processes(marker) == []
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, mode):
+    joblog = tmp_path / "joblog"
+    jobs = []
+    for n in range(16):
+        jobs += ["-j", "sleep 0.5; echo done %d" % n]
+    # late001 refuses connections until 1.5 s into the run: the probe at 1 s
+    # fails, the one 2 s later finds it up.
+    opener = threading.Timer(1.5, cluster.bring_up_late_nodes)
+    opener.start()
+    try:
+        result = clstr(cluster, mode, "-v", "--retry-nodes", "1", "--joblog", str(joblog),
+                       "-n", "late001", "-n", "node001", *jobs)
+    finally:
+        opener.cancel()
+        cluster.take_down_late_nodes()
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(b"done %d" % n for n in range(16))
+    assert [name for name, _ in retired_lines(result.stderr)] == [b"late001", b"late001"]
+    assert b"node late001 is back" in result.stderr
+    rows = [line.split(b"\t") for line in joblog.read_bytes().splitlines()[1:]]
+    assert any(row[1] == b"late001" and row[6] == b"0" for row in rows), rows
+    assert b"retired" not in result.stderr.split(b"is back")[-1]
+
+
+def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
+    started = time.monotonic()
+    result = clstr(cluster, "--retry-nodes", "30", "-n", "dead001", "-j", "true")
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 10

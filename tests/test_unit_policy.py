@@ -255,3 +255,22 @@ def test_tag_prefixes_whole_lines_only():
     assert tag_lines(b"h: ", b"a\nb\n") == b"h: a\nh: b\n"
     assert tag_lines(b"h: ", b"tail") == b"h: tail"
     assert tag_lines(b"h: ", b"") == b""
+
+
+def test_a_reinstated_host_gets_its_idle_slots_back_held():
+    pool = NodePool(["a", "a", "a"], max_uses=2, rng=random.Random(1))
+    busy = pool.acquire()
+    used_up = pool.acquire()
+    pool.release(used_up)
+    used_up2 = pool.acquire_on("a")
+    assert used_up2 is used_up
+    pool.release(used_up2)  # two uses: this slot is spent
+    pool.retire("a", "refused")
+    assert pool.acquire() is None
+    assert pool.reinstate("a") == 1  # the busy slot is not free, the spent one stays spent
+    assert pool.acquire() is None  # held until admitted
+    pool.admit("a")
+    slot = pool.acquire()
+    assert slot is not None and slot not in (busy, used_up)
+    pool.release(busy)  # the job that ran through the retirement ends: its slot is live again
+    assert pool.acquire() is busy

@@ -1,0 +1,153 @@
+"""A fault-mix run over the loopback sshd cluster, for the numbers a careful
+user asks for: did every job run exactly once, how long did it take, and what
+was left running on the nodes after a Ctrl-C?
+
+    python3 bench/faults.py [--jobs 200] [--out FILE]
+
+Nodes: 16 good, 4 refusing connections, 2 silent (a listener that never sends
+a banner), 1 rejecting our key.  Faults inside jobs: the first two jobs to
+claim a token kill the sshd process serving them (a node dying mid-job), the
+first to claim another freezes it with SIGSTOP (a node hanging mid-job, TCP
+open).  Every job prints one line with its number; the count of each number
+on stdout tells completed, lost and duplicated.  A second run is interrupted
+with SIGINT halfway and the remote processes carrying the run's marker are
+counted afterwards.  Only 127.0.0.1 is contacted.
+"""
+
+import argparse
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from cluster import LoopbackCluster  # noqa: E402
+
+# Each job: claim a fault token if one is left (mkdir is atomic), act on it,
+# then do its work and print its number.  The session's sshd process is the
+# parent of the wrapper, which is the parent of the job's shell.
+JOB = ("marker={marker}; n={n}; "
+       "session=$(ps -o ppid= -p $PPID | tr -d ' '); "
+       "if mkdir {tokens}/kill1 2>/dev/null || mkdir {tokens}/kill2 2>/dev/null; "
+       "then sleep 0.5; kill -9 $session; sleep 30; fi; "
+       "if [ $n -gt 20 ] && mkdir {tokens}/hang 2>/dev/null; "
+       "then echo $session > {tokens}/hung-pid; kill -STOP $session; sleep 60; fi; "
+       "sleep 0.{delay}; echo job $n")
+
+
+def write_jobs(path, count, tokens, marker):
+    with open(path, "w") as handle:
+        for n in range(1, count + 1):
+            handle.write(JOB.format(marker=marker, n=n, tokens=tokens, delay=n % 5 + 1) + "\n")
+
+
+def nodes(cluster):
+    names = (cluster.nodes(16) + cluster.dead_nodes(4) + cluster.silent_nodes(2)
+             + cluster.badkey_nodes(1))
+    args = []
+    for name in names:
+        args += ["-n", name]
+    return args
+
+
+def clstr_argv(cluster, *args):
+    return [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
+            "--connect-timeout", "3", "--alive-interval", "2"] + list(args)
+
+
+def thaw(tokens):
+    """Let the frozen sshd process go, so the cluster can shut down."""
+    try:
+        with open(os.path.join(tokens, "hung-pid")) as handle:
+            os.kill(int(handle.read().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def full_run(cluster, work, count):
+    tokens = tempfile.mkdtemp(prefix="tokens-", dir=work)
+    os.chmod(tokens, 0o1777)
+    marker = "clstr-faultmix-%d" % os.getpid()
+    jobs = os.path.join(work, "jobs")
+    write_jobs(jobs, count, tokens, marker)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(clstr_argv(cluster, "-v", *nodes(cluster), "-J", jobs), cwd=REPO,
+                              capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+    finally:
+        thaw(tokens)
+    elapsed = time.monotonic() - started
+    seen = collections.Counter(re.findall(rb"^job (\d+)$", done.stdout, re.M))
+    once = sum(1 for n in range(1, count + 1) if seen[str(n).encode()] == 1)
+    lost = sum(1 for n in range(1, count + 1) if seen[str(n).encode()] == 0)
+    duplicated = sum(1 for n in range(1, count + 1) if seen[str(n).encode()] > 1)
+    retired = [line for line in done.stderr.decode(errors="replace").splitlines()
+               if "retired" in line]
+    return {"exit status": done.returncode, "jobs": count, "completed exactly once": once,
+            "lost": lost, "duplicated": duplicated, "wall time s": round(elapsed, 2),
+            "retirement messages": retired}
+
+
+def interrupted_run(cluster, work, count):
+    tokens = tempfile.mkdtemp(prefix="tokens-", dir=work)
+    os.chmod(tokens, 0o1777)
+    # No faults this time: take every token first.
+    for token in ("kill1", "kill2", "hang"):
+        os.mkdir(os.path.join(tokens, token))
+    marker = "clstr-interrupt-%d" % os.getpid()
+    jobs = os.path.join(work, "long-jobs")
+    with open(jobs, "w") as handle:
+        for n in range(1, count + 1):
+            # A job that starts a grandchild too: the whole tree must go.
+            handle.write("sh -c 'sleep 30; : %s' & sleep 30; echo %s %d\n" % (marker, marker, n))
+    child = subprocess.Popen(clstr_argv(cluster, *nodes(cluster), "-J", jobs), cwd=REPO,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(cluster.remote_processes(marker)) < 16:
+        time.sleep(0.2)
+    running = len(cluster.remote_processes(marker))
+    child.send_signal(signal.SIGINT)
+    interrupted = time.monotonic()
+    child.wait(timeout=60)
+    stopped_in = time.monotonic() - interrupted
+    time.sleep(3)  # the wrapper's TERM, then KILL 2 s later
+    orphans = cluster.remote_processes(marker)
+    return {"exit status": child.returncode, "remote processes with the marker before": running,
+            "clstr exited after SIGINT in s": round(stopped_in, 2),
+            "remote orphans 3 s later": len(orphans)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--out", default=os.path.join(HERE, "faults-latest.txt"))
+    args = parser.parse_args()
+    lines = []
+    with LoopbackCluster() as cluster:
+        work = tempfile.mkdtemp(prefix="clstr-faults-")
+        os.chmod(work, 0o755)
+        for title, result in (("fault mix", full_run(cluster, work, args.jobs)),
+                              ("Ctrl-C at mid-run", interrupted_run(cluster, work, 64))):
+            lines.append("%s:" % title)
+            for key, value in result.items():
+                if isinstance(value, list):
+                    lines += ["  %s:" % key] + ["    " + item for item in value]
+                else:
+                    lines.append("  %s: %s" % (key, value))
+    text = "\n".join(lines)
+    print(text)
+    with open(args.out, "w") as out:
+        out.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
