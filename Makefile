@@ -1,18 +1,21 @@
 PYTHON ?= python3
 
-.PHONY: build test lint demo bench clean
+.PHONY: build test lint demo bench bench-faults bench-scale clean
 
 build:
 	bash build_zipapp.sh
 
-# pytest exits 5 when it collected no tests: that must fail, never pass.
+# Installs openssh-server and pytest first where they are missing.  pytest
+# exits 5 when it collected no tests: that must fail, never pass.
 test:
+	PYTHON=$(PYTHON) bash .ci/deps pytest
 	$(PYTHON) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
 # ruff with the configuration in pyproject.toml; vermin proves Python 3.8
 # syntax and APIs suffice for the package.
 lint:
+	PYTHON=$(PYTHON) bash .ci/deps ruff vermin
 	$(PYTHON) -m ruff check clstr tests demo $(wildcard bench)
 	$(PYTHON) -c "import sys; from vermin.main import main; sys.exit(main())" \
 		-t=3.8- --no-tips --violations --eval-annotations clstr
@@ -22,6 +25,12 @@ demo:
 
 bench:
 	$(PYTHON) bench/bench.py
+
+bench-faults:
+	$(PYTHON) bench/faults.py
+
+bench-scale:
+	$(PYTHON) bench/scale.py
 
 clean:
 	rm -rf clstr.pyz clstr.pyz.tmp build dist *.egg-info .pytest_cache

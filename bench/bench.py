@@ -12,14 +12,18 @@ user; only 127.0.0.1 is contacted.
 """
 
 import argparse
+import fcntl
 import os
 import platform
+import pty
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import termios
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,16 +51,50 @@ class Result:
         return statistics.median(self.times) if self.times else None
 
 
-def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT):
+class Terminal:
+    """A pseudo-terminal that becomes the controlling terminal of a child
+    (clstr 0.1.0 opens /dev/tty and crashes without one), drained by a thread
+    so the child never blocks writing to it."""
+
+    def __init__(self):
+        self.master, self.slave = pty.openpty()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        while True:
+            try:
+                if not os.read(self.master, 65536):
+                    return
+            except OSError:
+                return
+
+    def make_controlling(self):
+        os.setsid()
+        fcntl.ioctl(self.slave, termios.TIOCSCTTY, 0)
+
+    def close(self):
+        os.close(self.slave)
+        os.close(self.master)
+
+
+def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, tty=False):
     """Run ``argv`` ``reps`` times; returns (times, note).  ``check(stdout)``
-    returns an error text when the output is wrong."""
+    returns an error text when the output is wrong.  ``tty``: run it with a
+    terminal for stdin, stderr and /dev/tty."""
     times, note = [], ""
     for _ in range(reps):
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        terminal = Terminal() if tty else None
+        extra = {}
+        if terminal:
+            extra = dict(stdin=terminal.slave, stderr=terminal.slave,
+                         preexec_fn=terminal.make_controlling)
+        else:
+            extra = dict(stdin=stdin, stderr=subprocess.PIPE)
         started = time.monotonic()
         try:
-            done = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout,
-                                  env=env)
+            done = subprocess.run(argv, stdout=subprocess.PIPE, timeout=timeout, env=env,
+                                  **extra)
         except subprocess.TimeoutExpired:
             return [], "timed out after %d s" % timeout
         except OSError as error:
@@ -64,11 +102,13 @@ def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT):
         finally:
             if stdin_path:
                 stdin.close()
+            if terminal:
+                terminal.close()
         elapsed = time.monotonic() - started
         problem = check(done.stdout) if check else None
         if done.returncode != 0 and not problem:
-            problem = "exit %d: %s" % (done.returncode, done.stderr.decode(errors="replace")
-                                       .strip().splitlines()[-1:])
+            problem = "exit %d: %s" % (done.returncode, (done.stderr or b"").decode(
+                errors="replace").strip().splitlines()[-1:])
         if problem:
             return [], problem
         times.append(elapsed)
@@ -87,7 +127,7 @@ def count_lines(expected):
 def install_peers(allowed):
     """Debian peers and clstr 0.1.0, where missing; returns the venv dir."""
     wanted = {"parallel": "parallel", "pdsh": "pdsh", "parallel-ssh": "pssh",
-              "clush": "clustershell"}
+              "clush": "clustershell", "ping": "iputils-ping"}
     missing = [package for command, package in wanted.items() if not shutil.which(command)]
     if missing and allowed and os.geteuid() == 0:
         print("installing %s" % " ".join(missing), flush=True)
@@ -107,14 +147,21 @@ def install_peers(allowed):
 
 def ssh_wrapper_dir(cluster, work):
     """A directory with an ``ssh`` that uses the cluster's config, for tools
-    that can only call plain ``ssh`` (clstr 0.1.0, pdsh)."""
+    that can only call plain ``ssh`` (clstr 0.1.0, pdsh), and a ``ping`` for
+    clstr 0.1.0, which pings every node first (and hangs for good if ping is
+    missing): node names exist only in the ssh config, so it pings the
+    address they stand for."""
     directory = os.path.join(work, "bin")
     os.makedirs(directory)
-    path = os.path.join(directory, "ssh")
-    with open(path, "w") as handle:
-        handle.write("#!/bin/sh\nexec /usr/bin/ssh -F %s \"$@\"\n"
-                     % shlex.quote(cluster.ssh_config))
-    os.chmod(path, 0o755)
+    wrappers = {"ssh": "exec /usr/bin/ssh -F %s \"$@\"" % shlex.quote(cluster.ssh_config)}
+    ping = shutil.which("ping")
+    if ping:
+        wrappers["ping"] = "exec %s -c 1 -w 1 127.0.0.1" % shlex.quote(ping)
+    for name, body in wrappers.items():
+        path = os.path.join(directory, name)
+        with open(path, "w") as handle:
+            handle.write("#!/bin/sh\n%s\n" % body)
+        os.chmod(path, 0o755)
     return directory
 
 
@@ -142,12 +189,10 @@ class Tools:
         return [sys.executable, self.pyz, "--ssh-command", self.ssh] + list(args)
 
     def clstr_010(self, *args):
-        # 0.1.0 opens /dev/tty unconditionally and crashes without one, so it
-        # runs under script(1), which gives it a pseudo-terminal.
-        if not os.path.exists(self.old_clstr) or not self.have("script"):
+        # Run with tty=True: 0.1.0 opens /dev/tty unconditionally.
+        if not (os.path.exists(self.old_clstr) and self.have("ping")):
             return None
-        command = " ".join(shlex.quote(word) for word in [self.old_clstr] + list(args))
-        return ["script", "-qec", command, "/dev/null"]
+        return [self.old_clstr] + list(args)
 
     def parallel(self, hosts, *args):
         if not self.have("parallel"):
@@ -209,7 +254,7 @@ def many_short_jobs(tools, results, reps, jobs_count):
     run_one(results, scenario, "GNU parallel -S -M", parallel_m, reps, env, jobs_count,
             stdin_path=jobs)
     run_one(results, scenario, "clstr 0.1.0", tools.clstr_010(*nodes, "-J", jobs), reps, env,
-            jobs_count)
+            jobs_count, tty=True)
     run_one(results, scenario, "xargs -P 8 + ssh (floor)",
             ["xargs", "-P", "8", "-I{}", "ssh", "-F", tools.cluster.ssh_config, "{}", "true"],
             reps, env, jobs_count, stdin_path=targets)
@@ -263,7 +308,7 @@ def once_on_each_node(tools, results, reps, count):
     run_one(results, scenario, "GNU parallel --nonall", parallel, reps, env, check=answered)
     run_one(results, scenario, "clstr 0.1.0",
             tools.clstr_010("-N", node_file, "--on-each-node", "uname -n"), reps, env,
-            check=answered)
+            check=answered, tty=True)
 
 
 def scheduler_overhead(tools, results, reps, jobs_count):

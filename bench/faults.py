@@ -71,7 +71,7 @@ def thaw(tokens):
         pass
 
 
-def full_run(cluster, work, count):
+def full_run(cluster, work, count, mode):
     tokens = tempfile.mkdtemp(prefix="tokens-", dir=work)
     os.chmod(tokens, 0o1777)
     marker = "clstr-faultmix-%d" % os.getpid()
@@ -79,8 +79,9 @@ def full_run(cluster, work, count):
     write_jobs(jobs, count, tokens, marker)
     started = time.monotonic()
     try:
-        done = subprocess.run(clstr_argv(cluster, "-v", *nodes(cluster), "-J", jobs), cwd=REPO,
-                              capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+        done = subprocess.run(clstr_argv(cluster, mode, "-v", *nodes(cluster), "-J", jobs),
+                              cwd=REPO, capture_output=True, timeout=600,
+                              stdin=subprocess.DEVNULL)
     finally:
         thaw(tokens)
     elapsed = time.monotonic() - started
@@ -93,6 +94,24 @@ def full_run(cluster, work, count):
     return {"exit status": done.returncode, "jobs": count, "completed exactly once": once,
             "lost": lost, "duplicated": duplicated, "wall time s": round(elapsed, 2),
             "retirement messages": retired}
+
+
+def retirement_latency(cluster, mode):
+    """Seconds from clstr's start to each node's retirement message."""
+    argv = clstr_argv(cluster, mode, "-v", "-n", "dead001", "-n", "badkey001", "-n",
+                      "wronghost001", "-n", "silent001", "-n", "node001", "-j", "sleep 5")
+    started = time.monotonic()
+    child = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = {}
+    for line in child.stderr:
+        found = re.search(rb"node (\S+) retired: (\w+( \w+)?)", line)
+        if found:
+            seen["%s (%s)" % (found.group(1).decode(), found.group(2).decode())] = round(
+                time.monotonic() - started, 3)
+    child.wait(timeout=60)
+    return {"seconds from start to retirement, %s" % mode: ", ".join(
+        "%s %s" % item for item in seen.items())}
 
 
 def interrupted_run(cluster, work, count):
@@ -134,8 +153,14 @@ def main():
     with LoopbackCluster() as cluster:
         work = tempfile.mkdtemp(prefix="clstr-faults-")
         os.chmod(work, 0o755)
-        for title, result in (("fault mix", full_run(cluster, work, args.jobs)),
-                              ("Ctrl-C at mid-run", interrupted_run(cluster, work, 64))):
+        runs = [("fault mix, %s" % mode, lambda mode=mode: full_run(cluster, work, args.jobs, mode))
+                for mode in ("--multiplex", "--no-multiplex")]
+        runs += [("retirement latency, %s" % mode,
+                  lambda mode=mode: retirement_latency(cluster, mode))
+                 for mode in ("--multiplex", "--no-multiplex")]
+        runs.append(("Ctrl-C at mid-run", lambda: interrupted_run(cluster, work, 64)))
+        for title, run in runs:
+            result = run()
             lines.append("%s:" % title)
             for key, value in result.items():
                 if isinstance(value, list):

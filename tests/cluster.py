@@ -60,17 +60,18 @@ def ensure_test_user():
     return TEST_USER
 
 
-class _SilentListener:
-    """Accepts TCP connections on loopback and never says a word: a host that
-    never sends its SSH banner."""
+class _Listener:
+    """A loopback TCP listener serving each connection in a thread of its own
+    way (``_accepted``); ``port`` 0 picks a free port."""
 
-    def __init__(self):
+    def __init__(self, port=0):
         self._server = socket.socket()
-        self._server.bind(("127.0.0.1", 0))
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", port))
         self._server.listen(128)
         self._server.settimeout(0.2)
         self.port = self._server.getsockname()[1]
-        self._held = []
+        self._open = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -83,45 +84,43 @@ class _SilentListener:
                 continue
             except OSError:
                 return
-            self._held.append(connection)
+            self._open.append(connection)
+            self._accepted(connection)
+
+    def _accepted(self, connection):
+        raise NotImplementedError
 
     def close(self):
         self._stop.set()
         self._thread.join(timeout=5)
-        for connection in self._held:
+        for connection in self._open:
             connection.close()
         self._server.close()
 
 
-class _Forwarder:
-    """Forwards TCP connections from a loopback port to sshd: a node that was
-    down comes up when a forwarder starts on its port."""
+class _SilentListener(_Listener):
+    """Accepts TCP connections and never says a word: a host that never sends
+    its SSH banner."""
+
+    def _accepted(self, connection):
+        pass  # held open, silent, until close()
+
+
+class _Forwarder(_Listener):
+    """Forwards TCP connections from ``port`` to sshd at ``target``: a node
+    that was down comes up when a forwarder starts on its port."""
 
     def __init__(self, port, target):
         self._target = target
-        self._server = socket.socket()
-        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._server.bind(("127.0.0.1", port))
-        self._server.listen(128)
-        self._server.settimeout(0.2)
-        self._open = []
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(port)
 
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                client, _ = self._server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
-            upstream.settimeout(None)
-            self._open += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+    def _accepted(self, client):
+        client.settimeout(None)
+        upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+        upstream.settimeout(None)
+        self._open.append(upstream)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(source, sink):
@@ -137,12 +136,6 @@ class _Forwarder:
             sink.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def close(self):
-        self._stop.set()
-        self._server.close()
-        for connection in self._open:
-            connection.close()
 
 
 class LoopbackCluster:
@@ -364,6 +357,16 @@ class LoopbackCluster:
             if marker in cmdline and state != "Z":
                 found.append((int(entry), cmdline))
         return found
+
+    def remote_processes_left(self, marker, timeout=10):
+        """``remote_processes(marker)`` once they are gone, or after
+        ``timeout`` seconds: what a stopped run left behind."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.remote_processes(marker)
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
 
     def session_pids(self):
         """Pids of the sshd processes serving the login user's sessions
