@@ -32,15 +32,25 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 from cluster import LoopbackCluster  # noqa: E402
 
 
-def rss_kib(pid):
+def _field_kib(path, field):
     try:
-        with open("/proc/%d/status" % pid) as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kib(pid):
+    return _field_kib("/proc/%d/status" % pid, "VmRSS:")
+
+
+def pss_kib(pid):
+    """Proportional set size: shared pages (libcrypto, say) split among the
+    processes sharing them, so a sum over hundreds of ssh is not inflated."""
+    return _field_kib("/proc/%d/smaps_rollup" % pid, "Pss:")
 
 
 def descendants(pid):
@@ -81,7 +91,7 @@ class Sampler:
         if self.with_children:
             pids = descendants(self.pid)
             self.peak_count = max(self.peak_count, len(pids))
-            self.peak_children = max(self.peak_children, sum(rss_kib(p) for p in pids))
+            self.peak_children = max(self.peak_children, sum(pss_kib(p) for p in pids))
 
 
 def watch(child, sampler, interval, timeout):
@@ -120,11 +130,12 @@ def slow_reader(cluster, total, rate):
     line = b"0123456789abcdefghijklmnopqrstuvwxyz\n"
     per_job = total // 16 // len(line) * len(line)  # whole lines only
     job = "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d" % per_job
-    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command]
+    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command, "-v"]
     for n in range(1, 17):
         argv += ["-n", "node%03d" % n]
+    said = tempfile.TemporaryFile()
     child = subprocess.Popen(argv + ["-j", job] * 16, cwd=REPO, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.PIPE, stderr=said)
     digest, received = hashlib.sha256(), [0]
 
     def read():
@@ -146,9 +157,12 @@ def slow_reader(cluster, total, rate):
     reader.join()
     expected = hashlib.sha256(line * (16 * per_job // len(line))).hexdigest()
     exact = "byte-exact" if digest.hexdigest() == expected else "CHECKSUM MISMATCH"
+    said.seek(0)
+    messages = said.read().decode(errors="replace").splitlines()
     return ["slow reader: %.0f MB from 16 jobs over sshd at %.1f MB/s: exit %d in %.0f s, %s"
             % (received[0] / 1e6, rate / 1e6, child.returncode, elapsed, exact),
-            "  clstr RSS peak %.1f MiB" % (sampler.peak_self / 1024)]
+            "  clstr RSS peak %.1f MiB" % (sampler.peak_self / 1024)] + [
+            "  clstr said: " + line for line in messages[:20]]
 
 
 def many_slots(cluster, slots, multiplex):
@@ -177,7 +191,8 @@ def many_slots(cluster, slots, multiplex):
     child.stderr.close()
     return ["%d slots over sshd, %s: exit %d in %.1f s, %d of %d jobs answered"
             % (slots, mode, child.returncode, elapsed, answered, expected),
-            "  clstr RSS peak %.1f MiB; its children at peak: %d processes, %.1f MiB together"
+            "  clstr RSS peak %.1f MiB; its children: at most %d processes, peak %.1f MiB "
+            "together (PSS)"
             % (sampler.peak_self / 1024, sampler.peak_count, sampler.peak_children / 1024)]
 
 
@@ -189,13 +204,13 @@ def main():
     parser.add_argument("--slow-rate", type=float, default=5e6)
     parser.add_argument("--out", default=os.path.join(HERE, "scale-latest.txt"))
     args = parser.parse_args()
-    lines = streaming(args.stream_jobs)
+    lines = streaming(args.stream_jobs) if args.stream_jobs else []
     print("\n".join(lines), flush=True)
     with LoopbackCluster(max_sessions=10) as cluster:
         more = slow_reader(cluster, args.slow_total, args.slow_rate)
         print("\n".join(more), flush=True)
         lines += more
-        for multiplex in (False, True):
+        for multiplex in (False, True) if args.slots else ():
             more = many_slots(cluster, args.slots, multiplex)
             print("\n".join(more), flush=True)
             lines += more
