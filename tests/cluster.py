@@ -219,12 +219,36 @@ class LoopbackCluster:
             self.tmpdir = None
 
     def _kill_user_processes(self):
-        if self.user != TEST_USER:
-            return
+        """Whatever runs from this cluster's sessions, orphans included, but
+        nothing of another cluster that logs in as the same user."""
         for signum in (signal.SIGTERM, signal.SIGKILL):
-            subprocess.run(["pkill", "-%d" % signum, "-u", TEST_USER],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            for pid in self._our_processes():
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
             time.sleep(0.1)
+
+    def _our_processes(self):
+        # sshd puts "client-address client-port server-address server-port"
+        # in SSH_CONNECTION, and every process started in a session keeps it.
+        uid = pwd.getpwnam(self.user).pw_uid
+        ours = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or entry == str(os.getpid()):
+                continue
+            try:
+                if os.stat("/proc/" + entry).st_uid != uid:
+                    continue
+                with open("/proc/%s/environ" % entry, "rb") as handle:
+                    environ = handle.read().split(b"\0")
+            except OSError:
+                continue
+            for variable in environ:
+                if (variable.startswith(b"SSH_CONNECTION=")
+                        and variable.split()[-1] == str(self.port).encode()):
+                    ours.append(int(entry))
+        return ours
 
     # -- configuration ----------------------------------------------------
 
@@ -367,20 +391,6 @@ class LoopbackCluster:
             if not found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.1)
-
-    def session_pids(self):
-        """Pids of the sshd processes serving the login user's sessions
-        (``sshd: clstrtest@notty``)."""
-        return [pid for pid, _ in self.remote_processes("sshd: %s@" % self.user)]
-
-    def signal_sessions(self, signum):
-        """Send ``signum`` to every session process: SIGKILL models a node
-        dying mid-job, SIGSTOP one that hangs with its TCP connection open."""
-        for pid in self.session_pids():
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 if __name__ == "__main__":
