@@ -29,6 +29,9 @@ import time
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "clstrtest"
+# A second login user whose shell is bash: the remote wrapper must work under
+# bash as well as dash.
+BASH_USER = "clstrbash"
 
 
 def _free_port():
@@ -42,22 +45,23 @@ def _keygen(path):
                    check=True, stdin=subprocess.DEVNULL, timeout=30)
 
 
-def ensure_test_user():
-    """The unprivileged login user: ``clstrtest`` when root, else ourselves."""
+def ensure_test_user(name=TEST_USER, shell="/bin/sh"):
+    """An unprivileged login user ``name`` with ``shell`` when root, else
+    ourselves (None for any user but the first: we have only one)."""
     if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(os.geteuid()).pw_name if name == TEST_USER else None
     try:
-        pwd.getpwnam(TEST_USER)
+        pwd.getpwnam(name)
     except KeyError:
         # Two test processes may race here; the loser's useradd fails harmlessly.
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER],
+        subprocess.run(["useradd", "-m", "-s", shell, name],
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        pwd.getpwnam(TEST_USER)
+        pwd.getpwnam(name)
     # sshd without PAM refuses a locked ("!") account; "*" is not locked but
     # still has no password.
-    subprocess.run(["usermod", "-p", "*", TEST_USER], check=True,
+    subprocess.run(["usermod", "-p", "*", name], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-    return TEST_USER
+    return name
 
 
 class _Listener:
@@ -147,6 +151,7 @@ class LoopbackCluster:
         self.tmpdir = None
         self.port = None
         self.user = None
+        self.bash_user = None
         self._sshd = None
         self._silent = None
         self._forwarders = []
@@ -165,6 +170,7 @@ class LoopbackCluster:
             raise RuntimeError("%s not found: install openssh-server "
                                "(apt-get install openssh-server)" % SSHD)
         self.user = ensure_test_user()
+        self.bash_user = ensure_test_user(BASH_USER, "/bin/bash")
         self.tmpdir = tempfile.mkdtemp(prefix="clstr-cluster-")
         # sshd (StrictModes) and the login user must be able to read the
         # authorized keys; the directory holds no secret of the user's.
@@ -232,13 +238,13 @@ class LoopbackCluster:
     def _our_processes(self):
         # sshd puts "client-address client-port server-address server-port"
         # in SSH_CONNECTION, and every process started in a session keeps it.
-        uid = pwd.getpwnam(self.user).pw_uid
+        uids = self._uids()
         ours = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or entry == str(os.getpid()):
                 continue
             try:
-                if os.stat("/proc/" + entry).st_uid != uid:
+                if os.stat("/proc/" + entry).st_uid not in uids:
                     continue
                 with open("/proc/%s/environ" % entry, "rb") as handle:
                     environ = handle.read().split(b"\0")
@@ -262,7 +268,7 @@ class LoopbackCluster:
             "HostKey %s" % self.path("host_key"),
             "PidFile %s" % self.path("sshd.pid"),
             "AuthorizedKeysFile %s" % self.path("authorized_keys"),
-            "AllowUsers %s" % self.user,
+            "AllowUsers %s" % " ".join(filter(None, (self.user, self.bash_user))),
             "UsePAM no",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -289,12 +295,12 @@ class LoopbackCluster:
         with open(self.path("wrong_known_hosts"), "w") as known:
             known.write("%s %s\n" % (address, other_host_key))
 
-        def block(pattern, port, key="user_key", known="known_hosts"):
+        def block(pattern, port, key="user_key", known="known_hosts", user=self.user):
             return "\n".join([
                 "Host %s" % pattern,
                 "    HostName 127.0.0.1",
                 "    Port %d" % port,
-                "    User %s" % self.user,
+                "    User %s" % user,
                 "    IdentityFile %s" % self.path(key),
                 "    IdentitiesOnly yes",
                 "    UserKnownHostsFile %s" % self.path(known),
@@ -304,6 +310,8 @@ class LoopbackCluster:
 
         with open(self.path("ssh_config"), "w") as config:
             config.write(block("node*", self.port))
+            if self.bash_user:
+                config.write(block("bashnode*", self.port, user=self.bash_user))
             config.write(block("dead*", self.dead_port))
             config.write(block("late*", self.late_port))
             config.write(block("silent*", self._silent.port))
@@ -362,15 +370,15 @@ class LoopbackCluster:
             return ""
 
     def remote_processes(self, marker):
-        """(pid, cmdline) of the login user's processes whose command line
+        """(pid, cmdline) of the login users' processes whose command line
         holds ``marker`` (the "remote" side is this machine)."""
-        uid = pwd.getpwnam(self.user).pw_uid
+        uids = self._uids()
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                if os.stat("/proc/" + entry).st_uid != uid:
+                if os.stat("/proc/" + entry).st_uid not in uids:
                     continue
                 with open("/proc/%s/cmdline" % entry, "rb") as handle:
                     cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
@@ -381,6 +389,9 @@ class LoopbackCluster:
             if marker in cmdline and state != "Z":
                 found.append((int(entry), cmdline))
         return found
+
+    def _uids(self):
+        return {pwd.getpwnam(user).pw_uid for user in (self.user, self.bash_user) if user}
 
     def remote_processes_left(self, marker, timeout=10):
         """``remote_processes(marker)`` once they are gone, or after

@@ -234,3 +234,29 @@ def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
     result = clstr(cluster, "--retry-nodes", "30", "-n", "dead001", "-j", "true")
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("prefix, shell", [("node", b"dash"), ("bashnode", b"bash")])
+def test_ctrl_c_stops_whole_job_trees_under_dash_and_bash_login_shells(cluster, prefix, shell):
+    if prefix == "bashnode" and not cluster.bash_user:
+        pytest.skip("a second login user (with bash) can only be made as root")
+    marker = "clstr-shell-%d-%s" % (os.getpid(), prefix)
+    job = ('echo "[${BASH_VERSION:-dash}]"; sh -c "sleep 60; : %s" & sleep 61; : %s'
+           % (marker, marker))
+    process = start_clstr(cluster, *node_args(["%s001" % prefix, "%s002" % prefix]),
+                          *(["-j", job] * 2))
+    try:
+        deadline = time.monotonic() + 20
+        while len(cluster.remote_processes(marker)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(cluster.remote_processes(marker)) >= 4
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+        assert cluster.remote_processes_left(marker) == []
+        said = process.stdout.read().splitlines()
+        assert len(said) == 2
+        assert all((line != b"[dash]") == (shell == b"bash") for line in said), said
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
