@@ -1,12 +1,16 @@
 """The core behaviours over the real ssh client and a real loopback sshd."""
 
+import fcntl
 import os
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 
@@ -95,6 +99,36 @@ def test_status_without_a_terminal_prints_no_status_and_succeeds(cluster):
     assert result.returncode == 0
     assert result.stdout == b"x\n"
     assert b"jobs complete" not in result.stderr
+
+
+def test_status_on_a_terminal_is_throttled_fits_the_width_and_ends_with_a_summary(cluster):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command, "--status",
+         *node_args(cluster.nodes(4)), *(["-j", "sleep 0.1; echo x"] * 40)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal has gone
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    elapsed = time.monotonic() - started
+    os.close(master)
+    assert process.wait(timeout=60) == 0
+    assert process.stdout.read() == b"x\n" * 40
+    # Each redraw clears the line and writes the new state.
+    frames = [frame for frame in drawn.split(b"\r\x1b[2K") if frame]
+    assert frames, drawn
+    assert len(frames) <= 10 * elapsed + 3, (len(frames), elapsed)
+    assert all(len(frame.rstrip(b"\r\n")) <= 59 for frame in frames), frames
+    assert frames[-1].startswith(b"40 of 40 jobs complete") and frames[-1].endswith(b"\n")
 
 
 def test_stdout_and_stderr_are_kept_apart_and_whole(cluster):
