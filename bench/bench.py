@@ -398,6 +398,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one small run of each (smoke)")
     parser.add_argument("--no-install", action="store_true", help="use only what is installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
+    parser.add_argument("--only", choices=("short", "each", "scheduler", "dead", "startup"),
+                        action="append", help="run only these scenarios (repeatable)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     venv = install_peers(not args.no_install)
@@ -406,11 +408,17 @@ def main():
         work = tempfile.mkdtemp(prefix="clstr-bench-")
         try:
             tools = Tools(cluster, work, venv)
-            many_short_jobs(tools, results, reps, 40 if args.quick else 400)
-            once_on_each_node(tools, results, reps, 10 if args.quick else 100)
-            scheduler_overhead(tools, results, reps, 500 if args.quick else 20000)
-            dead_nodes(tools, results, reps, 20 if args.quick else 100)
-            start_up(tools, results, 3 if args.quick else 20)
+            wanted = set(args.only or ("short", "each", "scheduler", "dead", "startup"))
+            if "short" in wanted:
+                many_short_jobs(tools, results, reps, 40 if args.quick else 400)
+            if "each" in wanted:
+                once_on_each_node(tools, results, reps, 10 if args.quick else 100)
+            if "scheduler" in wanted:
+                scheduler_overhead(tools, results, reps, 500 if args.quick else 20000)
+            if "dead" in wanted:
+                dead_nodes(tools, results, reps, 20 if args.quick else 100)
+            if "startup" in wanted:
+                start_up(tools, results, 3 if args.quick else 20)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     text = table(results)
