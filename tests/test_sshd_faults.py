@@ -241,15 +241,19 @@ def test_ctrl_c_stops_whole_job_trees_under_dash_and_bash_login_shells(cluster, 
     if prefix == "bashnode" and not cluster.bash_user:
         pytest.skip("a second login user (with bash) can only be made as root")
     marker = "clstr-shell-%d-%s" % (os.getpid(), prefix)
-    job = ('echo "[${BASH_VERSION:-dash}]"; sh -c "sleep 60; : %s" & sleep 61; : %s'
-           % (marker, marker))
+    # "$m-child" is spelled out only in the grandchild's command line, which
+    # starts after the echo: two of them mean both jobs have spoken.
+    job = ('m=%s; echo "[${BASH_VERSION:-dash}]"; sh -c "sleep 60; : $m-child" & sleep 61; : $m'
+           % marker)
     process = start_clstr(cluster, *node_args(["%s001" % prefix, "%s002" % prefix]),
                           *(["-j", job] * 2))
     try:
+        children = marker + "-child"
         deadline = time.monotonic() + 20
-        while len(cluster.remote_processes(marker)) < 4 and time.monotonic() < deadline:
+        while len(cluster.remote_processes(children)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(cluster.remote_processes(marker)) >= 4
+        assert len(cluster.remote_processes(children)) == 2
+        time.sleep(0.5)  # the echoed lines reach clstr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
         assert cluster.remote_processes_left(marker) == []
