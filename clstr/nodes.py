@@ -136,12 +136,15 @@ class NodePool:
         slot.uses -= 1
         self.release(slot)
 
+    def _job_ended(self, slot):
+        slot.busy = False
+        slot.host.running -= 1
+        self.busy -= 1
+        return slot.host
+
     def release(self, slot):
         """Give back a slot whose job has ended."""
-        host = slot.host
-        slot.busy = False
-        host.running -= 1
-        self.busy -= 1
+        host = self._job_ended(slot)
         if host.retired or (self._max_uses and slot.uses >= self._max_uses):
             return
         host.free.append(slot)
@@ -149,10 +152,7 @@ class NodePool:
 
     def hold(self, slot):
         """End a slot's job but keep the slot out of use until admit()."""
-        host = slot.host
-        slot.busy = False
-        host.running -= 1
-        self.busy -= 1
+        host = self._job_ended(slot)
         if not host.retired:
             host.held.append(slot)
 
