@@ -210,9 +210,10 @@ def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, mode
     jobs = []
     for n in range(16):
         jobs += ["-j", "sleep 0.5; echo done %d" % n]
-    # late001 refuses connections until 1.5 s into the run: the probe at 1 s
-    # fails, the one 2 s later finds it up.
-    opener = threading.Timer(1.5, cluster.bring_up_late_nodes)
+    # late001 refuses connections until 2 s into the run: the probe 1 s after
+    # its retirement fails (unless start-up was slow), the next one, 2 s
+    # later, finds it up.
+    opener = threading.Timer(2.0, cluster.bring_up_late_nodes)
     opener.start()
     try:
         result = clstr(cluster, mode, "-v", "--retry-nodes", "1", "--joblog", str(joblog),
@@ -222,7 +223,8 @@ def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, mode
         cluster.take_down_late_nodes()
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == sorted(b"done %d" % n for n in range(16))
-    assert [name for name, _ in retired_lines(result.stderr)] == [b"late001", b"late001"]
+    retired = [name for name, _ in retired_lines(result.stderr)]
+    assert set(retired) == {b"late001"} and 1 <= len(retired) <= 3, result.stderr
     assert b"node late001 is back" in result.stderr
     rows = [line.split(b"\t") for line in joblog.read_bytes().splitlines()[1:]]
     assert any(row[1] == b"late001" and row[6] == b"0" for row in rows), rows
