@@ -167,13 +167,16 @@ class NodePool:
 
     def reinstate(self, name):
         """Bring a retired host back with its idle slots held, waiting for
-        admit(); returns how many slots it got back."""
+        admit(); returns how many slots it got back.  A host with none left
+        (all used up by --max-node-uses) stays retired."""
         host = self.hosts[name]
-        host.retired = False
-        host.reason = None
-        host.held = [slot for slot in host.slots if not slot.busy
-                     and not (self._max_uses and slot.uses >= self._max_uses)]
-        return len(host.held)
+        usable = [slot for slot in host.slots if not slot.busy
+                  and not (self._max_uses and slot.uses >= self._max_uses)]
+        if usable:
+            host.retired = False
+            host.reason = None
+            host.held = usable
+        return len(usable)
 
     def retired_hosts(self):
         return [h for h in self.hosts.values() if h.retired]

@@ -205,9 +205,7 @@ class Runner:
         host = self.pool.hosts[name]
         if self._stopping or not host.retired or self.scheduler.done():
             return
-        reason = host.reason
         if not self.pool.reinstate(name):
-            self.pool.retire(name, reason)  # every slot used up (--max-node-uses)
             return
         if self.plan.verbose:
             self._message("node %s: trying again" % name)

@@ -274,3 +274,11 @@ def test_a_reinstated_host_gets_its_idle_slots_back_held():
     assert slot is not None and slot not in (busy, used_up)
     pool.release(busy)  # the job that ran through the retirement ends: its slot is live again
     assert pool.acquire() is busy
+
+
+def test_a_host_with_every_slot_used_up_stays_retired():
+    pool = NodePool(["a"], max_uses=1, rng=random.Random(1))
+    pool.release(pool.acquire())
+    pool.retire("a", "refused")
+    assert pool.reinstate("a") == 0
+    assert pool.hosts["a"].retired and pool.hosts["a"].reason == "refused"
