@@ -28,6 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+import clstr_run  # noqa: E402
+from clstr_run import node_args  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 # Each job: claim a fault token if one is left (mkdir is atomic), act on it,
@@ -49,17 +51,13 @@ def write_jobs(path, count, tokens, marker):
 
 
 def nodes(cluster):
-    names = (cluster.nodes(16) + cluster.dead_nodes(4) + cluster.silent_nodes(2)
-             + cluster.badkey_nodes(1))
-    args = []
-    for name in names:
-        args += ["-n", name]
-    return args
+    return node_args(cluster.nodes(16) + cluster.dead_nodes(4) + cluster.silent_nodes(2)
+                     + cluster.badkey_nodes(1))
 
 
 def clstr_argv(cluster, *args):
-    return [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
-            "--connect-timeout", "3", "--alive-interval", "2"] + list(args)
+    return clstr_run.clstr_argv(cluster, "--connect-timeout", "3", "--alive-interval", "2",
+                                *args)
 
 
 def thaw(tokens):

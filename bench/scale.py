@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+from clstr_run import clstr_argv, node_args  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 
@@ -130,9 +131,7 @@ def slow_reader(cluster, total, rate):
     line = b"0123456789abcdefghijklmnopqrstuvwxyz\n"
     per_job = total // 16 // len(line) * len(line)  # whole lines only
     job = "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c %d" % per_job
-    argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command, "-v"]
-    for n in range(1, 17):
-        argv += ["-n", "node%03d" % n]
+    argv = clstr_argv(cluster, "-v", *node_args(cluster.nodes(16)))
     said = tempfile.TemporaryFile()
     child = subprocess.Popen(argv + ["-j", job] * 16, cwd=REPO, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=said)
@@ -177,8 +176,8 @@ def many_slots(cluster, slots, multiplex):
     else:
         mode, work = "one connection per node (-E)", ["-E", "sleep 8; uname -n"]
         jobs, expected = "", slots
-    child = subprocess.Popen([sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
-                              "--connect-timeout", "30", "-N", node_file] + work, cwd=REPO,
+    child = subprocess.Popen(clstr_argv(cluster, "--connect-timeout", "30", "-N", node_file,
+                                        *work), cwd=REPO,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     # Feed the jobs in the background of the sampling loop.

@@ -238,23 +238,30 @@ class LoopbackCluster:
     def _our_processes(self):
         # sshd puts "client-address client-port server-address server-port"
         # in SSH_CONNECTION, and every process started in a session keeps it.
-        uids = self._uids()
         ours = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or entry == str(os.getpid()):
-                continue
+        for pid in self._login_user_pids():
             try:
-                if os.stat("/proc/" + entry).st_uid not in uids:
-                    continue
-                with open("/proc/%s/environ" % entry, "rb") as handle:
+                with open("/proc/%d/environ" % pid, "rb") as handle:
                     environ = handle.read().split(b"\0")
             except OSError:
                 continue
-            for variable in environ:
-                if (variable.startswith(b"SSH_CONNECTION=")
-                        and variable.split()[-1] == str(self.port).encode()):
-                    ours.append(int(entry))
+            if any(variable.startswith(b"SSH_CONNECTION=")
+                   and variable.split()[-1] == str(self.port).encode()
+                   for variable in environ):
+                ours.append(pid)
         return ours
+
+    def _login_user_pids(self):
+        """Pids of processes run by the cluster's login users."""
+        uids = {pwd.getpwnam(user).pw_uid for user in (self.user, self.bash_user) if user}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat("/proc/" + entry).st_uid in uids:
+                    yield int(entry)
+            except OSError:
+                continue
 
     # -- configuration ----------------------------------------------------
 
@@ -372,26 +379,18 @@ class LoopbackCluster:
     def remote_processes(self, marker):
         """(pid, cmdline) of the login users' processes whose command line
         holds ``marker`` (the "remote" side is this machine)."""
-        uids = self._uids()
         found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
+        for pid in self._login_user_pids():
             try:
-                if os.stat("/proc/" + entry).st_uid not in uids:
-                    continue
-                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
                     cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-                with open("/proc/%s/stat" % entry) as handle:
+                with open("/proc/%d/stat" % pid) as handle:
                     state = handle.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
             if marker in cmdline and state != "Z":
-                found.append((int(entry), cmdline))
+                found.append((pid, cmdline))
         return found
-
-    def _uids(self):
-        return {pwd.getpwnam(user).pw_uid for user in (self.user, self.bash_user) if user}
 
     def remote_processes_left(self, marker, timeout=10):
         """``remote_processes(marker)`` once they are gone, or after
