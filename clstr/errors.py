@@ -1,0 +1,21 @@
+"""Failures that are clstr's own, never a node's.
+
+When clstr cannot write one of its own outputs (stdout, stderr, the joblog,
+the active-nodes file, an output directory), no node is to blame: the run
+stops cleanly with its own exit status and one line naming the file and the
+OS error.
+"""
+
+# Exit status of a run stopped by a local I/O failure.
+EXIT_LOCAL_IO = 3
+
+
+class LocalIOError(Exception):
+    """clstr's own read or write of ``what`` (a file name or "stdout") failed
+    with the OSError ``error``."""
+
+    def __init__(self, what, error):
+        self.what = what
+        self.error = error
+        reason = getattr(error, "strerror", None) or str(error)
+        super().__init__("%s: %s" % (what, reason))
