@@ -50,34 +50,61 @@ class Joblog:
 
 
 def completed_in_joblog(path):
-    """The (seq, command) pairs that a joblog shows completed (Exitval 0, no
-    signal).  A missing joblog means nothing completed yet."""
-    done = set()
+    """The keys (see ``job_key``) of the jobs a joblog shows completed
+    (Exitval 0, no signal).  A missing joblog means nothing completed yet.
+
+    Each completed line gives two keys, (seq, command) and (host, command):
+    a job from a job list is recognised by its number, a job run on each
+    node by its host, whatever the node list looks like now.
+
+    A last line cut short (no newline, or too few fields: the disk filled
+    while clstr wrote it) is ignored, so its job runs again; a bad line
+    anywhere else is an error naming the file and line."""
     try:
         with open(path, "rb") as log:
-            lines = log.read().decode("utf-8", "surrogateescape").splitlines()
+            data = log.read()
     except FileNotFoundError:
-        return done
+        return set()
     except OSError as error:
         raise JoblogError("--resume: cannot read %s: %s" % (path, error.strerror))
+    # Split on newlines only: a command may hold CR, form feed or U+2028,
+    # which str.splitlines() would take for line ends.
+    lines = data.split(b"\n")
+    torn = lines.pop()  # after the last newline: empty, or a torn line
+    done = set()
     for number, line in enumerate(lines, 1):
-        if number == 1 and line.startswith("Seq\t"):
+        if number == 1 and line.startswith(b"Seq\t"):
             continue
-        fields = line.split("\t", 8)
-        if len(fields) != 9:
+        fields = line.split(b"\t", 8)
+        if len(fields) != 9 and number == len(lines) and not torn:
+            break
+        record = _parse_record(fields)
+        if record is None:
             raise JoblogError("--resume: %s:%d: not a joblog line" % (path, number))
-        try:
-            seq, exitval, signum = int(fields[0]), int(fields[6]), int(fields[7])
-        except ValueError:
-            raise JoblogError("--resume: %s:%d: not a joblog line" % (path, number))
-        if exitval == 0 and signum == 0:
-            done.add((seq, fields[8]))
+        done.update(record)
     return done
 
 
+def _parse_record(fields):
+    """The keys a joblog line's fields give if it records a completed
+    attempt (none if not), or None if they are not a joblog line."""
+    if len(fields) != 9:
+        return None
+    try:
+        seq, exitval, signum = int(fields[0]), int(fields[6]), int(fields[7])
+    except ValueError:
+        return None
+    if exitval or signum:
+        return ()
+    host, command = (field.decode("utf-8", "surrogateescape") for field in (fields[1], fields[8]))
+    return (seq, command), (host, command)
+
+
 def job_key(job):
-    """How a job is recognised in a joblog: its number and command."""
-    return job.seq, _one_line(job.text)
+    """How a job is recognised in a joblog: its command, with its host if it
+    runs on each node (--on-each-node; sequence numbers there follow the node
+    list, which may change between runs), else its number."""
+    return (job.host if job.host is not None else job.seq), _one_line(job.text)
 
 
 def failure_report(retired_hosts, incomplete_jobs, limit=20):
