@@ -124,7 +124,8 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20):
                                                   "s" * (len(incomplete_jobs) != 1)))
         for job in incomplete_jobs[:limit]:
             tried = "; ".join("%s: %s" % (host, failure) for host, failure in job.failures)
-            lines.append("  job %d %r: %s" % (job.seq, job.text, tried or "never started"))
+            why = tried or job.rejected or "never started"
+            lines.append("  job %d %r: %s" % (job.seq, job.text, why))
         if len(incomplete_jobs) > limit:
             lines.append("  ... and %d more" % (len(incomplete_jobs) - limit))
     return lines
