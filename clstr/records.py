@@ -57,9 +57,8 @@ def completed_in_joblog(path):
     a job from a job list is recognised by its number, a job run on each
     node by its host, whatever the node list looks like now.
 
-    A last line cut short (no newline, or too few fields: the disk filled
-    while clstr wrote it) is ignored, so its job runs again; a bad line
-    anywhere else is an error naming the file and line."""
+    A torn last line (see ``torn_tail``) is ignored, so its job runs again;
+    a bad line anywhere else is an error naming the file and line."""
     try:
         with open(path, "rb") as log:
             data = log.read()
@@ -67,22 +66,45 @@ def completed_in_joblog(path):
         return set()
     except OSError as error:
         raise JoblogError("--resume: cannot read %s: %s" % (path, error.strerror))
-    # Split on newlines only: a command may hold CR, form feed or U+2028,
-    # which str.splitlines() would take for line ends.
-    lines = data.split(b"\n")
-    torn = lines.pop()  # after the last newline: empty, or a torn line
     done = set()
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(_whole_lines(data), 1):
         if number == 1 and line.startswith(b"Seq\t"):
             continue
-        fields = line.split(b"\t", 8)
-        if len(fields) != 9 and number == len(lines) and not torn:
-            break
-        record = _parse_record(fields)
+        record = _parse_record(line.split(b"\t", 8))
         if record is None:
             raise JoblogError("--resume: %s:%d: not a joblog line" % (path, number))
         done.update(record)
     return done
+
+
+def torn_tail(data):
+    """How many bytes at the end of a joblog's content ``data`` are a line
+    torn by a failed write (a full disk): a last line without its newline,
+    or with too few fields.  --resume ignores it, and must cut it off before
+    appending, or the next record would run into it."""
+    body = data if data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
+    last = body[body.rfind(b"\n", 0, -1) + 1:]
+    if last and last.count(b"\t") < 8 and not last.startswith(b"Seq\t"):
+        body = body[:-len(last)]
+    return len(data) - len(body)
+
+
+def cut_torn_tail(fd):
+    """Before appending to a joblog on --resume: cut off its torn last line,
+    if any (see ``torn_tail``).  ``fd`` must be open for reading and
+    writing."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    torn = torn_tail(data)
+    if torn:
+        os.ftruncate(fd, len(data) - torn)
+
+
+def _whole_lines(data):
+    """The lines of a joblog's content, without a torn last one.  Split on
+    newlines only: a command may hold CR, form feed or U+2028, which
+    str.splitlines() would take for line ends."""
+    body = data[:len(data) - torn_tail(data)]
+    return body.split(b"\n")[:-1]
 
 
 def _parse_record(fields):

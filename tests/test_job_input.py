@@ -12,7 +12,15 @@ import pytest
 from clstr.failures import Failure, Kind
 from clstr.jobs import Job, JobFeed, JobInputError, open_job_file
 from clstr.nodes import NodePool
-from clstr.records import JoblogError, completed_in_joblog, failure_report, job_key, joblog_line
+from clstr.records import (
+    JoblogError,
+    completed_in_joblog,
+    cut_torn_tail,
+    failure_report,
+    job_key,
+    joblog_line,
+    torn_tail,
+)
 from clstr.scheduler import Scheduler
 from clstr_run import REPO, clstr, node_args
 
@@ -43,6 +51,25 @@ def test_a_last_joblog_line_with_too_few_fields_is_ignored(tmp_path):
 
 def test_a_torn_header_alone_is_an_empty_joblog(tmp_path):
     assert completed_in_joblog(_joblog(tmp_path, "Seq\tHost\tStart")) == set()
+
+
+@pytest.mark.parametrize("tail", ["2\ta\t1.0", "2\ta\t1.0\n", ""])
+def test_a_torn_last_line_is_cut_off_before_appending_so_the_next_resume_reads_it_all(
+        tmp_path, tail):
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, "one")
+    path = _joblog(tmp_path, HEADER + whole + tail)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        cut_torn_tail(fd)
+        os.write(fd, joblog_line(2, "a", 1.0, 0.5, 3, 0, "two").encode())
+    finally:
+        os.close(fd)
+    assert completed_in_joblog(path) == {(1, "one"), ("a", "one"), (2, "two"), ("a", "two")}
+
+
+def test_a_joblog_header_alone_is_not_torn():
+    assert torn_tail(HEADER.encode()) == 0
+    assert torn_tail(HEADER.encode()[:-1]) == len(HEADER) - 1
 
 
 def test_a_malformed_joblog_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
