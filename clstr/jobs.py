@@ -229,13 +229,13 @@ class JobFeed:
         """True once every source has been read to its end."""
         return not self._files
 
-    def _add(self, command, host=None, where=None):
+    def _add(self, command, host=None, source=None, number=0):
         self._count += 1
         job = Job(self._count, command, host)
         if b"\0" in command:
-            # Only a stream gets here (``where`` is its name and line): other
-            # files are checked when opened, and argv cannot hold a NUL.
-            job.rejected = "%s: %s; not run" % (where, NUL_IN_JOB)
+            # Only a stream gets here: other files are checked when opened,
+            # and argv cannot hold a NUL.
+            job.rejected = "%s:%d: %s; not run" % (source.name, number, NUL_IN_JOB)
             self.rejected.append(job)
         elif self._skip is not None and self._skip(job):
             self.skipped += 1
@@ -300,7 +300,7 @@ class JobFeed:
 
     def _add_from(self, source, numbered):
         for number, command in numbered:
-            self._add(command, where="%s:%d" % (source.name, number))
+            self._add(command, source=source, number=number)
 
     def _finish_source(self):
         self._files.popleft().close()
