@@ -97,27 +97,23 @@ def _blocks_from(fd, offset):
 
 
 def _read_whole(name, fd):
-    """Everything a device gives until its end, checked as it comes (so a
-    NUL-filled device such as /dev/zero stops at its first block)."""
+    """Everything a device gives until its end, checked for NUL bytes."""
     os.set_blocking(fd, True)
     blocks = []
-
-    def reading():
-        while True:
-            block = os.read(fd, SCAN_SIZE)
-            if not block:
-                return
-            blocks.append(block)
-            yield block
-
-    _check_no_nul(name, reading())
-    return b"".join(blocks)
+    while True:
+        block = os.read(fd, SCAN_SIZE)
+        blocks.append(block)
+        if not block or b"\0" in block:  # /dev/zero would never end
+            break
+    data = b"".join(blocks)
+    _check_no_nul(name, [data])
+    return data
 
 
-def is_stream(fd):
-    """True for what only the event loop should read: pipes, FIFOs,
-    sockets and terminals, whose end may be far away."""
-    mode = os.fstat(fd).st_mode
+def is_stream(fd, mode):
+    """True for what only the event loop should read (``mode`` is the fd's
+    st_mode): pipes, FIFOs, sockets and terminals, whose end may be far
+    away."""
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
@@ -132,11 +128,11 @@ class _FileSource:
         self.at_eof = False
         self.line = 0  # lines of the source read so far
         self._whole = None  # a device's content, read when opened
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise JobInputError("cannot read job file %s: Is a directory" % name)
-        self.streaming = is_stream(fd)
         try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise JobInputError("cannot read job file %s: Is a directory" % name)
+            self.streaming = is_stream(fd, mode)
             if stat.S_ISREG(mode):
                 _check_no_nul(name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)))
             elif not self.streaming:
