@@ -196,6 +196,15 @@ def test_a_job_file_that_is_not_utf8_is_bytes_end_to_end(tmp_path):
     assert job.command == b"echo caf\xe9"
 
 
+def test_nodes_and_jobs_both_from_stdin_is_a_usage_error():
+    # Nodes would be read to the end first, leaving zero jobs: a silent no-op.
+    result = subprocess.run([sys.executable, "-m", "clstr", "-N", "-", "-J", "-"], cwd=REPO,
+                            input=b"node001\n", capture_output=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == b""
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith("clstr: error: ") and "stdin" in line
+
+
 # -- over the real sshd --------------------------------------------------------
 
 
