@@ -248,6 +248,8 @@ def make_plan(argv):
         raise UsageError("no jobs given: use --job, --job-file or --on-each-node")
     if job_files.count("-") > 1:
         raise UsageError("--job-file: stdin (-) given more than once")
+    if "-" in job_files and "-" in _flatten(args.node_file):
+        raise UsageError("--node-file and --job-file cannot both read stdin (-)")
     if args.group and args.output_dir:
         raise UsageError("--group and --output-dir cannot be combined")
     if args.output_dir:
