@@ -75,6 +75,7 @@ class Runner:
         self._paused = False
         self._stopping = False
         self._master_tries = {}
+        self._direct = {}  # host -> why its connection could not be shared
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
@@ -160,16 +161,21 @@ class Runner:
 
     def _start_master(self, host, group):
         try:
-            self.masters.start(host, group,
-                               lambda failure: self._master_started(host, group, failure))
+            self.masters.start(host, group, lambda failure, unavailable:
+                               self._master_started(host, group, failure, unavailable))
         except OSError as error:
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))
 
-    def _master_started(self, host, group, failure):
+    def _master_started(self, host, group, failure, unavailable=None):
         if self._stopping:
             return
         if failure is None:
+            if unavailable and host not in self._direct:
+                self._direct[host] = unavailable
+                if self.plan.verbose:
+                    self._message("%s: connection sharing unavailable (%s), using direct "
+                                  "connections" % (host, unavailable))
             self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
             self._back_in_service(host)
         elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
