@@ -18,7 +18,7 @@ from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
-from .status import ActiveNodesFile, StatusLine, progress_text
+from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 
 # Exit statuses.
 EXIT_OK = 0
@@ -88,10 +88,12 @@ class Runner:
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
         self.status = None
-        if plan.status and os.isatty(2):
-            self.status = StatusLine(self.loop, 2, self._status_text)
+        terminal = status_terminal() if plan.status else None
+        if terminal is not None:
+            self.status = StatusLine(self.loop, terminal, self._status_fields,
+                                     self._summary_fields)
             for sink in set(self.sinks.values()):
-                if os.isatty(sink.fd):
+                if os.isatty(sink.fd) and same_file(sink.fd, terminal):
                     sink.before_write = self.status.clear
         self.active_nodes = None
         if plan.active_nodes:
@@ -382,6 +384,8 @@ class Runner:
         self.feed.close()
         if self.status:
             self.status.finish()
+            if self.status.fd != 2:
+                os.close(self.status.fd)
         self.delivery.close()
         for sink in set(self.sinks.values()):
             sink.close()
@@ -411,10 +415,14 @@ class Runner:
         if self.active_nodes:
             self.active_nodes.changed()
 
-    def _status_text(self):
-        return progress_text(self.scheduler.completed, self.feed.total - self.feed.skipped,
-                             self.pool.busy, self.pool.live_slots, self.feed.input_done,
-                             time.monotonic() - self._started, len(self.pool.retired_hosts()))
+    def _status_fields(self):
+        return progress_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                               self.pool.busy, self.pool.live_slots, self.feed.input_done,
+                               time.monotonic() - self._started, len(self.pool.retired_hosts()))
+
+    def _summary_fields(self):
+        return summary_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                              time.monotonic() - self._started, len(self.pool.retired_hosts()))
 
     def _active_entries(self):
         running = sorted(self.attempts, key=lambda a: a.job.seq)
