@@ -9,15 +9,15 @@ import random
 import signal
 import time
 
-from .child import ChildProcess
 from .delivery import Delivery
-from .failures import Failure, Kind, classify
+from .failures import Failure, Kind
 from .loop import EventLoop
 from .multiplex import MasterSet
 from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
+from .sshclient import SshClientSession
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 
 # Exit statuses.
@@ -31,23 +31,22 @@ RETRY_COOLDOWN_MAX = 600.0
 
 
 class Attempt:
-    """One job running on one slot: its child, output assemblers, and what
-    clstr itself did to it (``stopped_for``: a Kind if clstr killed it)."""
+    """One job running on one slot: its transport session, output delivery,
+    and what clstr itself did to it (``stopped_for``: a Kind if clstr
+    stopped it)."""
 
-    __slots__ = ("job", "slot", "child", "out", "stderr_tail", "started", "received",
-                 "timer", "stopped_for", "control_path")
+    __slots__ = ("job", "slot", "session", "out", "started", "received", "timer",
+                 "stopped_for")
 
     def __init__(self, job, slot, out):
         self.job = job
         self.slot = slot
-        self.child = None
+        self.session = None
         self.out = out
-        self.stderr_tail = b""
         self.started = time.time()
         self.received = 0
         self.timer = None
         self.stopped_for = None
-        self.control_path = None
 
 
 def same_file(fd_a, fd_b):
@@ -79,11 +78,6 @@ class Runner:
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
-        # Every ssh gets the read end of this pipe as stdin; only clstr holds
-        # the write end and never writes.  The remote wrapper takes EOF on it
-        # as "connection or clstr gone" and stops the job (see ssh.py), even
-        # when clstr itself is killed.
-        self._stdin_read, self._stdin_write = os.pipe()
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
@@ -239,16 +233,10 @@ class Runner:
     def _start(self, job, slot):
         attempt = Attempt(job, slot, self.delivery.open(job.seq, slot.host.name))
         job.attempts += 1
-        control_path = None
-        if self.masters:
-            control_path = self.masters.control_path(slot.host.name, slot.index)
-        attempt.control_path = control_path
-        argv = self.plan.ssh.argv(slot.host.name, job.command, control_path)
         try:
-            attempt.child = ChildProcess(
-                self.loop, argv, self._stdin_read,
-                lambda stream, data: self._output(attempt, stream, data),
-                lambda code: self._exited(attempt, code))
+            attempt.session = self._open_session(
+                attempt, lambda stream, data: self._output(attempt, stream, data),
+                lambda code, failure: self._ended(attempt, code, failure))
         except OSError as error:
             # Could not even start ssh (out of processes or fds): nothing
             # will start later either, so stop with what we have.
@@ -263,21 +251,28 @@ class Runner:
             attempt.timer = self.loop.call_later(
                 self.plan.timeout, lambda: self._kill(attempt, Kind.TIMEOUT))
         if self._paused:
-            attempt.child.pause()
+            attempt.session.pause()
+
+    def _open_session(self, attempt, on_output, on_end):
+        """Start ``attempt`` through the transport its host uses."""
+        host = attempt.slot.host.name
+        control_path = None
+        if self.masters:
+            control_path = self.masters.control_path(host, attempt.slot.index)
+        argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
+        return SshClientSession(self.loop, argv, on_output, on_end, control_path)
 
     def _kill(self, attempt, reason):
-        """Stop an attempt: killing the local ssh closes the connection, and
-        the remote wrapper then stops the job and all it started."""
+        """Stop an attempt: the transport closes its stdin, and the remote
+        wrapper then stops the job and all it started."""
         attempt.stopped_for = reason
-        attempt.child.kill(signal.SIGTERM)
+        attempt.session.stop()
 
     def _output(self, attempt, stream, data):
         attempt.received += len(data)
-        if stream == 2:
-            attempt.stderr_tail = (attempt.stderr_tail + data)[-4096:]
         attempt.out.data(stream, data)
 
-    def _exited(self, attempt, code):
+    def _ended(self, attempt, code, failure):
         self.attempts.discard(attempt)
         if attempt.timer:
             attempt.timer.cancel()
@@ -286,7 +281,7 @@ class Runner:
         if self.joblog:
             self.joblog.record(job.seq, host, attempt.started,
                                time.time() - attempt.started, attempt.received, code, job.text)
-        failure = self._failure(attempt, code)
+        failure = self._failure(attempt, failure)
         attempt.out.close(failure is None)
         if self._stopping:
             if failure:
@@ -311,13 +306,12 @@ class Runner:
             self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
         self._dispatch()
 
-    def _failure(self, attempt, code):
+    def _failure(self, attempt, failure):
         if attempt.stopped_for is Kind.TIMEOUT:
             return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
-        master_gone = bool(attempt.control_path) and not os.path.exists(attempt.control_path)
-        return classify(code, attempt.stderr_tail, master_gone)
+        return failure
 
     def _readmit(self, host):
         self.pool.admit(host)
@@ -378,7 +372,7 @@ class Runner:
 
     def _shut_down(self):
         for attempt in list(self.attempts):
-            attempt.child.kill(signal.SIGKILL)
+            attempt.session.kill()
         if self.masters:
             self.masters.shutdown()
         self.feed.close()
@@ -395,8 +389,6 @@ class Runner:
         if self.joblog:
             self.joblog.close()
         self.loop.close()
-        os.close(self._stdin_read)
-        os.close(self._stdin_write)
 
     # -- watching -----------------------------------------------------------
 
@@ -405,9 +397,9 @@ class Runner:
         self._paused = pressed
         for attempt in self.attempts:
             if pressed:
-                attempt.child.pause()
+                attempt.session.pause()
             else:
-                attempt.child.resume()
+                attempt.session.resume()
 
     def _changed(self):
         if self.status:
