@@ -282,7 +282,7 @@ def make_plan(argv):
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, output_dir=args.output_dir, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
-        retry_nodes=args.retry_nodes,
+        retry_nodes=args.retry_nodes, exec_words=None,
         active_nodes=args.active_nodes,
         stdout_fd=_open_output(args.stdout, "--stdout", 1),
         stderr_fd=_open_output(args.stderr, "--stderr", 2))

@@ -147,6 +147,14 @@ START_MARKER = b"\x1eclstr-started-5c0f9a7e\n"
 _MARKER_PRINTF = "\\036clstr-started-5c0f9a7e\\n"
 
 
+def wrapper_words(command):
+    """The remote wrapper as argv words after an exec template: the start
+    marker first, then the wrapper running ``command`` (bytes) as one
+    argument (no quoting: no shell reads it as text)."""
+    from .ssh import REMOTE_WRAPPER
+    return ["sh", "-c", marker_prefix() + REMOTE_WRAPPER, "clstr-job", command]
+
+
 def marker_prefix():
     """Shell text to put first in the remote wrapper: it writes the start
     marker to stderr before anything else runs."""

@@ -10,14 +10,15 @@ import signal
 import time
 
 from .delivery import Delivery
+from .exectransport import exec_argv, wrapper_words
 from .failures import Failure, Kind
+from .localprocess import exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
 from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
-from .sshclient import SshClientSession
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 
 # Exit statuses.
@@ -256,11 +257,14 @@ class Runner:
     def _open_session(self, attempt, on_output, on_end):
         """Start ``attempt`` through the transport its host uses."""
         host = attempt.slot.host.name
+        if self.plan.exec_words:
+            argv = exec_argv(self.plan.exec_words, host, wrapper_words(attempt.job.command))
+            return exec_session(self.loop, argv, on_output, on_end)
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(host, attempt.slot.index)
         argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
-        return SshClientSession(self.loop, argv, on_output, on_end, control_path)
+        return ssh_session(self.loop, argv, on_output, on_end, control_path)
 
     def _kill(self, attempt, reason):
         """Stop an attempt: the transport closes its stdin, and the remote
@@ -283,7 +287,11 @@ class Runner:
                                time.time() - attempt.started, attempt.received, code, job.text)
         failure = self._failure(attempt, failure)
         attempt.out.close(failure is None)
-        if self._stopping:
+        if failure and failure.kind.stops_run and not self._stopping:
+            # Every node would fail the same way (Slurm's step limit, say):
+            # stop instead of retiring them one by one.
+            self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
+            self._stop(EXIT_INCOMPLETE)
             if failure:
                 job.failures.append((attempt.slot.host.name, failure))
             self.pool.release(attempt.slot)

@@ -2,13 +2,14 @@
 
 The runner starts an attempt through a transport and learns, through two
 callbacks, what it said and how it ended; it never knows which kind ran it.
-Kinds, one module each:
+Kinds:
 
-- ``sshclient``: a local ``ssh`` process per attempt (``--no-multiplex``,
-  ``-E``, and hosts whose connection cannot be shared);
+- ``localprocess.ssh_session``: a local ``ssh`` process per attempt
+  (``--no-multiplex``, ``-E``, and hosts whose connection cannot be shared);
+- ``localprocess.exec_session``: a local ``--exec`` process per attempt
+  (srun, docker exec, kubectl exec);
 - ``muxsession``: clstr itself speaks OpenSSH's multiplexing protocol to a
-  host's ControlMaster, so an attempt costs no local process;
-- ``execsession``: a ``--exec`` template (srun, docker exec, kubectl exec).
+  host's ControlMaster, so an attempt costs no local process.
 
 Every attempt gets its own stdin pipe whose write end only clstr holds and
 never writes.  Closing it is how clstr stops that attempt, whatever the
