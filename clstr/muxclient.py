@@ -535,6 +535,10 @@ class MuxAttempt:
     def running(self):
         return not self._reported
 
+    def close_stdin(self):
+        """EOF on the command's stdin, nothing more."""
+        self._close_stdin()
+
     def stop(self, grace=STOP_GRACE):
         """Stop the job: close stdin (EOF for the remote wrapper).  If the
         session has not ended ``grace`` seconds later (a hung link, a
