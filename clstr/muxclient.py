@@ -276,6 +276,12 @@ class MuxSession:
         return self._session_id is not None
 
     @property
+    def exit_code(self):
+        """The command's exit status once the master has sent it, else None.
+        The session is not over yet then: output may still be on its way."""
+        return self._exit_code
+
+    @property
     def finished(self):
         """True once the session has ended or been closed: no callback follows."""
         return self._finished

@@ -193,6 +193,36 @@ def test_stdout_and_stderr_bytes_are_those_ssh_gives(loop, master, binary_file):
     assert outcome.stderr == through_ssh.stderr
 
 
+def test_output_after_the_exit_status_is_delivered_as_ssh_does(loop, master):
+    # sshd sends the exit status when the command exits; a background child
+    # still holds stdout and writes later.  Meanwhile we do not read, so the
+    # master also still holds most of the first megabyte.  ssh waits for
+    # all of it; dropping the connection at the exit status would lose it.
+    command = "head -c 1000000 /dev/zero; (sleep 1; echo late; echo late >&2) &"
+    outcome = start(loop, master.path, command.encode())
+    outcome.attempt.pause()
+    run_until(loop, lambda: outcome.attempt.session.exit_code is not None)
+    outcome.attempt.resume()
+    run_until(loop, lambda: outcome.result is not None)
+    through_ssh = run_ssh(master, command)
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == through_ssh.stdout == bytes(1000000) + b"late\n"
+    assert outcome.stderr == through_ssh.stderr == b"late\n"
+
+
+def test_output_still_in_the_pipes_when_the_session_ends_is_delivered(loop, master):
+    command = b"head -c 10000 /dev/zero; echo done >&2"
+    outcome = start(loop, master.path, command)
+    outcome.attempt.pause()
+    run_until(loop, lambda: outcome.attempt.session.finished)
+    assert outcome.result is None
+    outcome.attempt.resume()
+    run_until(loop, lambda: outcome.result is not None)
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == bytes(10000)
+    assert outcome.stderr == b"done\n"
+
+
 def test_closed_stdin_is_immediate_eof_for_the_command(loop, master):
     [outcome] = run_mux(loop, master.path, [b"cat; echo after-eof"])
     assert outcome.result == ("exit", 0)
