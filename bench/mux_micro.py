@@ -27,12 +27,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from cluster import LoopbackCluster  # noqa: E402
-
 from clstr.child import ChildProcess  # noqa: E402
 from clstr.loop import EventLoop  # noqa: E402
 from clstr.muxclient import MuxAttempt  # noqa: E402
 from clstr.ssh import wrapped_command  # noqa: E402
+from cluster import LoopbackCluster  # noqa: E402
 
 HOST = "node001"
 

@@ -49,7 +49,6 @@ Three things the protocol leaves to the client:
 
 import array
 import enum
-import errno
 import os
 import socket
 import struct
@@ -168,12 +167,12 @@ def new_session_packet(request_id, command, env=()):
     return _packet(payload)
 
 
-class _Malformed(Exception):
-    pass
+class MalformedMessage(Exception):
+    """A message from the master that cannot be a mux message."""
 
 
 class _Fields:
-    """Reads SSH wire fields from one payload; raises _Malformed past its end."""
+    """Reads SSH wire fields from one payload; raises MalformedMessage past its end."""
 
     __slots__ = ("_data", "_pos")
 
@@ -183,7 +182,7 @@ class _Fields:
 
     def u32(self):
         if self._pos + 4 > len(self._data):
-            raise _Malformed("message too short")
+            raise MalformedMessage("message too short")
         value, = struct.unpack_from(">I", self._data, self._pos)
         self._pos += 4
         return value
@@ -191,7 +190,7 @@ class _Fields:
     def string(self):
         length = self.u32()
         if self._pos + length > len(self._data):
-            raise _Malformed("string runs past the message")
+            raise MalformedMessage("string runs past the message")
         value = bytes(self._data[self._pos:self._pos + length])
         self._pos += length
         return value
@@ -203,12 +202,12 @@ class _Fields:
 
 def split_packets(buffer):
     """Complete payloads at the start of ``buffer`` (a bytearray, consumed
-    as they are taken).  Raises _Malformed for a length no master sends."""
+    as they are taken).  Raises MalformedMessage for a length no master sends."""
     payloads = []
     while len(buffer) >= 4:
         length, = struct.unpack_from(">I", buffer)
         if length < 4 or length > MAX_PACKET:
-            raise _Malformed("packet length %d" % length)
+            raise MalformedMessage("packet length %d" % length)
         if len(buffer) < 4 + length:
             break
         payloads.append(bytes(buffer[4:4 + length]))
@@ -291,9 +290,6 @@ class MuxSession:
         the master then closes its channel: the node sees EOF on the
         command's stdin and a broken stdout, and the exit status is lost."""
         self._finished = True
-        self._release()
-
-    def _release(self):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -400,7 +396,7 @@ class MuxSession:
                 self._handle(_Fields(payload))
                 if self._finished:
                     return
-        except _Malformed as error:
+        except MalformedMessage as error:
             self._misunderstood("malformed message from the master (%s)" % error)
 
     def _handle(self, fields):

@@ -15,20 +15,20 @@ import tempfile
 import time
 
 import pytest
-from cluster import LoopbackCluster
 
 from clstr.loop import EventLoop
 from clstr.muxclient import (
     MUX_MSG_HELLO,
+    MalformedMessage,
     MuxAttempt,
     MuxError,
     ProtocolMismatch,
-    _Malformed,
     hello_packet,
     new_session_packet,
     split_packets,
 )
 from clstr.ssh import wrapped_command
+from cluster import LoopbackCluster
 
 HOST = "node001"
 
@@ -435,7 +435,7 @@ def test_packets_are_split_whole_and_oversized_ones_refused():
     buffer = bytearray(_packet(1, 4) + _packet(0x80000004, 2, 3)[:-1])
     assert split_packets(buffer) == [struct.pack(">II", 1, 4)]
     assert len(buffer) == 15
-    with pytest.raises(_Malformed):
+    with pytest.raises(MalformedMessage):
         split_packets(bytearray(struct.pack(">I", 10 * 1024 * 1024) + b"xxxx"))
 
 
