@@ -496,7 +496,8 @@ class MuxAttempt:
     normally with the wrapper's status.  ``pause()``/``resume()`` stop and
     restart reading, as ``ChildProcess`` does.  ``stdin_fd`` is the write end
     of the stdin pipe (None once closed); clstr never writes to it, tests do.
-    Raises OSError if the pipes cannot be made (out of fds)."""
+    Raises OSError if the pipes cannot be made (out of fds), ValueError for a
+    NUL byte in ``command``; either way nothing is left open."""
 
     def __init__(self, loop, control_path, command, on_output, on_exit, on_error,
                  on_opened=None, env=()):
@@ -525,11 +526,16 @@ class MuxAttempt:
                 if fd is not None:
                     os.close(fd)
             raise
-        # The session closes the ends it passes; from here on only the
-        # master holds them.
-        self.session = MuxSession(loop, control_path, command, *passed,
-                                  on_opened=self._opened, on_exit=self._session_exited,
-                                  on_error=self._session_failed, env=env)
+        # The session closes the ends it passes (even when it raises); from
+        # here on only the master holds them.
+        try:
+            self.session = MuxSession(loop, control_path, command, *passed,
+                                      on_opened=self._opened, on_exit=self._session_exited,
+                                      on_error=self._session_failed, env=env)
+        except BaseException:
+            for fd in list(self._fds.values()) + [self.stdin_fd]:
+                os.close(fd)
+            raise
         for stream in self._fds:
             self._watch(stream)
 

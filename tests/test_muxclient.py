@@ -426,9 +426,13 @@ def test_new_session_request_has_protocol_mux_layout():
                            + struct.pack(">I", 6) + b"LANG=C")
 
 
-def test_nul_in_a_command_is_refused_before_anything_is_sent():
+def test_nul_in_a_command_is_refused_before_anything_is_sent(loop, tmp_path):
     with pytest.raises(ValueError):
         new_session_packet(1, b"echo a\0b")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError):
+        MuxAttempt(loop, str(tmp_path / "s"), b"echo a\0b", None, None, None)
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_packets_are_split_whole_and_oversized_ones_refused():
