@@ -15,10 +15,13 @@ from .failures import Failure, Kind
 from .localprocess import exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
+from .muxclient import MuxError
+from .muxsession import MuxSession
 from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
+from .ssh import wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 
 # Exit statuses.
@@ -76,6 +79,7 @@ class Runner:
         self._stopping = False
         self._master_tries = {}
         self._direct = {}  # host -> why its connection could not be shared
+        self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
@@ -263,8 +267,28 @@ class Runner:
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(host, attempt.slot.index)
+        if control_path and control_path not in self._ssh_client_only:
+            return MuxSession(self.loop, control_path, wrapped_command(attempt.job.command),
+                              on_output, on_end,
+                              lambda error, detail, on_output, on_end: self._mux_fell_back(
+                                  attempt, control_path, error, detail, on_output, on_end))
+        return self._ssh_session(attempt, control_path, on_output, on_end)
+
+    def _ssh_session(self, attempt, control_path, on_output, on_end):
+        host = attempt.slot.host.name
         argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
         return ssh_session(self.loop, argv, on_output, on_end, control_path)
+
+    def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
+        """clstr's mux client could not use the master: nothing ran, so the
+        attempt goes through the ssh client (which connects on its own if the
+        master has gone)."""
+        if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
+            self._ssh_client_only.add(control_path)
+            if self.plan.verbose:
+                self._message("%s: the master speaks another mux protocol (%s); using the "
+                              "ssh client" % (attempt.slot.host.name, detail))
+        return self._ssh_session(attempt, control_path, on_output, on_end)
 
     def _kill(self, attempt, reason):
         """Stop an attempt: the transport closes its stdin, and the remote
@@ -277,6 +301,9 @@ class Runner:
         attempt.out.data(stream, data)
 
     def _ended(self, attempt, code, failure):
+        if code is None:
+            # No exit status (a shared connection lost): ssh would say 255.
+            code = 255
         self.attempts.discard(attempt)
         if attempt.timer:
             attempt.timer.cancel()
