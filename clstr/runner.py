@@ -319,6 +319,7 @@ class Runner:
             # stop instead of retiring them one by one.
             self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
             self._stop(EXIT_INCOMPLETE)
+        if self._stopping:
             if failure:
                 job.failures.append((attempt.slot.host.name, failure))
             self.pool.release(attempt.slot)
