@@ -266,6 +266,11 @@ class JobFeed:
         """Put a job whose attempt failed at the front of the queue."""
         self._retry.append(job)
 
+    @property
+    def waiting_count(self):
+        """How many jobs are read but not yet handed out (cheap)."""
+        return len(self._retry) + len(self._ready)
+
     def waiting(self):
         """Jobs read but not yet handed out."""
         return list(self._retry) + list(self._ready)

@@ -80,6 +80,8 @@ class Runner:
         self._master_tries = {}
         self._direct = {}  # host -> why its connection could not be shared
         self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
+        self._master_slots = {}  # (host, group) -> slots it serves, once started
+        self._unstarted = self._unstarted_masters()
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
@@ -122,10 +124,6 @@ class Runner:
             if self.active_nodes:
                 self.active_nodes.write()
             self.feed.start(self.loop, self._dispatch)
-            if self.masters:
-                for host in self.pool.hosts.values():
-                    for group in self.masters.groups(host.slot_count):
-                        self._start_master(host.name, group)
             self._dispatch()
             if self.exit_status is None:
                 self.loop.run()
@@ -138,6 +136,7 @@ class Runner:
         more can happen."""
         if self._stopping:
             return
+        self._start_masters_as_needed()
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
         while not self._stopping:
@@ -159,6 +158,42 @@ class Runner:
         return self.feed.input_done
 
     # -- masters ------------------------------------------------------------
+
+    def _unstarted_masters(self):
+        """Every (host, group, slots) a master could serve, in random order
+        so that a short run spreads over the hosts."""
+        groups = []
+        if self.masters:
+            for host in self.pool.hosts.values():
+                for group in self.masters.groups(host.slot_count):
+                    groups.append((host.name, group,
+                                   len([slot for slot in host.slots
+                                        if self.masters.group_of(slot.index) == group])))
+        random.shuffle(groups)
+        return groups
+
+    def _start_masters_as_needed(self):
+        """Start masters for the slots the run can use at once, no more: with
+        -m N, or fewer jobs than slots, a master per listed host would cost
+        connections that never run a job.  A failed master's slots are made
+        up for by the next one."""
+        if not self._unstarted:
+            return
+        if self.feed.input_done:
+            wanted = self.pool.busy + self.feed.waiting_count
+        else:
+            wanted = self.pool.live_slots
+        if self.plan.max_nodes:
+            wanted = min(wanted, self.plan.max_nodes)
+        covered = sum(slots for (host, _), slots in self._master_slots.items()
+                      if not self.pool.hosts[host].retired)
+        while covered < wanted and self._unstarted:
+            host, group, slots = self._unstarted.pop()
+            if self.pool.hosts[host].retired:
+                continue
+            self._master_slots[host, group] = slots
+            covered += slots
+            self._start_master(host, group)
 
     def _start_master(self, host, group):
         try:

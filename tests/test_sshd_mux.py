@@ -53,13 +53,9 @@ def test_large_binary_output_is_byte_exact(cluster):
 def test_jobs_use_no_local_ssh_process_per_job(cluster, tmp_path):
     # A stand-in for ssh that counts its calls: with masters up, the jobs
     # never start it; only the masters (and their exit requests) do.
-    counter = tmp_path / "calls"
-    wrapper = tmp_path / "ssh"
-    wrapper.write_text('#!/bin/sh\necho "$@" >> %s\nexec ssh -F %s "$@"\n'
-                       % (counter, cluster.ssh_config))
-    wrapper.chmod(0o755)
+    wrapper, counter = _counting_ssh(cluster, tmp_path)
     argv = clstr_argv(cluster, *node_args(cluster.nodes(2)), *(["-j", "true"] * 40))
-    argv[argv.index("--ssh-command") + 1] = str(wrapper)
+    argv[argv.index("--ssh-command") + 1] = wrapper
     result = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=120,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
@@ -162,3 +158,29 @@ def test_unknown_mux_protocol_falls_back_to_the_ssh_client(tmp_path):
     assert result.stdout == b"ran\n" * 3
     said = result.stderr.decode()
     assert said.count("speaks another mux protocol") == 1, said
+
+
+def _counting_ssh(cluster, tmp_path):
+    """An ssh that logs each call's arguments to a file, then runs ssh."""
+    counter = tmp_path / "calls"
+    wrapper = tmp_path / "ssh"
+    wrapper.write_text('#!/bin/sh\necho "$@" >> %s\nexec ssh -F %s "$@"\n'
+                       % (counter, cluster.ssh_config))
+    wrapper.chmod(0o755)
+    return str(wrapper), counter
+
+
+@pytest.mark.parametrize("args, masters", [
+    (["-m", "1"] + ["-j", "echo x"] * 6, 1),   # one job at a time: one master
+    (["-j", "echo x"] * 2, 2),                 # two jobs for 30 slots: two masters
+])
+def test_masters_are_started_only_for_slots_that_run(cluster, tmp_path, args, masters):
+    ssh, counter = _counting_ssh(cluster, tmp_path)
+    argv = clstr_argv(cluster, *node_args(cluster.nodes(30)), *args)
+    argv[argv.index("--ssh-command") + 1] = ssh
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"x\n") == args.count("echo x")
+    calls = counter.read_text().splitlines()
+    assert len([call for call in calls if "ControlMaster=yes" in call]) == masters, calls
