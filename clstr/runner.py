@@ -4,6 +4,7 @@ This is the only module that knows all the others; each of them knows only
 what it is handed.
 """
 
+import errno
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import time
 
 from .child import ChildProcess
 from .delivery import Delivery
+from .errors import EXIT_LOCAL_IO, LocalIOError
 from .failures import Failure, Kind, classify
 from .loop import EventLoop
 from .multiplex import MasterSet
@@ -28,6 +30,16 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 # --retry-nodes: the cooldown doubles after each failed probe, up to this.
 RETRY_COOLDOWN_MAX = 600.0
+
+# Open files clstr holds for each running job: the read ends of the job's
+# stdout and stderr pipes (ssh has its own fds, not ours).
+FDS_PER_JOB = 2
+# Files held only for a moment, one at a time: a starting job's two pipe write
+# ends, a master's log, the active-nodes file's temporary, with room to spare.
+FDS_SPARE = 8
+# Starting a job failed for want of these, not for a fault of its own: wait
+# for a running job to end and give them back.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
 
 
 class Attempt:
@@ -55,6 +67,40 @@ def same_file(fd_a, fd_b):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def open_files_limit():
+    """The soft RLIMIT_NOFILE (cli raised it as far as the hard limit lets),
+    or None if there is none to respect."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def open_fd_count():
+    """How many fds this process has open now (a generous guess without
+    /proc)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(directory)) - 1  # listdir's own fd
+        except OSError:
+            continue
+    return 32
+
+
+def slots_that_fit(limit, in_use, fds_per_job):
+    """How many jobs can run at once with ``limit`` open files when
+    ``in_use`` are open already (at least one: a run that cannot start even
+    one job says so when it tries)."""
+    return max(1, (limit - in_use - FDS_SPARE) // fds_per_job)
+
+
+def _errno_of(error):
+    """The errno of an OSError, or of the OSError inside a LocalIOError."""
+    return getattr(error, "errno", None) or getattr(getattr(error, "error", None), "errno", None)
+
+
 class Runner:
     """Runs ``plan`` with jobs from ``feed`` to the end; ``run()`` returns
     clstr's exit status."""
@@ -74,6 +120,10 @@ class Runner:
         self.exit_status = None
         self._paused = False
         self._stopping = False
+        self._leaving = False  # a second signal: drop unwritten output, exit now
+        self._io_error = None  # the first LocalIOError of the run
+        self._starved = False  # out of fds/processes: start nothing until a job ends
+        self._limit_said = False
         self._master_tries = {}
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
@@ -86,6 +136,7 @@ class Runner:
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
+        self.loop.handle_errors((LocalIOError,), self._local_io_failed)
         self.status = None
         if plan.status and os.isatty(2):
             self.status = StatusLine(self.loop, 2, self._status_text)
@@ -95,12 +146,21 @@ class Runner:
         self.active_nodes = None
         if plan.active_nodes:
             self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes, self._active_entries)
+            # Its own timer calls write(): a failure there must stop the run
+            # like any other write of clstr's own.
+            write = self.active_nodes.write
+            self.active_nodes.write = lambda: self._guarded(plan.active_nodes, write)
 
     def _make_sinks(self, stdout_fd, stderr_fd):
         """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
         messages (0).  Fds that are the same file share one sink, or partial
         writes to a shared pipe could cut each other's lines."""
         sinks = {}
+        # What a write error names: "stdout"/"stderr", or the -o/-e file.
+        std_names = {1: "stdout", 2: "stderr"}
+        file_names = {1: getattr(self.plan, "stdout_path", None) or "the --stdout file",
+                      2: getattr(self.plan, "stderr_path", None) or "the --stderr file",
+                      0: "stderr"}
         for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
             for other in sinks.values():
                 if same_file(other.fd, fd):
@@ -108,8 +168,23 @@ class Runner:
                     break
             else:
                 on_broken = self._broken_pipe if key == 1 else None
-                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken)
+                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken,
+                                  name=std_names.get(fd) or file_names[key],
+                                  on_error=self._local_io_failed)
         return sinks
+
+    def _guarded(self, what, write, *args):
+        """Run one of clstr's own writes (joblog, -A, --output-dir); if it
+        fails, stop the run as for any local I/O error.  Returns whether it
+        succeeded."""
+        try:
+            write(*args)
+            return True
+        except LocalIOError as error:
+            self._local_io_failed(error)
+        except OSError as error:
+            self._local_io_failed(LocalIOError(what, error))
+        return False
 
     # -- the run ----------------------------------------------------------------
 
@@ -117,10 +192,11 @@ class Runner:
         for signum in _SIGNAL_EXITS:
             self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
         try:
+            self._fit_slots_to_open_files_limit()
             if self.active_nodes:
                 self.active_nodes.write()
             self.feed.start(self.loop, self._dispatch)
-            if self.masters:
+            if self.masters and not self._stopping:
                 for host in self.pool.hosts.values():
                     for group in self.masters.groups(host.slot_count):
                         self._start_master(host.name, group)
@@ -138,7 +214,7 @@ class Runner:
             return
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
-        while not self._stopping:
+        while not self._stopping and not self._starved:
             assignment = next_assignment()
             if assignment is None:
                 break
@@ -229,8 +305,12 @@ class Runner:
     # -- attempts -----------------------------------------------------------
 
     def _start(self, job, slot):
-        attempt = Attempt(job, slot, self.delivery.open(job.seq, slot.host.name))
-        job.attempts += 1
+        attempt = Attempt(job, slot, None)
+        try:
+            attempt.out = self.delivery.open(job.seq, slot.host.name)
+        except (OSError, LocalIOError) as error:
+            self._not_started(attempt, error, self.plan.output_dir)
+            return
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(slot.host.name, slot.index)
@@ -242,20 +322,71 @@ class Runner:
                 lambda stream, data: self._output(attempt, stream, data),
                 lambda code: self._exited(attempt, code))
         except OSError as error:
-            # Could not even start ssh (out of processes or fds): nothing
-            # will start later either, so stop with what we have.
-            attempt.out.close(False)
-            self.feed.requeue(job)
-            self.pool.put_back(slot)
-            self._message("cannot start ssh: %s" % error.strerror)
-            self._stop(EXIT_INCOMPLETE)
+            self._not_started(attempt, error, None)
             return
+        job.attempts += 1
         self.attempts.add(attempt)
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
                 self.plan.timeout, lambda: self._kill(attempt, Kind.TIMEOUT))
         if self._paused:
             attempt.child.pause()
+
+    def _not_started(self, attempt, error, what):
+        """An attempt could not start for a local reason (``what``: the file
+        clstr could not create, None for ssh itself).  No node is to blame:
+        the job goes back to the front of the queue."""
+        if attempt.out is not None:
+            self._guarded(self.plan.output_dir, attempt.out.close, False)
+        self.feed.requeue(attempt.job)
+        self.pool.put_back(attempt.slot)
+        if _errno_of(error) in _OUT_OF_RESOURCES and self.attempts:
+            # Out of fds or processes for now: running jobs give theirs back
+            # as they end, so wait for one to end instead of aborting.
+            self._starved = True
+            self._say_slot_limit(len(self.attempts), error)
+            return
+        if what is not None or isinstance(error, LocalIOError):
+            self._local_io_failed(error if isinstance(error, LocalIOError)
+                                  else LocalIOError(what, error))
+            return
+        # Not even one ssh can start (ssh missing, or out of fds and
+        # processes with nothing running to free some): stop with what we have.
+        reason = error.strerror
+        if _errno_of(error) == errno.EMFILE:
+            reason += " (the open-files limit is %s)" % open_files_limit()
+        self._message("cannot start ssh: %s" % reason)
+        self._stop(EXIT_INCOMPLETE)
+
+    def _fit_slots_to_open_files_limit(self):
+        """Run no more jobs at once than the open-files limit can hold
+        (running more would only fail to start them)."""
+        limit = open_files_limit()
+        if limit is None:
+            return
+        per_job = FDS_PER_JOB
+        if self.plan.output_dir:
+            per_job += 2  # the job's two partial output files
+        if self.plan.group:
+            per_job += 2  # outputs past SPILL_AFTER wait in temporary files
+        fit = slots_that_fit(limit, open_fd_count(), per_job)
+        wanted = len(self.plan.hosts)
+        if self.scheduler.max_running:
+            wanted = min(wanted, self.scheduler.max_running)
+        if fit < wanted:
+            self.scheduler.max_running = fit
+            self._say_slot_limit(fit, None)
+
+    def _say_slot_limit(self, fit, error):
+        if self._limit_said:
+            return
+        self._limit_said = True
+        wanted = len(self.plan.hosts)
+        if error is None or _errno_of(error) == errno.EMFILE:
+            why = "the open-files limit is %s (raise it with ulimit -n)" % open_files_limit()
+        else:
+            why = error.strerror
+        self._message("only %d of %d slots can run at once: %s" % (fit, wanted, why))
 
     def _kill(self, attempt, reason):
         """Stop an attempt: killing the local ssh closes the connection, and
@@ -267,19 +398,22 @@ class Runner:
         attempt.received += len(data)
         if stream == 2:
             attempt.stderr_tail = (attempt.stderr_tail + data)[-4096:]
-        attempt.out.data(stream, data)
+        # Sinks report their own errors; this catches --output-dir files
+        # and --group's temporary files.
+        self._guarded(self.plan.output_dir or "a temporary file", attempt.out.data, stream, data)
 
     def _exited(self, attempt, code):
         self.attempts.discard(attempt)
+        self._starved = False  # its fds are free again
         if attempt.timer:
             attempt.timer.cancel()
         job = attempt.job
         host = attempt.slot.host.name
         if self.joblog:
-            self.joblog.record(job.seq, host, attempt.started,
-                               time.time() - attempt.started, attempt.received, code, job.text)
+            self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
+                          time.time() - attempt.started, attempt.received, code, job.text)
         failure = self._failure(attempt, code)
-        attempt.out.close(failure is None)
+        self._guarded(self.plan.output_dir, attempt.out.close, failure is None)
         if self._stopping:
             if failure:
                 job.failures.append((attempt.slot.host.name, failure))
@@ -293,7 +427,7 @@ class Runner:
             self.pool.admit(host)
             self._back_in_service(host)
         if failure is None or outcome.gave_up:
-            self.delivery.record(job.seq, code, host, job.text)
+            self._guarded(self._index_path(), self.delivery.record, job.seq, code, host, job.text)
         if outcome.retired:
             self._note_retired(outcome.retired, failure)
         if failure and self.plan.verbose:
@@ -310,6 +444,9 @@ class Runner:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
         master_gone = bool(attempt.control_path) and not os.path.exists(attempt.control_path)
         return classify(code, attempt.stderr_tail, master_gone)
+
+    def _index_path(self):
+        return self.plan.output_dir and os.path.join(self.plan.output_dir, "index.tsv")
 
     def _readmit(self, host):
         self.pool.admit(host)
@@ -345,14 +482,28 @@ class Runner:
 
     def _interrupted(self, signum):
         if self._stopping:
-            # A second signal: leave now.
+            # A second signal, or one while the last output is written: leave
+            # now, without what the reader has not taken.
             self.exit_status = _SIGNAL_EXITS[signum]
+            self._leaving = True
             self.loop.stop()
             return
         self._stop(_SIGNAL_EXITS[signum])
 
     def _broken_pipe(self):
         self._stop(EXIT_BROKEN_PIPE)
+
+    def _local_io_failed(self, error):
+        """clstr could not write one of its own files (``error``, a
+        LocalIOError).  No node is to blame: stop the jobs as Ctrl-C does
+        (they count as interrupted and not completed, never as failures of
+        their nodes) and end with EXIT_LOCAL_IO."""
+        if self._io_error is None:
+            self._io_error = error
+            self._message("cannot write %s" % error)
+        if not self._leaving:
+            self.exit_status = EXIT_LOCAL_IO
+        self._stop(EXIT_LOCAL_IO)
 
     def _stop(self, status):
         """Stop every running attempt, then end the run with ``status``."""
@@ -374,19 +525,30 @@ class Runner:
         if self.masters:
             self.masters.shutdown()
         self.feed.close()
-        if self.status:
-            self.status.finish()
-        self.delivery.close()
-        for sink in set(self.sinks.values()):
-            sink.close()
         if self.active_nodes:
             self.attempts.clear()
             self.active_nodes.write()
+        self._guarded(self._index_path(), self.delivery.close)
         if self.joblog:
-            self.joblog.close()
+            self._guarded(self.joblog.path, self.joblog.close)
+        # Last, so that what the files above had to say is written too.
+        self._write_out()
+        if self.status:
+            self.status.finish()
+        for sink in set(self.sinks.values()):
+            sink.close()
         self.loop.close()
         os.close(self._stdin_read)
         os.close(self._stdin_write)
+
+    def _write_out(self):
+        """Let the loop write what the sinks still hold, as slowly as their
+        readers take it.  Signals are still handled meanwhile: one drops the
+        rest and leaves (a stalled reader never makes clstr unkillable)."""
+        sinks = set(self.sinks.values())
+        if not self._leaving:
+            self.loop.run_while(lambda: not self._leaving
+                                and any(sink.pending for sink in sinks))
 
     # -- watching -----------------------------------------------------------
 
