@@ -40,6 +40,8 @@ FDS_SPARE = 8
 # Starting a job failed for want of these, not for a fault of its own: wait
 # for a running job to end and give them back.
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
+# ... and a master that could not start for want of them tries again after this.
+MASTER_RESOURCE_WAIT = 1.0
 
 
 class Attempt:
@@ -235,10 +237,17 @@ class Runner:
     # -- masters ------------------------------------------------------------
 
     def _start_master(self, host, group):
+        if self._stopping:
+            return
         try:
             self.masters.start(host, group,
                                lambda failure: self._master_started(host, group, failure))
         except OSError as error:
+            if error.errno in _OUT_OF_RESOURCES and self.attempts:
+                # Running jobs hold the fds or processes it needs; not the
+                # host's fault.  Try again once some have ended.
+                self.loop.call_later(MASTER_RESOURCE_WAIT, lambda: self._start_master(host, group))
+                return
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))
 

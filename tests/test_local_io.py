@@ -185,6 +185,36 @@ def test_a_joblog_on_a_full_file_system_stops_the_run_and_names_the_joblog(clust
     assert masters_left(cluster, before) == set()
 
 
+def test_an_active_nodes_file_on_a_full_file_system_stops_the_run(cluster, small_tmpfs):
+    marker = sleep_marker()
+    active = os.path.join(small_tmpfs, "active")
+    fill_leaving(small_tmpfs, 8192)
+    # Three running jobs with long commands need more than the space left.
+    job = "sleep %s; : %s" % (marker, "x" * 3000)
+    result = clstr(cluster, "-v", "-A", active, *node_args(cluster.nodes(3)), *["-j", job] * 3)
+    stderr = result.stderr.decode()
+    assert result.returncode == EXIT_LOCAL_IO, stderr
+    assert ("clstr: cannot write %s: No space left on device" % active) in stderr.splitlines()
+    assert "Traceback" not in stderr and "retired" not in stderr
+    assert cluster.remote_processes_left(marker) == []
+
+
+def test_an_output_dir_on_a_full_file_system_stops_the_run(cluster, small_tmpfs):
+    marker = sleep_marker()
+    out = os.path.join(small_tmpfs, "out")
+    fill_leaving(small_tmpfs, 8192)
+    result = clstr(cluster, "-v", "--output-dir", out, *node_args(cluster.nodes(2)),
+                   "-j", "sleep %s" % marker,
+                   "-j", after_sleeps(marker, 1, "head -c 100000 /dev/zero"))
+    stderr = result.stderr.decode()
+    assert result.returncode == EXIT_LOCAL_IO, stderr
+    assert re.search(r"^clstr: cannot write %s\S*: No space left on device$" % re.escape(out),
+                     stderr, re.M), stderr
+    assert "Traceback" not in stderr and "retired" not in stderr
+    assert cluster.remote_processes_left(marker) == []
+    assert not [name for name in os.listdir(out) if name.endswith(".partial")]
+
+
 # -- a reader that stops reading --------------------------------------------
 
 
@@ -261,3 +291,21 @@ def test_a_low_open_files_limit_runs_fewer_jobs_at_once_and_finishes(cluster, tm
                       r"limit is 128 \(raise it with ulimit -n\)", stderr)
     assert len(said) == 1, stderr
     assert 0 < int(said[0]) < 64
+
+
+def test_too_many_open_files_while_starting_a_job_waits_for_a_running_one_to_end(cluster):
+    # Make clstr's estimate far too generous, so that starting jobs really
+    # runs out of fds: the job goes back in the queue and nothing aborts.
+    script = ("import sys, clstr.runner as runner; runner.FDS_PER_JOB = 1; "
+              "runner.FDS_SPARE = -1000; from clstr.cli import main; sys.exit(main())")
+    argv = clstr_argv(cluster, "--no-multiplex", *node_args(cluster.nodes(60)),
+                      *["-j", "echo done"] * 120)
+    argv[1:3] = ["-c", script]
+    result = subprocess.run(argv, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                            preexec_fn=open_files_limit(64), timeout=600)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert result.stdout == b"done\n" * 120
+    said = re.findall(r"clstr: only (\d+) of 60 slots can run at once: the open-files "
+                      r"limit is 64", stderr)
+    assert len(said) == 1 and "retired" not in stderr, stderr
