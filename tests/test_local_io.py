@@ -131,6 +131,34 @@ def test_a_sink_reports_a_write_error_other_than_a_closed_reader():
     assert str(errors[0]) == "stdout: No space left on device"
 
 
+def test_the_loop_hands_a_declared_error_to_its_handler_and_carries_on():
+    loop = EventLoop()
+    handled, ran, exits = [], [], []
+
+    def fails():
+        raise LocalIOError("stdout", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def child_exit(code):
+        exits.append(code)
+        fails()
+
+    loop.handle_errors((LocalIOError,), handled.append)
+    loop.call_later(0, fails)
+    loop.call_later(0, lambda: ran.append("timer"))
+    # Two children whose exit callbacks both fail: both are still reaped.
+    for _ in range(2):
+        loop.spawn(["true"], 0, 1, 2, child_exit)
+
+    def both_reaped():
+        loop.call_later(0.01, loop.stop)
+        loop.run()
+        return len(exits) == 2
+
+    assert wait_for(both_reaped, timeout=20)
+    loop.close()
+    assert ran == ["timer"] and exits == [0, 0] and len(handled) == 3
+
+
 # -- the joblog on a file system that fills ---------------------------------
 
 
@@ -253,12 +281,15 @@ def test_a_second_signal_leaves_at_once_while_the_reader_is_stalled(cluster, tmp
         os.close(read_end)
 
 
-def test_a_slow_reader_still_gets_every_line_at_a_normal_end(cluster):
+def test_a_slow_reader_still_gets_every_line_at_a_normal_end(cluster, tmp_path):
+    joblog = tmp_path / "joblog"
     read_end, write_end = os.pipe()
-    process = start_clstr(cluster, "-n", "node001", "-j", "seq 200000", stdout=write_end)
+    process = start_clstr(cluster, "--no-multiplex", "--joblog", str(joblog), "-n", "node001",
+                          "-j", "seq 200000", stdout=write_end)
     os.close(write_end)
     try:
-        assert wait_for(lambda: pipe_is_full(read_end))
+        # Start reading only once the job has ended and clstr holds the rest.
+        assert wait_for(lambda: joblog.exists() and len(joblog.read_bytes().splitlines()) == 2)
         with os.fdopen(read_end, "rb") as reader:
             data = reader.read()
         assert process.wait(timeout=60) == 0
