@@ -8,6 +8,7 @@ import errno
 import os
 import random
 import signal
+import tempfile
 import time
 
 from .child import ChildProcess
@@ -346,7 +347,7 @@ class Runner:
         clstr could not create, None for ssh itself).  No node is to blame:
         the job goes back to the front of the queue."""
         if attempt.out is not None:
-            self._guarded(self.plan.output_dir, attempt.out.close, False)
+            self._guarded(self._delivery_files(), attempt.out.close, False)
         self.feed.requeue(attempt.job)
         self.pool.put_back(attempt.slot)
         if _errno_of(error) in _OUT_OF_RESOURCES and self.attempts:
@@ -379,23 +380,24 @@ class Runner:
         if self.plan.group:
             per_job += 2  # outputs past SPILL_AFTER wait in temporary files
         fit = slots_that_fit(limit, open_fd_count(), per_job)
-        wanted = len(self.plan.hosts)
-        if self.scheduler.max_running:
-            wanted = min(wanted, self.scheduler.max_running)
-        if fit < wanted:
+        if fit < self._slots_wanted():
             self.scheduler.max_running = fit
             self._say_slot_limit(fit, None)
+
+    def _slots_wanted(self):
+        """How many jobs the user asked to run at once (slots, or -m)."""
+        wanted = len(self.plan.hosts)
+        return min(wanted, self.plan.max_nodes) if self.plan.max_nodes else wanted
 
     def _say_slot_limit(self, fit, error):
         if self._limit_said:
             return
         self._limit_said = True
-        wanted = len(self.plan.hosts)
         if error is None or _errno_of(error) == errno.EMFILE:
             why = "the open-files limit is %s (raise it with ulimit -n)" % open_files_limit()
         else:
             why = error.strerror
-        self._message("only %d of %d slots can run at once: %s" % (fit, wanted, why))
+        self._message("only %d of %d slots can run at once: %s" % (fit, self._slots_wanted(), why))
 
     def _kill(self, attempt, reason):
         """Stop an attempt: killing the local ssh closes the connection, and
@@ -409,7 +411,7 @@ class Runner:
             attempt.stderr_tail = (attempt.stderr_tail + data)[-4096:]
         # Sinks report their own errors; this catches --output-dir files
         # and --group's temporary files.
-        self._guarded(self.plan.output_dir or "a temporary file", attempt.out.data, stream, data)
+        self._guarded(self._delivery_files(), attempt.out.data, stream, data)
 
     def _exited(self, attempt, code):
         self.attempts.discard(attempt)
@@ -422,7 +424,7 @@ class Runner:
             self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
                           time.time() - attempt.started, attempt.received, code, job.text)
         failure = self._failure(attempt, code)
-        self._guarded(self.plan.output_dir, attempt.out.close, failure is None)
+        self._guarded(self._delivery_files(), attempt.out.close, failure is None)
         if self._stopping:
             if failure:
                 job.failures.append((attempt.slot.host.name, failure))
@@ -453,6 +455,10 @@ class Runner:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
         master_gone = bool(attempt.control_path) and not os.path.exists(attempt.control_path)
         return classify(code, attempt.stderr_tail, master_gone)
+
+    def _delivery_files(self):
+        """Where job output goes besides the sinks, for error messages."""
+        return self.plan.output_dir or "a temporary file in %s" % tempfile.gettempdir()
 
     def _index_path(self):
         return self.plan.output_dir and os.path.join(self.plan.output_dir, "index.tsv")
