@@ -4,12 +4,15 @@ This is the only module that knows all the others; each of them knows only
 what it is handed.
 """
 
+import errno
 import os
 import random
 import signal
+import tempfile
 import time
 
 from .delivery import Delivery
+from .errors import EXIT_LOCAL_IO, LocalIOError
 from .exectransport import exec_argv, wrapper_words
 from .failures import Failure, Kind
 from .localprocess import exec_session, ssh_session
@@ -32,6 +35,20 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 # --retry-nodes: the cooldown doubles after each failed probe, up to this.
 RETRY_COOLDOWN_MAX = 600.0
+
+# Open files clstr holds for each running job: the read ends of the job's
+# stdout and stderr pipes and the write end of its stdin pipe, and, through
+# clstr's own mux client, the control socket (the pipe ends it passes to the
+# master are closed once sent; ssh has its own fds, not ours).
+FDS_PER_JOB = 4
+# Files held only for a moment, one at a time: a starting job's two pipe write
+# ends, a master's log, the active-nodes file's temporary, with room to spare.
+FDS_SPARE = 8
+# Starting a job failed for want of these, not for a fault of its own: wait
+# for a running job to end and give them back.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
+# ... and a master that could not start for want of them tries again after this.
+MASTER_RESOURCE_WAIT = 1.0
 
 
 class Attempt:
@@ -58,6 +75,40 @@ def same_file(fd_a, fd_b):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def open_files_limit():
+    """The soft RLIMIT_NOFILE (cli raised it as far as the hard limit lets),
+    or None if there is none to respect."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def open_fd_count():
+    """How many fds this process has open now (a generous guess without
+    /proc)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(directory)) - 1  # listdir's own fd
+        except OSError:
+            continue
+    return 32
+
+
+def slots_that_fit(limit, in_use, fds_per_job):
+    """How many jobs can run at once with ``limit`` open files when
+    ``in_use`` are open already (at least one: a run that cannot start even
+    one job says so when it tries)."""
+    return max(1, (limit - in_use - FDS_SPARE) // fds_per_job)
+
+
+def _errno_of(error):
+    """The errno of an OSError, or of the OSError inside a LocalIOError."""
+    return getattr(error, "errno", None) or getattr(getattr(error, "error", None), "errno", None)
+
+
 class Runner:
     """Runs ``plan`` with jobs from ``feed`` to the end; ``run()`` returns
     clstr's exit status."""
@@ -77,6 +128,10 @@ class Runner:
         self.exit_status = None
         self._paused = False
         self._stopping = False
+        self._leaving = False  # a second signal: drop unwritten output, exit now
+        self._io_error = None  # the first LocalIOError of the run
+        self._starved = False  # out of fds/processes: start nothing until a job ends
+        self._limit_said = False
         self._master_tries = {}
         self._direct = {}  # host -> why its connection could not be shared
         self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
@@ -88,6 +143,7 @@ class Runner:
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
+        self.loop.handle_errors((LocalIOError,), self._local_io_failed)
         self.status = None
         terminal = status_terminal() if plan.status else None
         if terminal is not None:
@@ -99,12 +155,21 @@ class Runner:
         self.active_nodes = None
         if plan.active_nodes:
             self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes, self._active_entries)
+            # Its own timer calls write(): a failure there must stop the run
+            # like any other write of clstr's own.
+            write = self.active_nodes.write
+            self.active_nodes.write = lambda: self._guarded(plan.active_nodes, write)
 
     def _make_sinks(self, stdout_fd, stderr_fd):
         """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
         messages (0).  Fds that are the same file share one sink, or partial
         writes to a shared pipe could cut each other's lines."""
         sinks = {}
+        # What a write error names: "stdout"/"stderr", or the -o/-e file.
+        std_names = {1: "stdout", 2: "stderr"}
+        file_names = {1: getattr(self.plan, "stdout_path", None) or "the --stdout file",
+                      2: getattr(self.plan, "stderr_path", None) or "the --stderr file",
+                      0: "stderr"}
         for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
             for other in sinks.values():
                 if same_file(other.fd, fd):
@@ -112,8 +177,23 @@ class Runner:
                     break
             else:
                 on_broken = self._broken_pipe if key == 1 else None
-                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken)
+                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken,
+                                  name=std_names.get(fd) or file_names[key],
+                                  on_error=self._local_io_failed)
         return sinks
+
+    def _guarded(self, what, write, *args):
+        """Run one of clstr's own writes (joblog, -A, --output-dir); if it
+        fails, stop the run as for any local I/O error.  Returns whether it
+        succeeded."""
+        try:
+            write(*args)
+            return True
+        except LocalIOError as error:
+            self._local_io_failed(error)
+        except OSError as error:
+            self._local_io_failed(LocalIOError(what, error))
+        return False
 
     # -- the run ----------------------------------------------------------------
 
@@ -121,6 +201,7 @@ class Runner:
         for signum in _SIGNAL_EXITS:
             self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
         try:
+            self._fit_slots_to_open_files_limit()
             if self.active_nodes:
                 self.active_nodes.write()
             self.feed.start(self.loop, self._dispatch)
@@ -139,7 +220,7 @@ class Runner:
         self._start_masters_as_needed()
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
-        while not self._stopping:
+        while not self._stopping and not self._starved:
             assignment = next_assignment()
             if assignment is None:
                 break
@@ -196,10 +277,17 @@ class Runner:
             self._start_master(host, group)
 
     def _start_master(self, host, group):
+        if self._stopping:
+            return
         try:
             self.masters.start(host, group, lambda failure, unavailable:
                                self._master_started(host, group, failure, unavailable))
         except OSError as error:
+            if error.errno in _OUT_OF_RESOURCES and self.attempts:
+                # Running jobs hold the fds or processes it needs; not the
+                # host's fault.  Try again once some have ended.
+                self.loop.call_later(MASTER_RESOURCE_WAIT, lambda: self._start_master(host, group))
+                return
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))
 
@@ -271,21 +359,20 @@ class Runner:
     # -- attempts -----------------------------------------------------------
 
     def _start(self, job, slot):
-        attempt = Attempt(job, slot, self.delivery.open(job.seq, slot.host.name))
-        job.attempts += 1
+        attempt = Attempt(job, slot, None)
+        try:
+            attempt.out = self.delivery.open(job.seq, slot.host.name)
+        except (OSError, LocalIOError) as error:
+            self._not_started(attempt, error, self.plan.output_dir)
+            return
         try:
             attempt.session = self._open_session(
                 attempt, lambda stream, data: self._output(attempt, stream, data),
                 lambda code, failure: self._ended(attempt, code, failure))
         except OSError as error:
-            # Could not even start ssh (out of processes or fds): nothing
-            # will start later either, so stop with what we have.
-            attempt.out.close(False)
-            self.feed.requeue(job)
-            self.pool.put_back(slot)
-            self._message("cannot start ssh: %s" % error.strerror)
-            self._stop(EXIT_INCOMPLETE)
+            self._not_started(attempt, error, None)
             return
+        job.attempts += 1
         self.attempts.add(attempt)
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
@@ -325,6 +412,63 @@ class Runner:
                               "ssh client" % (attempt.slot.host.name, detail))
         return self._ssh_session(attempt, control_path, on_output, on_end)
 
+    def _not_started(self, attempt, error, what):
+        """An attempt could not start for a local reason (``what``: the file
+        clstr could not create, None for ssh itself).  No node is to blame:
+        the job goes back to the front of the queue."""
+        if attempt.out is not None:
+            self._guarded(self._delivery_files(), attempt.out.close, False)
+        self.feed.requeue(attempt.job)
+        self.pool.put_back(attempt.slot)
+        if _errno_of(error) in _OUT_OF_RESOURCES and self.attempts:
+            # Out of fds or processes for now: running jobs give theirs back
+            # as they end, so wait for one to end instead of aborting.
+            self._starved = True
+            self._say_slot_limit(len(self.attempts), error)
+            return
+        if what is not None or isinstance(error, LocalIOError):
+            self._local_io_failed(error if isinstance(error, LocalIOError)
+                                  else LocalIOError(what, error))
+            return
+        # Not even one ssh can start (ssh missing, or out of fds and
+        # processes with nothing running to free some): stop with what we have.
+        reason = error.strerror
+        if _errno_of(error) == errno.EMFILE:
+            reason += " (the open-files limit is %s)" % open_files_limit()
+        self._message("cannot start ssh: %s" % reason)
+        self._stop(EXIT_INCOMPLETE)
+
+    def _fit_slots_to_open_files_limit(self):
+        """Run no more jobs at once than the open-files limit can hold
+        (running more would only fail to start them)."""
+        limit = open_files_limit()
+        if limit is None:
+            return
+        per_job = FDS_PER_JOB
+        if self.plan.output_dir:
+            per_job += 2  # the job's two partial output files
+        if self.plan.group:
+            per_job += 2  # outputs past SPILL_AFTER wait in temporary files
+        fit = slots_that_fit(limit, open_fd_count(), per_job)
+        if fit < self._slots_wanted():
+            self.scheduler.max_running = fit
+            self._say_slot_limit(fit, None)
+
+    def _slots_wanted(self):
+        """How many jobs the user asked to run at once (slots, or -m)."""
+        wanted = len(self.plan.hosts)
+        return min(wanted, self.plan.max_nodes) if self.plan.max_nodes else wanted
+
+    def _say_slot_limit(self, fit, error):
+        if self._limit_said:
+            return
+        self._limit_said = True
+        if error is None or _errno_of(error) == errno.EMFILE:
+            why = "the open-files limit is %s (raise it with ulimit -n)" % open_files_limit()
+        else:
+            why = error.strerror
+        self._message("only %d of %d slots can run at once: %s" % (fit, self._slots_wanted(), why))
+
     def _kill(self, attempt, reason):
         """Stop an attempt: the transport closes its stdin, and the remote
         wrapper then stops the job and all it started."""
@@ -333,22 +477,25 @@ class Runner:
 
     def _output(self, attempt, stream, data):
         attempt.received += len(data)
-        attempt.out.data(stream, data)
+        # Sinks report their own errors; this catches --output-dir files
+        # and --group's temporary files.
+        self._guarded(self._delivery_files(), attempt.out.data, stream, data)
 
     def _ended(self, attempt, code, failure):
         if code is None:
             # No exit status (a shared connection lost): ssh would say 255.
             code = 255
         self.attempts.discard(attempt)
+        self._starved = False  # its fds are free again
         if attempt.timer:
             attempt.timer.cancel()
         job = attempt.job
         host = attempt.slot.host.name
         if self.joblog:
-            self.joblog.record(job.seq, host, attempt.started,
-                               time.time() - attempt.started, attempt.received, code, job.text)
+            self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
+                          time.time() - attempt.started, attempt.received, code, job.text)
         failure = self._failure(attempt, failure)
-        attempt.out.close(failure is None)
+        self._guarded(self._delivery_files(), attempt.out.close, failure is None)
         if failure and failure.kind.stops_run and not self._stopping:
             # Every node would fail the same way (Slurm's step limit, say):
             # stop instead of retiring them one by one.
@@ -367,7 +514,7 @@ class Runner:
             self.pool.admit(host)
             self._back_in_service(host)
         if failure is None or outcome.gave_up:
-            self.delivery.record(job.seq, code, host, job.text)
+            self._guarded(self._index_path(), self.delivery.record, job.seq, code, host, job.text)
         if outcome.retired:
             self._note_retired(outcome.retired, failure)
         if failure and self.plan.verbose:
@@ -383,6 +530,13 @@ class Runner:
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
         return failure
+
+    def _delivery_files(self):
+        """Where job output goes besides the sinks, for error messages."""
+        return self.plan.output_dir or "a temporary file in %s" % tempfile.gettempdir()
+
+    def _index_path(self):
+        return self.plan.output_dir and os.path.join(self.plan.output_dir, "index.tsv")
 
     def _readmit(self, host):
         self.pool.admit(host)
@@ -418,14 +572,28 @@ class Runner:
 
     def _interrupted(self, signum):
         if self._stopping:
-            # A second signal: leave now.
+            # A second signal, or one while the last output is written: leave
+            # now, without what the reader has not taken.
             self.exit_status = _SIGNAL_EXITS[signum]
+            self._leaving = True
             self.loop.stop()
             return
         self._stop(_SIGNAL_EXITS[signum])
 
     def _broken_pipe(self):
         self._stop(EXIT_BROKEN_PIPE)
+
+    def _local_io_failed(self, error):
+        """clstr could not write one of its own files (``error``, a
+        LocalIOError).  No node is to blame: stop the jobs as Ctrl-C does
+        (they count as interrupted and not completed, never as failures of
+        their nodes) and end with EXIT_LOCAL_IO."""
+        if self._io_error is None:
+            self._io_error = error
+            self._message("cannot write %s" % error)
+        if not self._leaving:
+            self.exit_status = EXIT_LOCAL_IO
+        self._stop(EXIT_LOCAL_IO)
 
     def _stop(self, status):
         """Stop every running attempt, then end the run with ``status``."""
@@ -447,19 +615,30 @@ class Runner:
         if self.masters:
             self.masters.shutdown()
         self.feed.close()
+        if self.active_nodes:
+            self.attempts.clear()
+            self.active_nodes.write()
+        self._guarded(self._index_path(), self.delivery.close)
+        if self.joblog:
+            self._guarded(self.joblog.path, self.joblog.close)
+        # Last, so that what the files above had to say is written too.
+        self._write_out()
         if self.status:
             self.status.finish()
             if self.status.fd != 2:
                 os.close(self.status.fd)
-        self.delivery.close()
         for sink in set(self.sinks.values()):
             sink.close()
-        if self.active_nodes:
-            self.attempts.clear()
-            self.active_nodes.write()
-        if self.joblog:
-            self.joblog.close()
         self.loop.close()
+
+    def _write_out(self):
+        """Let the loop write what the sinks still hold, as slowly as their
+        readers take it.  Signals are still handled meanwhile: one drops the
+        rest and leaves (a stalled reader never makes clstr unkillable)."""
+        sinks = set(self.sinks.values())
+        if not self._leaving:
+            self.loop.run_while(lambda: not self._leaving
+                                and any(sink.pending for sink in sinks))
 
     # -- watching -----------------------------------------------------------
 
