@@ -26,6 +26,7 @@ from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
 from .ssh import wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
+from .transport import NoSession
 
 # Exit statuses.
 EXIT_OK = 0
@@ -410,7 +411,16 @@ class Runner:
             if self.plan.verbose:
                 self._message("%s: the master speaks another mux protocol (%s); using the "
                               "ssh client" % (attempt.slot.host.name, detail))
-        return self._ssh_session(attempt, control_path, on_output, on_end)
+        try:
+            return self._ssh_session(attempt, control_path, on_output, on_end)
+        except OSError as error:
+            # Out of fds or processes: the attempt never started after all.
+            self.attempts.discard(attempt)
+            if attempt.timer:
+                attempt.timer.cancel()
+            attempt.job.attempts -= 1
+            self._not_started(attempt, error, None)
+            return NoSession()
 
     def _not_started(self, attempt, error, what):
         """An attempt could not start for a local reason (``what``: the file

@@ -76,3 +76,19 @@ class Session:
 
     def resume(self):
         raise NotImplementedError
+
+
+class NoSession(Session):
+    """A session that never started (its end was already dealt with)."""
+
+    def stop(self):
+        pass
+
+    def kill(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass
