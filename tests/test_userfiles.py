@@ -4,6 +4,7 @@ for pipes and devices, with their umask, never through a link another user
 planted).  Numbers and paths are checked before anything is touched."""
 
 import ast
+import errno
 import glob
 import os
 import pwd
@@ -404,3 +405,67 @@ def test_a_real_old_python_is_told_it_is_too_old(entry, tmp_path):
         assert result.returncode == 2, (python, result.stderr)
         assert re.match(rb"clstr: needs Python 3\.8 or newer \(this is [23]\.\d+\)\n\Z",
                         result.stderr), (python, result.stderr)
+
+
+# -- write failures are clstr's own (LocalIOError), named by file -------------------
+
+
+def _raises_local_io(action, what):
+    from clstr.errors import LocalIOError
+    with pytest.raises(LocalIOError) as caught:
+        action()
+    assert caught.value.what == what
+    return caught.value
+
+
+def test_a_joblog_that_cannot_be_written_is_a_local_io_error():
+    from clstr.records import Joblog
+    error = _raises_local_io(lambda: Joblog("/dev/full"), "/dev/full")
+    assert error.error.errno == errno.ENOSPC
+
+
+def test_an_active_nodes_file_that_cannot_be_written_is_a_local_io_error(tmp_path):
+    from clstr.userfiles import snapshot_file
+    _raises_local_io(lambda: snapshot_file("/dev/full").write(b"x\n"), "/dev/full")
+    directory = tmp_path / "gone"
+    directory.mkdir()
+    target = snapshot_file(str(directory / "active"))
+    directory.rmdir()
+    _raises_local_io(lambda: target.write(b"x\n"), str(directory / "active"))
+
+
+def _make_full(fd):
+    """From now on, writes to ``fd`` fail as on a full disk."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, fd)
+    os.close(full)
+
+
+def test_output_dir_write_failures_are_local_io_errors_and_leave_no_partial(tmp_path):
+    from clstr.delivery import Delivery
+    from clstr.userfiles import OutputDir
+    outdir = OutputDir(str(tmp_path / "out"))
+    delivery = Delivery({}, output_dir=outdir)
+    files = delivery.open(1, "host")
+    partial = files._partials[1]
+    _make_full(files._fds[1])
+    _raises_local_io(lambda: files.data(1, b"x"), partial)
+    files.close(False)
+    assert sorted(os.listdir(str(tmp_path / "out"))) == ["index.tsv"]
+    _make_full(outdir._index_fd)
+    _raises_local_io(lambda: delivery.record(1, 0, "host", "true"),
+                     str(tmp_path / "out" / "index.tsv"))
+    delivery.close()
+
+
+def test_resolve_links_follows_a_relative_chain_and_stops_at_proc(tmp_path):
+    from clstr.userfiles import resolve_links
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").symlink_to("../target")
+    (tmp_path / "a").symlink_to("sub/b")
+    assert resolve_links(str(tmp_path / "a")) == str(tmp_path / "target")
+    assert resolve_links("/dev/stderr") is None
+    (tmp_path / "loop").symlink_to("loop")
+    from clstr.userfiles import UserFileError
+    with pytest.raises(UserFileError):
+        resolve_links(str(tmp_path / "loop"))
