@@ -73,7 +73,9 @@ def _check_directory(directory):
 
 def check_writable(path):
     """Raise UserFileError unless opening ``path`` for writing (creating it if
-    need be) should work.  Creates nothing."""
+    need be) should work, and its links are ones we would follow (see
+    ``resolve_links``).  Creates nothing."""
+    resolve_links(path)
     try:
         info = os.stat(path)
     except FileNotFoundError:

@@ -168,7 +168,8 @@ def test_active_nodes_through_the_users_links_updates_the_target_and_keeps_the_l
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
-def test_active_nodes_refuses_another_users_link_in_a_sticky_world_writable_dir(tmp_path):
+@pytest.mark.parametrize("option", ["-A", "--joblog", "-o"])
+def test_refuses_another_users_link_in_a_sticky_world_writable_dir(tmp_path, option):
     public = tmp_path / "public"
     public.mkdir()
     os.chmod(str(public), 0o1777)
@@ -178,7 +179,7 @@ def test_active_nodes_refuses_another_users_link_in_a_sticky_world_writable_dir(
     planted.symlink_to(victim)
     os.lchown(str(planted), other_user_uid(), -1)
     marker = tmp_path / "ran"
-    result = run("-A", str(planted), "-n", "a", "-j", "touch %s" % marker)
+    result = run(option, str(planted), "-n", "a", "-j", "touch %s" % marker)
     one_line_usage_error(result, "another user")
     assert victim.read_bytes() == b"root's file\n"
     assert planted.is_symlink()
