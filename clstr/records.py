@@ -7,6 +7,8 @@ append so a line is never torn, even by a crash.
 
 import os
 
+from .userfiles import open_for_writing, write_all
+
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
 
@@ -27,26 +29,28 @@ def joblog_line(seq, host, start, runtime, received, code, command):
 
 
 class Joblog:
-    """An open joblog.  New (truncated, with a header) unless ``resume``, in
-    which case records are appended."""
+    """The joblog, opened when the run starts: new (truncated, with a header)
+    unless ``resume``, in which case records are appended.  Opening or
+    writing it may raise ``LocalIOError``."""
 
     def __init__(self, path, resume=False):
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        if not resume:
-            flags |= os.O_TRUNC
+        self._fd = open_for_writing(path, truncate=not resume)
         try:
-            self._fd = os.open(path, flags, 0o666)
             if os.fstat(self._fd).st_size == 0:
-                os.write(self._fd, JOBLOG_HEADER.encode())
-        except OSError as error:
-            raise JoblogError("--joblog: cannot write %s: %s" % (path, error.strerror))
+                write_all(self._fd, JOBLOG_HEADER.encode(), path)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def record(self, *fields):
-        os.write(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"))
+        write_all(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"),
+                  self.path)
 
     def close(self):
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def completed_in_joblog(path):

@@ -159,7 +159,7 @@ class Runner:
             # Its own timer calls write(): a failure there must stop the run
             # like any other write of clstr's own.
             write = self.active_nodes.write
-            self.active_nodes.write = lambda: self._guarded(plan.active_nodes, write)
+            self.active_nodes.write = lambda: self._guarded(plan.active_nodes.shown, write)
 
     def _make_sinks(self, stdout_fd, stderr_fd):
         """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
@@ -364,7 +364,7 @@ class Runner:
         try:
             attempt.out = self.delivery.open(job.seq, slot.host.name)
         except (OSError, LocalIOError) as error:
-            self._not_started(attempt, error, self.plan.output_dir)
+            self._not_started(attempt, error, self.plan.output_dir_path)
             return
         try:
             attempt.session = self._open_session(
@@ -543,10 +543,10 @@ class Runner:
 
     def _delivery_files(self):
         """Where job output goes besides the sinks, for error messages."""
-        return self.plan.output_dir or "a temporary file in %s" % tempfile.gettempdir()
+        return self.plan.output_dir_path or "a temporary file in %s" % tempfile.gettempdir()
 
     def _index_path(self):
-        return self.plan.output_dir and os.path.join(self.plan.output_dir, "index.tsv")
+        return self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
 
     def _readmit(self, host):
         self.pool.admit(host)

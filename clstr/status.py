@@ -1,7 +1,6 @@
 """What a person watching sees: the live status line and the active-nodes file."""
 
 import os
-import tempfile
 import time
 
 # At most this many redraws of the status line per second.
@@ -140,31 +139,15 @@ def active_nodes_text(entries):
     return "".join("%s: <'Job' %r>\n" % (host, command) for host, command in entries)
 
 
-def replace_file(path, data):
-    """Write ``data`` to ``path`` by atomic rename: a reader sees the old file
-    or the new one, never a half-written one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".clstr-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 class ActiveNodesFile:
-    """Keeps ``path`` listing which host runs which job.  Changes are coalesced
-    into at most one rewrite per interval."""
+    """Keeps ``target`` (a ``userfiles.snapshot_file``: it knows how to write
+    the file where the user expects it) listing which host runs which job.
+    Changes are coalesced into at most one rewrite per interval.  A failed
+    write raises ``LocalIOError``."""
 
-    def __init__(self, loop, path, entries, interval=0.1):
+    def __init__(self, loop, target, entries, interval=0.1):
         self._loop = loop
-        self.path = path
+        self.target = target
         self._entries = entries
         self._interval = interval
         self._timer = None
@@ -178,4 +161,4 @@ class ActiveNodesFile:
             self._timer.cancel()
             self._timer = None
         text = active_nodes_text(self._entries())
-        replace_file(self.path, text.encode("utf-8", "backslashreplace"))
+        self.target.write(text.encode("utf-8", "backslashreplace"))
