@@ -39,9 +39,42 @@ class UsageError(Exception):
     """A mistake in the command line or its input files; exit status 2."""
 
 
+# clstr 0.1.0's long options.  Any abbreviation that selected one of them
+# there selects the same one here, whatever options were added since
+# (--job-f is --job-file, not ambiguous with --job-failure).
+OLD_LONG_OPTIONS = ("--help", "--version", "--node", "--node-file", "--max-nodes",
+                    "--max-node-uses", "--job", "--job-file", "--on-each-node", "--stdout",
+                    "--stderr", "--verbose", "--status", "--active-nodes")
+
+
+def expand_old_abbreviations(argv, known):
+    """``argv`` with each abbreviation of a 0.1.0 long option written out in
+    full, as 0.1.0 would have read it.  ``known``: every option string of
+    today's parser (exact names are left alone).  Only words in option
+    position change: argparse reads any word starting with "--" as an
+    option, and "--" alone ends the options."""
+    expanded = []
+    for index, word in enumerate(argv):
+        if word == "--":
+            return expanded + list(argv[index:])
+        if word.startswith("--"):
+            name, equals, value = word.partition("=")
+            if name not in known:
+                matches = [option for option in OLD_LONG_OPTIONS if option.startswith(name)]
+                if len(matches) == 1:
+                    word = matches[0] + equals + value
+        expanded.append(word)
+    return expanded
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_args(expand_old_abbreviations(args, self._option_string_actions),
+                                  namespace)
 
 
 class Plan:
@@ -133,11 +166,12 @@ def build_parser():
     watching.add_argument("--active-nodes", "-A", metavar="FILE",
                           help="keep FILE listing which node runs which job")
 
-    ssh = parser.add_argument_group("ssh")
-    ssh.add_argument("--ssh-command", metavar="CMD", default="ssh",
+    ssh = parser.add_argument_group(
+        "ssh", "How clstr reaches nodes by default (not with --exec or --slurm).")
+    ssh.add_argument("--ssh-command", metavar="CMD",
                      help="the ssh client and its arguments, split like a shell "
                      "does (default: ssh), e.g. 'ssh -F ./ssh_config'")
-    ssh.add_argument("--ssh-option", "-O", metavar="OPTION", action="append", default=[],
+    ssh.add_argument("--ssh-option", "-O", metavar="OPTION", action="append",
                      help="an ssh -o option, e.g. -O User=alice (overrides clstr's "
                      "defaults; may be repeated)")
     ssh.add_argument("--multiplex", dest="multiplex", action="store_true", default=None,
@@ -145,15 +179,37 @@ def build_parser():
                      "jobs: much faster for many short jobs (default, except with -E)")
     ssh.add_argument("--no-multiplex", dest="multiplex", action="store_false",
                      help="one ssh connection per job")
-    ssh.add_argument("--max-sessions", metavar="N", type=_count, default=10,
+    ssh.add_argument("--max-sessions", metavar="N", type=_count,
                      help="jobs sharing one connection at most; match sshd's "
                      "MaxSessions (default 10)")
-    ssh.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds, default=5.0,
+    ssh.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds,
                      help="give up on a node that has not answered in time (default 5)")
-    ssh.add_argument("--alive-interval", metavar="SECONDS", type=_seconds, default=5.0,
+    ssh.add_argument("--alive-interval", metavar="SECONDS", type=_seconds,
                      help="probe a quiet connection this often; 3 probes unanswered "
                      "mean a hung node (default 5, so about 15 s)")
+
+    other = parser.add_argument_group(
+        "other transports", "Run jobs through Slurm, containers or any other program "
+        "instead of ssh.")
+    other.add_argument("--exec", metavar="TEMPLATE", dest="exec_template",
+                       help="run each job as TEMPLATE with {host} replaced by the node's "
+                       "name, followed by clstr's remote wrapper (split like a shell "
+                       "command line, never run by a local shell), e.g. "
+                       "'docker exec -i {host}' or 'kubectl exec -i {host} --'")
+    other.add_argument("--slurm", action="store_true",
+                       help="inside a Slurm allocation: nodes and their task slots from "
+                       "$SLURM_JOB_NODELIST and $SLURM_TASKS_PER_NODE, jobs run as srun "
+                       "steps (%s)" % _SRUN_SHOWN)
     return parser
+
+
+# ssh-only options, their defaults, and the word a usage error names them by.
+_SSH_ONLY = (("ssh_command", "ssh", "--ssh-command"), ("ssh_option", [], "--ssh-option"),
+             ("multiplex", None, "--multiplex/--no-multiplex"),
+             ("max_sessions", 10, "--max-sessions"),
+             ("connect_timeout", 5.0, "--connect-timeout"),
+             ("alive_interval", 5.0, "--alive-interval"))
+_SRUN_SHOWN = "srun --nodes=1 --ntasks=1 --overlap --quiet --job-name=clstr --nodelist={host}"
 
 
 def _count(text):
@@ -201,6 +257,12 @@ def _hosts(args):
             hosts += read_node_file(path)
     except NodeSpecError as error:
         raise UsageError(str(error))
+    if not hosts and args.slurm:
+        from .exectransport import SlurmEnvironmentError, slurm_nodes
+        try:
+            hosts = [validate_host(name) for name in slurm_nodes(os.environ)]
+        except (SlurmEnvironmentError, NodeSpecError) as error:
+            raise UsageError("--slurm: %s" % error)
     if not hosts:
         raise UsageError("no nodes given: use --node HOST or --node-file FILE")
     return hosts
@@ -223,6 +285,31 @@ def _check_user_files(args):
             except UserFileError as error:
                 raise UsageError("%s: cannot write %s: %s" % (option, path, error))
     return results.get("--active-nodes")
+
+
+def _transport(args):
+    """The --exec template's words (None for ssh), after checking that no
+    ssh-only option came with it; fills in the ssh options' defaults."""
+    from .exectransport import SRUN_TEMPLATE, ExecTemplateError, parse_exec_template
+    template = args.exec_template
+    if template is None and args.slurm:
+        template = SRUN_TEMPLATE
+    given = [name for attribute, _, name in _SSH_ONLY if getattr(args, attribute) is not None]
+    for attribute, default, _ in _SSH_ONLY:
+        if getattr(args, attribute) is None:
+            setattr(args, attribute, default)
+    if template is None:
+        return None
+    how = "--exec" if args.exec_template is not None else "--slurm (which runs srun)"
+    if given:
+        raise UsageError("%s cannot be combined with %s: it is an ssh option" % (how, given[0]))
+    try:
+        words = parse_exec_template(template)
+    except ExecTemplateError as error:
+        raise UsageError(str(error))
+    if shutil.which(words[0]) is None:
+        raise UsageError("%s: %s not found" % (how, words[0]))
+    return words
 
 
 def _ssh_settings(args):
@@ -275,6 +362,7 @@ def make_plan(argv):
         raise UsageError("--group and --output-dir cannot be combined")
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
+    exec_words = _transport(args)
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)
@@ -295,12 +383,12 @@ def make_plan(argv):
     plan = Plan(
         hosts=hosts, pinned=pinned, ssh=ssh,
         # Once per node, a master would cost a connection and save nothing.
-        multiplex=not pinned if args.multiplex is None else args.multiplex,
+        multiplex=(not pinned if args.multiplex is None else args.multiplex) and not exec_words,
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
-        retry_nodes=args.retry_nodes, exec_words=None,
+        retry_nodes=args.retry_nodes, exec_words=exec_words,
         # Where output goes: paths, and the -A file resolved but untouched.
         stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,
         resume=args.resume, output_dir_path=args.output_dir,

@@ -1,8 +1,10 @@
-"""--dry-run: the exact ssh command lines a run would start, and nothing else."""
+"""--dry-run: the exact command lines (ssh, or an --exec template) a run would
+start, and nothing else."""
 
 import os
 import shlex
 
+from .exectransport import exec_argv, wrapper_words
 from .multiplex import MASTER_IDLE_EXIT
 from .nodes import NodePool
 
@@ -34,6 +36,10 @@ def dry_run_lines(plan, feed):
         if job is None:
             return
         slot = pool.acquire_on(job.host) if job.host else pool.acquire()
-        control_path = paths.get((slot.host.name, slot.index // sessions))
-        yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path))
+        if plan.exec_words:
+            yield quote_argv(exec_argv(plan.exec_words, slot.host.name,
+                                       wrapper_words(job.command)))
+        else:
+            control_path = paths.get((slot.host.name, slot.index // sessions))
+            yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path))
         pool.release(slot)

@@ -169,8 +169,11 @@ class StartMarkerFilter:
     lines pass through at once.  At most the marker's length is held back,
     and only while it may still be the marker; ``close`` returns it."""
 
-    def __init__(self, marker=START_MARKER):
+    def __init__(self, marker=START_MARKER, keep_before=True):
         self.marker = marker
+        # False: what comes before the marker (the transport's own words)
+        # is dropped from the stream (the caller keeps it for classifying).
+        self.keep_before = keep_before
         self.started = False
         self._held = b""
         self._at_line_start = True
@@ -192,6 +195,8 @@ class StartMarkerFilter:
                 self._at_line_start = newline >= 0
             elif data.startswith(self.marker, pos):
                 self.started = True
+                if not self.keep_before:
+                    out = []
                 out.append(data[pos + len(self.marker):])
                 break
             elif self.marker.startswith(data[pos:]):
@@ -199,12 +204,14 @@ class StartMarkerFilter:
                 break
             else:
                 self._at_line_start = False
+        if not self.started and not self.keep_before:
+            return b""
         return b"".join(out)
 
     def close(self):
         """What is still held back, at the end of the stream."""
         held, self._held = self._held, b""
-        return held
+        return held if self.started or self.keep_before else b""
 
 
 # srun reports a task's non-zero end on its own stderr ("srun: error:

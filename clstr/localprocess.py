@@ -93,6 +93,8 @@ def ssh_session(loop, argv, on_output, on_end, control_path=None):
 def exec_session(loop, argv, on_output, on_end):
     """An attempt through an ``--exec`` template: the start marker, taken out
     of stderr, tells the transport's failures from the job's."""
-    marker = StartMarkerFilter()
+    # What the transport says before the job starts is its own business:
+    # kept for the failure's reason, never mixed into the job's stderr.
+    marker = StartMarkerFilter(keep_before=False)
     return ProcessSession(loop, argv, on_output, on_end,
                           lambda code, tail: classify_exec(code, marker.started, tail), marker)

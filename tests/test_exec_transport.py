@@ -1,0 +1,211 @@
+"""--exec: the same job list through a program other than ssh (issue 14),
+with local templates standing in for srun, docker exec and kubectl exec.
+
+Every "node" here is this machine: the template runs the remote wrapper
+locally, with the node's name in the environment (``env CLSTR_NODE={host}``)
+or as an argument to a small stand-in for a container runtime."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from clstr_run import REPO
+
+# A stand-in for `docker exec -i CONTAINER CMD...`: containers named bad*
+# do not exist, containers named full* say what Slurm says at its step limit.
+RUNTIME = r'''#!/bin/sh
+container=$1; shift
+case $container in
+    bad*) echo "Error: No such container: $container" >&2; exit 1 ;;
+    full*) echo "srun: error: Unable to create step for job 42: Step limit reached for this job" >&2
+           exit 1 ;;
+esac
+CLSTR_NODE=$container exec "$@"
+'''
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    path = tmp_path / "runtime"
+    path.write_text(RUNTIME)
+    path.chmod(0o755)
+    return "%s {host}" % path
+
+
+def clstr(*args, timeout=120, **kwargs):
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "clstr", *args], cwd=REPO,
+                          capture_output=True, timeout=timeout, **kwargs)
+
+
+def local_processes(marker):
+    """Pids of live processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ")
+            with open("/proc/%s/stat" % entry) as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def processes_left(marker, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = local_processes(marker)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_jobs_run_through_the_template_with_the_host_filled_in():
+    result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "a1", "-n", "a2", "--tag",
+                   *(["-j", 'echo "on $CLSTR_NODE"'] * 4))
+    assert result.returncode == 0, result.stderr
+    lines = sorted(result.stdout.splitlines())
+    assert len(lines) == 4
+    assert all(line in (b"a1: on a1", b"a2: on a2") for line in lines), lines
+    # The start marker never reaches the job's stderr.
+    assert result.stderr == b""
+
+
+def test_stderr_and_exit_status_are_the_jobs(runtime):
+    result = clstr("--exec", runtime, "--job-failure", "job", "-n", "c1",
+                   "-j", "echo out; echo err >&2; exit 3")
+    assert result.returncode == 1
+    assert result.stdout == b"out\n"
+    assert result.stderr.startswith(b"err\n"), result.stderr
+    assert b"job exited 3" in result.stderr
+
+
+def test_transport_failure_retires_the_node_with_its_words_and_the_job_runs_elsewhere(runtime):
+    result = clstr("--exec", runtime, "-v", "-n", "bad1", "-n", "good1",
+                   *(["-j", 'echo "ran on $CLSTR_NODE"'] * 3))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"ran on good1"] * 3
+    assert b"node bad1 retired: transport: Error: No such container: bad1" in result.stderr
+
+
+def test_a_job_failing_after_it_started_retires_its_node_as_with_ssh(runtime):
+    # The 0.1.0 rule: a non-zero exit cannot be told from the node failing;
+    # both nodes get a job at once, so c1 is sure to fail one.
+    result = clstr("--exec", runtime, "-v", "-n", "c1", "-n", "c2",
+                   *(["-j", '[ "$CLSTR_NODE" = c2 ] && echo done'] * 4))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"done\n" * 4
+    assert b"node c1 retired: job exited 1" in result.stderr
+
+
+def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
+    result = clstr("--exec", runtime, "-n", "full1", "-n", "full2", "-n", "full3",
+                   *(["-j", "true"] * 6))
+    assert result.returncode == 1
+    said = result.stderr.decode().splitlines()
+    assert len(said) == 1, said
+    assert "Step limit reached" in said[0]
+    assert "retired" not in said[0]
+
+
+def test_timeout_stops_the_job_and_its_background_children():
+    marker = "900.%d1" % os.getpid()
+    result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "t1", "--timeout", "2",
+                   "-j", "sleep %s & echo started; wait" % marker)
+    assert result.returncode == 1
+    assert result.stdout == b"started\n"
+    assert b"timed out after 2s" in result.stderr
+    assert processes_left("sleep " + marker) == []
+
+
+def test_ctrl_c_stops_every_job_tree():
+    marker = "900.%d2" % os.getpid()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clstr", "--exec", "env CLSTR_NODE={host}", "-n", "i1", "-n", "i2",
+         *(["-j", "sleep %s & echo started; wait" % marker] * 2)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() == b"started\n"
+        assert process.stdout.readline() == b"started\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+        assert processes_left("sleep " + marker) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("mode", [["--group"], ["--tag"], ["--output-dir", "OUT"]])
+def test_output_modes_work_through_exec(tmp_path, mode):
+    mode = [str(tmp_path / "out") if word == "OUT" else word for word in mode]
+    result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "m1", *mode,
+                   "-j", "echo one; echo two >&2", "-j", "echo three")
+    assert result.returncode == 0, result.stderr
+    if "--output-dir" in mode:
+        out = tmp_path / "out"
+        assert (out / "1.out").read_bytes() == b"one\n"
+        assert (out / "1.err").read_bytes() == b"two\n"
+        assert (out / "2.out").read_bytes() == b"three\n"
+    else:
+        prefix = b"m1: " if "--tag" in mode else b""
+        assert sorted(result.stdout.splitlines()) == [prefix + b"one", prefix + b"three"]
+        assert result.stderr == prefix + b"two\n"
+
+
+def test_dry_run_shows_the_exec_command_lines():
+    result = clstr("--exec", "docker exec -i {host}", "-n", "web1", "--dry-run", "-j", "uname -n")
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.decode().strip()
+    assert line.startswith("docker exec -i web1 sh -c "), line
+    assert line.endswith("clstr-job 'uname -n'"), line
+
+
+@pytest.mark.parametrize("option", [["--ssh-command", "ssh"], ["-O", "User=x"],
+                                    ["--connect-timeout", "3"], ["--alive-interval", "3"],
+                                    ["--max-sessions", "4"], ["--multiplex"],
+                                    ["--no-multiplex"]])
+def test_ssh_only_options_are_a_usage_error_with_exec(option):
+    result = clstr("--exec", "env CLSTR_NODE={host}", *option, "-n", "x1", "-j", "true")
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert b"--exec" in result.stderr
+
+
+def test_template_without_host_is_a_usage_error():
+    result = clstr("--exec", "docker exec -i", "-n", "x1", "-j", "true")
+    assert result.returncode == 2
+    assert b"{host}" in result.stderr
+
+
+def test_slurm_outside_an_allocation_is_one_line_and_exit_2():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = clstr("--slurm", "-j", "true", env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert b"allocation" in result.stderr
+
+
+def test_slurm_takes_nodes_and_task_slots_from_the_allocation(tmp_path):
+    # A stand-in srun first in PATH: runs the wrapper here, naming the node.
+    srun = tmp_path / "srun"
+    srun.write_text('#!/bin/sh\nfor a; do shift; case $a in --nodelist=*) '
+                    'node=${a#--nodelist=}; break ;; esac; done\n'
+                    'CLSTR_NODE=$node exec "$@"\n')
+    srun.chmod(0o755)
+    env = dict(os.environ, PATH="%s:%s" % (tmp_path, os.environ["PATH"]), SLURM_JOB_ID="7",
+               SLURM_JOB_NODELIST="cn[01-02]", SLURM_TASKS_PER_NODE="2(x2)")
+    result = clstr("--slurm", "--tag", *(["-j", 'echo "$CLSTR_NODE"'] * 8), env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8
+    assert {line.split(b": ")[0] for line in lines} <= {b"cn01", b"cn02"}
