@@ -37,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
 from scale import descendants, pss_kib, rss_kib  # noqa: E402
 
@@ -561,6 +562,32 @@ def dead_nodes(tools, results, reps, jobs_count):
             timeout=120)
 
 
+def slurm(tools, results, reps, jobs_count):
+    """clstr --slurm against xargs -P + srun, both as steps inside one
+    salloc on a throwaway single-node Slurm (tests/slurm_cluster.py); only
+    where Slurm is installed (make test-slurm installs it) and as root."""
+    scenario = "%d `true` jobs through srun, 4 tasks" % jobs_count
+    print(scenario, flush=True)
+    if os.geteuid() != 0 or not all(shutil.which(p) for p in ("srun", "salloc", "slurmctld",
+                                                                 "slurmd", "munged")):
+        results.append(Result(scenario, "clstr --slurm", [], "n/a (Slurm not installed)"))
+        return
+    from slurm_cluster import NODE, LoopbackSlurm
+
+    from clstr.exectransport import SRUN_TEMPLATE
+    jobs = _job_file(tools, "srun-jobs", jobs_count)
+    salloc = ["salloc", "--quiet", "-N1", "-n4"]
+    srun = SRUN_TEMPLATE.replace("{host}", NODE).split()
+    with LoopbackSlurm(cpus=4) as cluster:
+        env = dict(cluster.env(), PATH=tools.env["PATH"])
+        run_one(results, scenario, "clstr --slurm",
+                salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,
+                jobs_count, reference=True)
+        run_one(results, scenario, "xargs -P 4 + srun",
+                salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"], reps, env, jobs_count,
+                stdin_path=jobs)
+
+
 def start_up(tools, results, reps):
     scenario = "start-up (--version)"
     print(scenario, flush=True)
@@ -622,7 +649,7 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="use only what is installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
     parser.add_argument("--only", choices=("short", "slots", "each", "scheduler", "dead",
-                                           "startup"),
+                                           "slurm", "startup"),
                         action="append", help="run only these scenarios (repeatable)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
@@ -633,7 +660,8 @@ def main():
         work = tempfile.mkdtemp(prefix="clstr-bench-")
         try:
             tools = Tools(cluster, work, venv)
-            wanted = set(args.only or ("short", "slots", "each", "scheduler", "dead", "startup"))
+            wanted = set(args.only or ("short", "slots", "each", "scheduler", "dead", "slurm",
+                                       "startup"))
             if "short" in wanted:
                 many_short_jobs(tools, results, reps, 40 if args.quick else 400)
             if "slots" in wanted:
@@ -644,6 +672,8 @@ def main():
                 scheduler_overhead(tools, results, reps, 500 if args.quick else 20000)
             if "dead" in wanted:
                 dead_nodes(tools, results, reps, 20 if args.quick else 100)
+            if "slurm" in wanted:
+                slurm(tools, results, reps, 40 if args.quick else 200)
             if "startup" in wanted:
                 start_up(tools, results, 3 if args.quick else 20)
         except ContradictedConfiguration as error:
