@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: build test lint demo bench bench-faults bench-scale clean
+.PHONY: build test test-slurm lint demo bench bench-faults bench-scale clean
 
 build:
 	bash build_zipapp.sh
@@ -11,6 +11,11 @@ test:
 	PYTHON=$(PYTHON) bash .ci/deps pytest
 	$(PYTHON) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
+
+# A real single-node Slurm on 127.0.0.1 (as root; installs slurmctld, slurmd,
+# slurm-client and munge where missing).  Not part of `test`.
+test-slurm:
+	PYTHON=$(PYTHON) bash tests/slurm/run.sh
 
 # ruff with the configuration in pyproject.toml; vermin proves Python 3.8
 # syntax and APIs suffice for the package.
