@@ -7,7 +7,10 @@ One ControlMaster to node001; jobs run one after another through it with
 the wrapper's watcher is armed as in a real run.  Variants:
 
 - bare:    `true` as the remote command, what a plain `ssh host true` costs;
-- wrapped: `true` under clstr's wrapper (`ssh.wrapped_command`).
+- wrapped: `true` under clstr's wrapper (`ssh.wrapped_command`), through
+           `exec sh -c`, as clstr sends it today;
+- inline:  the same, told the login shell (learnt from the master), which
+           runs the wrapper itself when it is a POSIX shell.
 
 Reported per job:
 - remote CPU: the growth of the session's sshd process's own CPU plus that
@@ -44,8 +47,9 @@ from cluster import LoopbackCluster  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def variants():
-    return [("bare", b"true"), ("wrapped", wrapped_command(b"true"))]
+def variants(login_shell):
+    return [("bare", b"true"), ("wrapped", wrapped_command(b"true")),
+            ("inline", wrapped_command(b"true", login_shell=login_shell))]
 
 
 class Master:
@@ -61,7 +65,8 @@ class Master:
                        check=True, stdin=subprocess.DEVNULL, timeout=30)
         # Jobs get a pipe nobody writes to, as under clstr: EOF would stop them.
         self.stdin_read, self.stdin_write = os.pipe()
-        self.session_pid = int(self.run(b"echo $PPID").strip())
+        self.session_pid, self.login_shell = self.run(b"echo $PPID $SHELL").decode().split()
+        self.session_pid = int(self.session_pid)
 
     def run(self, remote):
         done = subprocess.run(self.cluster.ssh_argv + ["-S", self.path, "-o",
@@ -143,18 +148,18 @@ def main():
     with LoopbackCluster() as cluster:
         master = Master(cluster, args.host, work)
         try:
-            cpu = {name: [] for name, _ in variants()}
-            wall = {name: [] for name, _ in variants()}
+            cpu = {name: [] for name, _ in variants(master.login_shell)}
+            wall = {name: [] for name, _ in variants(master.login_shell)}
             for _ in range(args.rounds):
                 # Interleaved, so a neighbour's load falls on every variant.
-                for name, remote in variants():
+                for name, remote in variants(master.login_shell):
                     job_cpu, job_wall = measure_cpu_and_wall(master, remote, args.jobs)
                     cpu[name].append(job_cpu)
                     wall[name].append(job_wall)
             print("%d jobs x %d rounds on %s" % (args.jobs, args.rounds, args.host))
             print("%-8s %14s %14s %10s %6s" % ("variant", "remote CPU ms", "wall ms",
                                                "processes", "execs"))
-            for name, remote in variants():
+            for name, remote in variants(master.login_shell):
                 processes, execs = count_processes(master, remote, 20, work)
                 print("%-8s %14.2f %14.2f %10s %6s" % (
                     name, 1000 * statistics.median(cpu[name]),
