@@ -13,6 +13,8 @@ import subprocess
 import time
 
 import pytest
+
+from clstr.ssh import wrapped_command
 from clstr_run import clstr, start_clstr
 
 SHELLS = [("node", "dash"), ("bashnode", "bash")]
@@ -147,7 +149,6 @@ def test_a_process_started_with_setsid_outlives_its_job(cluster, prefix, shell):
 def test_wrapper_runs_inline_in_a_posix_login_shell(cluster, tmp_path):
     """The inline form (no second shell) keeps the wrapper's guarantees;
     clstr does not know login shells yet, so this drives ssh directly."""
-    from clstr.ssh import wrapped_command
     mark = marker(7)
     for login in ("/bin/sh", "/bin/bash"):
         remote = wrapped_command(b"sleep 1.%s & echo \"it's $1\"; exit 5" % mark.encode(),
