@@ -6,30 +6,55 @@ import os
 # ssh cannot stop a remote command: killing the local ssh only closes the
 # connection and the command runs on (``ssh -tt`` would hang it up, but merges
 # stderr into stdout and mangles bytes).  So, like GNU parallel, every job runs
-# under a small POSIX sh wrapper:
+# under a small POSIX sh wrapper.  A job is its whole process group:
 # - the job runs in its own session (setsid), so the job and everything it
 #   starts can be signalled as one process group, with /dev/null as stdin;
 # - a watcher reads the wrapper's stdin, which clstr holds open and never
 #   writes to.  EOF means the connection or clstr is gone (Ctrl-C, timeout,
 #   clstr killed): the watcher sends TERM to the job's group, and KILL if it
 #   is still there 2 s later;
+# - the wrapper stays until the group is empty, not just until the job's
+#   shell exits: a background child (`cmd &`) keeps its job running, as its
+#   held output would with a plain ssh, and the watcher stays armed to stop it
+#   if the session ends early.  The group's id is the job shell's pid, and the
+#   kernel does not hand that number out again while the group has members, so
+#   `kill -0 -$job` cannot mistake a newcomer for the job.  No event tells sh
+#   that a group has emptied, so the wrapper polls, from 10 ms up to 1 s (as
+#   GNU parallel's wrapper polls its parent); a job without background
+#   children pays one `kill -0` and no process;
+# - the watcher must not outlive the wrapper: sshd closes the session's stdin
+#   just after the wrapper exits, and a watcher still reading would take that
+#   for an early end.  So the wrapper kills it, and reaps it (quietly: dash
+#   reports a killed job), before it exits;
 # - the job runs in the user's login shell ($SHELL), as a plain `ssh host cmd`
-#   would, and its exit status is the wrapper's.
+#   would, and its shell's exit status is the wrapper's;
+# - a process meant to outlive its job leaves the group with `setsid`.
 # The watcher's output goes to /dev/null: sshd keeps a session open while
-# anything holds its stdout or stderr.  The job's command is passed as $1, one
-# shell-quoted word, so no user command needs extra quoting.
+# anything holds its stdout or stderr.  Without setsid on the node, the job
+# shares the wrapper's group, and only the job's own shell can be stopped.
+# The job's command is $1, one shell-quoted word, so no user command needs
+# extra quoting.  No names that zsh or bash reserve (status, _).
 REMOTE_WRAPPER = (
     "exec 3<&0 </dev/null; "
     "if command -v setsid >/dev/null 2>&1; "
     "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
     "else \"${SHELL:-sh}\" -c \"$1\" 3<&- & fi; "
     "job=$!; "
-    "{ while read -r _; do :; done; kill -TERM -$job $job; "
-    "for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
+    "{ while read -r line; do :; done; kill -TERM -$job $job; "
+    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
     "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 & "
     "watcher=$!; exec 3<&-; "
-    "wait $job; status=$?; kill $watcher 2>/dev/null; exit $status"
+    "wait $job; code=$?; t=0.01; "
+    "while kill -0 -$job 2>/dev/null; do "
+    "sleep $t >/dev/null 2>&1 || sleep 1; "
+    "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
+    "kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; exit $code"
 )
+
+# Login shells known to run the wrapper itself, saving the exec of a second
+# shell.  Anything else (csh, tcsh, fish...) gets the wrapper through
+# `exec sh -c`, which every shell can parse.
+POSIX_LOGIN_SHELLS = ("sh", "dash", "bash")
 
 
 def shell_quote(word):
@@ -37,9 +62,21 @@ def shell_quote(word):
     return b"'" + word.replace(b"'", b"'\\''") + b"'"
 
 
-def wrapped_command(command):
-    """The remote command line that runs ``command`` (bytes) under the
-    wrapper.  The wrapper has no single quotes, so it quotes as is."""
+def wrapper_argv(command):
+    """The wrapper as separate argv words for a transport that runs a program
+    without a login shell in between: ``sh -c WRAPPER clstr-job COMMAND``.
+    ``command`` is bytes and needs no quoting here."""
+    return [b"sh", b"-c", REMOTE_WRAPPER.encode(), b"clstr-job", command]
+
+
+def wrapped_command(command, login_shell=None):
+    """The remote command line (bytes) that runs ``command`` (bytes) under
+    the wrapper, for sshd to hand to the user's login shell.  If the caller
+    knows that shell (``login_shell``, a path) and it is one of
+    POSIX_LOGIN_SHELLS, the login shell runs the wrapper itself; otherwise it
+    execs ``sh``.  The wrapper has no single quotes, so it quotes as is."""
+    if login_shell and os.path.basename(login_shell) in POSIX_LOGIN_SHELLS:
+        return b"set -- " + shell_quote(command) + b"; " + REMOTE_WRAPPER.encode()
     return (b"exec sh -c '" + REMOTE_WRAPPER.encode() + b"' clstr-job "
             + shell_quote(command))
 

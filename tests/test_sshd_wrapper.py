@@ -1,0 +1,166 @@
+"""The remote wrapper over the real loopback sshd: a job is its whole process
+group, held while any member lives and stopped with it when the session ends
+early; a process started with setsid is the job's way to leave something
+running.
+
+Markers are unusual sleep durations (``sleep 901.<pid>``): they stay on the
+sleep's own command line even when dash execs the last command of a job."""
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+
+import pytest
+
+from clstr.ssh import wrapped_command
+from clstr_run import clstr, start_clstr
+
+SHELLS = [("node", "dash"), ("bashnode", "bash")]
+
+
+def host(cluster, prefix):
+    if prefix == "bashnode" and not cluster.bash_user:
+        pytest.skip("a second login user (with bash) can only be made as root")
+    return "%s001" % prefix
+
+
+def marker(n):
+    """A sleep duration no other test uses: ``9NN.<pid>``."""
+    return "9%02d.%d" % (n, os.getpid())
+
+
+def read_line(process, timeout=60):
+    """The next line clstr prints, waiting at most ``timeout`` seconds."""
+    line = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n") and time.monotonic() < deadline:
+            if selector.select(timeout=max(0, deadline - time.monotonic())):
+                byte = os.read(process.stdout.fileno(), 1)
+                if not byte:
+                    break
+                line += byte
+    return line
+
+
+def stop(process):
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_timeout_stops_a_background_child_the_job_left_running(cluster, prefix, shell):
+    mark = marker(1)
+    result = clstr(cluster, "--timeout", "8", "-n", host(cluster, prefix),
+                   "-j", "sleep %s & echo started" % mark)
+    assert result.stdout == b"started\n", result.stderr
+    assert result.returncode == 1
+    assert b"timed out after 8s" in result.stderr
+    assert cluster.remote_processes_left(mark) == []
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_ctrl_c_stops_a_background_child_the_job_left_running(cluster, prefix, shell):
+    mark = marker(2)
+    process = start_clstr(cluster, "-n", host(cluster, prefix),
+                          "-j", "sleep %s & echo started" % mark)
+    try:
+        assert read_line(process) == b"started\n"
+        # The job's shell has exited; only its background child is left.
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert cluster.remote_processes_left(mark) == []
+    finally:
+        stop(process)
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_background_child_holds_its_job_until_it_ends(cluster, shared_dir, prefix, shell):
+    # One slot: the second job starts only when the first has completed.
+    # The child writes its output to a file, not to the job's stdout, so
+    # nothing but the wrapper can hold the job open.
+    out = os.path.join(shared_dir, "late")
+    result = clstr(cluster, "-n", host(cluster, prefix),
+                   "-j", "(sleep 2; echo late > %s) >/dev/null 2>&1 & echo early" % out,
+                   "-j", "cat %s" % out)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"early\nlate\n"
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_exit_status_is_the_job_shells_even_while_a_child_holds_the_job(cluster, prefix,
+                                                                        shell):
+    mark = marker(3)
+    result = clstr(cluster, "--job-failure", "job", "-n", host(cluster, prefix),
+                   "-j", "exit 3", "-j", "sleep 1.%s >/dev/null & exit 4" % mark,
+                   "-j", "sleep 1.%s & true" % mark)
+    assert result.returncode == 1
+    report = result.stderr.decode()
+    assert "'exit 3': %s001: job exited 3" % prefix in report
+    assert "exit 4': %s001: job exited 4" % prefix in report
+    assert "2 of 3 jobs were not completed" in report
+    assert cluster.remote_processes_left(mark) == []
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_jobs_without_background_children_leave_nothing_behind(cluster, prefix, shell):
+    mark = marker(4)
+    result = clstr(cluster, "-n", host(cluster, prefix),
+                   *(["-j", "echo $$ # %s" % mark] * 5))
+    assert result.returncode == 0, result.stderr
+    assert len(set(result.stdout.splitlines())) == 5
+    assert cluster.remote_processes_left(mark) == []
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_a_process_started_with_setsid_outlives_its_job(cluster, prefix, shell):
+    kept, kept_too, stopped = marker(5), marker(6), marker(8)
+    process = start_clstr(
+        cluster, "-n", host(cluster, prefix),
+        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null & echo first" % kept,
+        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null & sleep %s & "
+        # Ctrl-C only once the sleep runs: before its exec, setsid is still
+        # in the job's group.
+        "until pgrep -x -f 'sleep %s' >/dev/null; do sleep 0.05; done; echo second"
+        % (kept_too, stopped, kept_too))
+    try:
+        # The first job completes at once: the setsid'd sleep left its group.
+        assert read_line(process) == b"first\n"
+        assert read_line(process) == b"second\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert cluster.remote_processes_left(stopped) == []
+        for mark in (kept, kept_too):
+            assert [cmdline.split() for _, cmdline in cluster.remote_processes(mark)] == [
+                ["sleep", mark]]
+    finally:
+        stop(process)
+        for mark in (kept, kept_too):
+            for pid, _ in cluster.remote_processes(mark):
+                os.kill(pid, signal.SIGKILL)
+    assert cluster.remote_processes_left(kept) == []
+    assert cluster.remote_processes_left(kept_too) == []
+
+
+def test_wrapper_runs_inline_in_a_posix_login_shell(cluster, tmp_path):
+    """The inline form (no second shell) keeps the wrapper's guarantees;
+    clstr does not know login shells yet, so this drives ssh directly."""
+    mark = marker(7)
+    for login in ("/bin/sh", "/bin/bash"):
+        remote = wrapped_command(b"sleep 1.%s & echo \"it's $1\"; exit 5" % mark.encode(),
+                                 login_shell=login)
+        assert not remote.startswith(b"exec sh")
+        prefix = "bashnode" if login == "/bin/bash" else "node"
+        stdin_read, stdin_write = os.pipe()
+        try:
+            done = subprocess.run(cluster.ssh_argv + [host(cluster, prefix), remote],
+                                  stdin=stdin_read, capture_output=True, timeout=60)
+        finally:
+            os.close(stdin_read)
+            os.close(stdin_write)
+        assert (done.returncode, done.stdout) == (5, b"it's \n"), done.stderr
+        assert cluster.remote_processes_left(mark) == []
