@@ -151,8 +151,10 @@ def wrapper_words(command):
     """The remote wrapper as argv words after an exec template: the start
     marker first, then the wrapper running ``command`` (bytes) as one
     argument (no quoting: no shell reads it as text)."""
-    from .ssh import REMOTE_WRAPPER
-    return ["sh", "-c", marker_prefix() + REMOTE_WRAPPER, "clstr-job", command]
+    from .ssh import wrapper_argv
+    words = wrapper_argv(command)
+    words[2] = marker_prefix().encode() + words[2]
+    return words
 
 
 def marker_prefix():
