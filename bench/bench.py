@@ -326,7 +326,13 @@ class Tools:
                 "-w", ",".join(hosts), command]
 
 
+# --clstr-only: skip every other tool (the tests' smoke run).
+CLSTR_ONLY = []
+
+
 def run_one(results, scenario, tool, argv, reps, env, jobs=None, reference=False, **kwargs):
+    if CLSTR_ONLY and not tool.startswith("clstr"):
+        return None
     if argv is None:
         results.append(Result(scenario, tool, [], "n/a (not installed)", jobs, reference))
         return None
@@ -651,7 +657,11 @@ def main():
     parser.add_argument("--only", choices=("short", "slots", "each", "scheduler", "dead",
                                            "slurm", "startup"),
                         action="append", help="run only these scenarios (repeatable)")
+    parser.add_argument("--clstr-only", action="store_true",
+                        help="time clstr alone, no peers (still checking its logins)")
     args = parser.parse_args()
+    if args.clstr_only:
+        CLSTR_ONLY.append(True)
     reps = 1 if args.quick else args.reps
     venv = install_peers(not args.no_install)
     results = []
