@@ -41,7 +41,7 @@ class LineAssembler:
     @property
     def in_memory(self):
         """Bytes of the partial line held in memory (at most SPILL_AFTER)."""
-        return 0 if self._spill is not None else self._size
+        return sum(map(len, self._chunks))
 
     def feed(self, data):
         """Return the pieces that ``data`` completes."""

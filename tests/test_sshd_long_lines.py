@@ -135,9 +135,11 @@ def test_a_progress_bar_shows_while_the_job_runs_and_keeps_its_tag(cluster, shar
     assert proc.returncode == 0, err
 
 
-def test_cr_lf_lines_keep_their_bytes_and_one_tag_each(cluster):
-    job = "printf 'one\\r\\ntwo\\r\\n'; printf 'progress\\r'; sleep 0.1; printf '\\nend\\r\\n'"
+def test_cr_lf_keeps_one_tag_and_a_lone_cr_gets_its_own(cluster):
+    # The pauses make "\r" and "\n" likely to arrive in separate reads.
+    job = ("printf 'one\\r\\ntwo\\r\\n'; printf 'progress\\r'; sleep 0.2; printf '\\nend\\r'; "
+           "sleep 0.2; printf 'last\\n'")
     result = clstr(cluster, "--tag", "-n", "node001", "-j", job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (b"node001: one\r\nnode001: two\r\nnode001: progress\r\n"
-                             b"node001: end\r\n")
+                             b"node001: end\rnode001: last\n")
