@@ -7,8 +7,8 @@ import subprocess
 import time
 
 from clstr.child import ChildProcess
-from clstr.loop import EventLoop
 from clstr.lines import LineAssembler
+from clstr.loop import EventLoop
 from clstr.output import HIGH_WATER, Sink, SpillBuffer
 
 

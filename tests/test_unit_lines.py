@@ -1,6 +1,7 @@
 """Pure tier: cutting job streams into lines (clstr/lines.py) and tagging
 them (clstr/delivery.py), without processes."""
 
+import functools
 import random
 import tracemalloc
 
@@ -55,7 +56,7 @@ def test_a_200_mb_line_without_newline_is_held_in_bounded_memory():
         total - 2 * lines_module.MAX_LINE]
     for piece in pieces:
         reader = piece.reader()
-        for block in iter(lambda: reader.read(1 << 20), b""):
+        for block in iter(functools.partial(reader.read, 1 << 20), b""):
             assert block == b"x" * len(block)
         reader.close()
 
