@@ -7,35 +7,25 @@ the host), grouped per job, or files per job.
 """
 
 import os
-import re
 
-from .lines import LineAssembler
+from .lines import LINE_ENDS, LineAssembler, final_line_end
 from .output import SpillBuffer
 
 
 def tag_lines(prefix, lines):
     """Put ``prefix`` before every line of ``lines`` (whole lines, or one
-    final unterminated line).  A line ends at "\n", "\r\n" or a lone "\r"
-    (a progress bar redrawn with "\r" keeps its tag on screen)."""
+    final unterminated line), lines ending as ``lines.LINE_ENDS`` says: after
+    a lone "\\r" too, so a progress bar redrawn with "\\r" keeps its tag on
+    screen."""
     if not lines or not prefix:
         return lines
-    last = len(lines) - len(_line_end(lines))
+    last = len(lines) - len(final_line_end(lines))
     body = lines[:last]
     if b"\r" in body:
-        body = _LINE_ENDS.sub(lambda found: found.group() + prefix, body)
+        body = LINE_ENDS.sub(lambda found: found.group() + prefix, body)
     else:
         body = body.replace(b"\n", b"\n" + prefix)
     return prefix + body + lines[last:]
-
-
-_LINE_ENDS = re.compile(b"\r\n|\r|\n")
-
-
-def _line_end(lines):
-    for end in (b"\r\n", b"\n", b"\r"):
-        if lines.endswith(end):
-            return end
-    return b""
 
 
 def tag_pieces(prefix, pieces):

@@ -11,7 +11,13 @@ held in memory is joined once, so time is linear in bytes.  A line that
 reaches ``MAX_LINE`` bytes is handed on in pieces of ``MAX_LINE`` bytes.
 """
 
+import re
+
 from .output import SPILL_AFTER, SpillBuffer
+
+# What ends a line: "\r\n" (one line end, never cut in two), "\n", or a
+# lone "\r".
+LINE_ENDS = re.compile(b"\r\n|\r|\n")
 
 # A line longer than this is delivered in pieces of this size (disk space is
 # finite too, and a reader should not wait forever for a line to end).
@@ -125,3 +131,11 @@ def _first_line_end(data, end):
     if cr == -1 or newline != -1 and newline < cr:
         return newline + 1
     return cr + 2 if data[cr + 1:cr + 2] == b"\n" else cr + 1
+
+
+def final_line_end(data):
+    """The line end that ``data`` finishes with, or b"" if none."""
+    for end in (b"\r\n", b"\n", b"\r"):
+        if data.endswith(end):
+            return end
+    return b""
