@@ -15,7 +15,10 @@ import io, os, sys, zipapp, zipfile
 
 out = sys.argv[1]
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-MAIN = b"import sys\nfrom clstr.cli import main\nsys.exit(main())\n"
+# The archive's entry is clstr/__main__.py itself: it checks the Python
+# version before importing anything of clstr's.
+with open(os.path.join("clstr", "__main__.py"), "rb") as entry:
+    MAIN = entry.read()
 
 def add(archive, name, data):
     info = zipfile.ZipInfo(name, FIXED_TIME)

@@ -9,6 +9,14 @@ table of medians, min-max and ratios (peer time / clstr time, so above 1 means
 clstr is faster) and writes it, with the machine it ran on, to
 bench/results-latest.md.  Every tool logs in as the cluster's unprivileged
 user; only 127.0.0.1 is contacted.
+
+Every peer runs as its manual recommends, and the run proves it: the sshd
+logs at VERBOSE, so each repetition counts the authentications ("Accepted
+publickey") and remote commands ("Starting session: command") it caused.
+Each tool states what those counts must be for its configuration (400 jobs
+over 8 masters: about 8 logins, not 400; every job run exactly once: one
+command per job, plus any a tool runs for itself); a repetition that
+contradicts its configuration fails the whole bench run.
 """
 
 import argparse
@@ -30,21 +38,77 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
+from scale import descendants, pss_kib, rss_kib  # noqa: E402
+
 from cluster import LoopbackCluster  # noqa: E402
 
 TIMEOUT = 300
 
 
+class VerboseCluster(LoopbackCluster):
+    """The tests' loopback cluster with sshd at LogLevel VERBOSE, which logs
+    every session's command: the evidence of what each tool really did."""
+
+    def _write_sshd_config(self):
+        super()._write_sshd_config()
+        path = self.path("sshd_config")
+        with open(path) as config:
+            text = config.read()
+        with open(path, "w") as config:
+            config.write(text.replace("LogLevel INFO", "LogLevel VERBOSE"))
+
+
+class SshdCounter:
+    """Counts what the sshd logged since ``mark()``: authentications and
+    remote commands (sessions)."""
+
+    def __init__(self, cluster):
+        self._path = cluster.path("sshd.log")
+        self._offset = 0
+
+    def mark(self):
+        self._offset = os.path.getsize(self._path)
+
+    def counts(self):
+        with open(self._path, "rb") as log:
+            log.seek(self._offset)
+            text = log.read()
+        return text.count(b"Accepted publickey"), text.count(b"Starting session: command")
+
+
+class Expect:
+    """What a tool's configuration implies for one repetition: authentications
+    and sessions, each a (low, high) range (high None: no limit)."""
+
+    def __init__(self, auths, sessions):
+        self.auths = auths
+        self.sessions = sessions
+
+    def problem(self, auths, sessions):
+        for name, value, (low, high) in (("logins", auths, self.auths),
+                                         ("remote commands", sessions, self.sessions)):
+            if value < low or (high is not None and value > high):
+                return "%d %s, expected %s" % (value, name, low if low == high else "%d-%s" % (
+                    low, "" if high is None else high))
+        return None
+
+
+def exactly(count):
+    return (count, count)
+
+
 class Result:
     """Wall times of one tool in one scenario (None: it failed)."""
 
-    def __init__(self, scenario, tool, times, note="", jobs=None, reference=False):
+    def __init__(self, scenario, tool, times, note="", jobs=None, reference=False, counts=()):
         self.scenario = scenario
         self.tool = tool
         self.times = times
         self.note = note
         self.jobs = jobs
         self.reference = reference
+        self.counts = counts  # (logins, remote commands) per repetition
+        self.extra = ""
 
     @property
     def median(self):
@@ -77,12 +141,21 @@ class Terminal:
         os.close(self.master)
 
 
-def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, tty=False):
-    """Run ``argv`` ``reps`` times; returns (times, note).  ``check(stdout)``
-    returns an error text when the output is wrong.  ``tty``: run it with a
-    terminal for stdin, stderr and /dev/tty."""
-    times, note = [], ""
+class ContradictedConfiguration(Exception):
+    """A tool's logins or remote commands contradict its configuration."""
+
+
+def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, tty=False,
+            counter=None, expect=None, sampler=None):
+    """Run ``argv`` ``reps`` times; returns (times, note, counts).
+    ``check(stdout)`` returns an error text when the output is wrong.  ``tty``:
+    run it with a terminal for stdin, stderr and /dev/tty.  ``counter`` and
+    ``expect``: the sshd's counts per repetition, and what they must be.
+    ``sampler(popen)``: called with the running process, in a thread."""
+    times, note, counts = [], "", []
     for _ in range(reps):
+        if counter:
+            counter.mark()
         stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
         terminal = Terminal() if tty else None
         extra = {}
@@ -93,12 +166,11 @@ def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, 
             extra = dict(stdin=stdin, stderr=subprocess.PIPE)
         started = time.monotonic()
         try:
-            done = subprocess.run(argv, stdout=subprocess.PIPE, timeout=timeout, env=env,
-                                  **extra)
+            done = _run(argv, timeout, env, extra, sampler)
         except subprocess.TimeoutExpired:
-            return [], "timed out after %d s" % timeout
+            return [], "timed out after %d s" % timeout, counts
         except OSError as error:
-            return [], "cannot run: %s" % error
+            return [], "cannot run: %s" % error, counts
         finally:
             if stdin_path:
                 stdin.close()
@@ -110,9 +182,33 @@ def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, 
             problem = "exit %d: %s" % (done.returncode, (done.stderr or b"").decode(
                 errors="replace").strip().splitlines()[-1:])
         if problem:
-            return [], problem
+            return [], problem, counts
+        if counter:
+            counts.append(counter.counts())
+            contradiction = expect and expect.problem(*counts[-1])
+            if contradiction:
+                raise ContradictedConfiguration("%s: %s" % (" ".join(map(str, argv[:4])),
+                                                            contradiction))
         times.append(elapsed)
-    return times, note
+    return times, note, counts
+
+
+def _run(argv, timeout, env, extra, sampler):
+    """subprocess.run, with ``sampler(popen)`` watching it from a thread."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, **extra) as process:
+        watcher = None
+        if sampler:
+            watcher = threading.Thread(target=sampler, args=(process,), daemon=True)
+            watcher.start()
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        if watcher:
+            watcher.join(timeout=10)
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 def count_lines(expected):
@@ -153,7 +249,10 @@ def ssh_wrapper_dir(cluster, work):
     address they stand for."""
     directory = os.path.join(work, "bin")
     os.makedirs(directory)
-    wrappers = {"ssh": "exec /usr/bin/ssh -F %s \"$@\"" % shlex.quote(cluster.ssh_config)}
+    # $CLSTR_BENCH_SSH_OPTIONS: extra options for one scenario (unquoted on
+    # purpose: words).
+    wrappers = {"ssh": "exec /usr/bin/ssh -F %s $CLSTR_BENCH_SSH_OPTIONS \"$@\""
+                % shlex.quote(cluster.ssh_config)}
     ping = shutil.which("ping")
     if ping:
         wrappers["ping"] = "exec %s -c 1 -w 1 127.0.0.1" % shlex.quote(ping)
@@ -176,6 +275,11 @@ class Tools:
         subprocess.run(["bash", os.path.join(REPO, "build_zipapp.sh"), self.pyz], check=True,
                        capture_output=True, timeout=60)
         self.old_clstr = os.path.join(venv, "bin", "clstr")
+        self.counter = SshdCounter(cluster)
+        # The wrapper directory puts a one-word `ssh` that uses the cluster's
+        # config first in PATH: GNU parallel -M starts its masters by exec'ing
+        # its --ssh value as one program name, so a multi-word --ssh would
+        # silently leave -M off.
         self.env = dict(os.environ, PATH=ssh_wrapper_dir(cluster, work) + ":" + os.environ["PATH"],
                         HOME=work)
         # GNU parallel asks for a citation once; say it was seen.
@@ -194,11 +298,13 @@ class Tools:
             return None
         return [self.old_clstr] + list(args)
 
-    def parallel(self, hosts, *args):
+    def parallel(self, hosts, *args, slots=1):
+        """GNU parallel over ``hosts`` with the one-word ``ssh`` from the
+        wrapper directory (see above)."""
         if not self.have("parallel"):
             return None
-        return ["parallel", "--will-cite", "--ssh", self.ssh,
-                "-S", ",".join("1/" + host for host in hosts)] + list(args)
+        return ["parallel", "--will-cite", "--ssh", "ssh",
+                "-S", ",".join("%d/%s" % (slots, host) for host in hosts)] + list(args)
 
     def pdsh(self, hosts, command):
         if not self.have("pdsh"):
@@ -222,42 +328,72 @@ class Tools:
 def run_one(results, scenario, tool, argv, reps, env, jobs=None, reference=False, **kwargs):
     if argv is None:
         results.append(Result(scenario, tool, [], "n/a (not installed)", jobs, reference))
-        return
-    print("  %-28s" % tool, end="", flush=True)
-    times, note = measure(argv, reps, env=env, **kwargs)
-    result = Result(scenario, tool, times, note, jobs, reference)
-    print(("%.2f s" % result.median) if times else note, flush=True)
+        return None
+    print("  %-34s" % tool, end="", flush=True)
+    times, note, counts = measure(argv, reps, env=env, **kwargs)
+    result = Result(scenario, tool, times, note, jobs, reference, counts)
+    shown = ("%.2f s" % result.median) if times else note
+    if counts:
+        shown += "  (%d logins, %d remote commands)" % counts[-1]
+    print(shown, flush=True)
     results.append(result)
+    return result
 
 
 # -- scenarios ----------------------------------------------------------------
+
+def _job_file(tools, name, count):
+    path = os.path.join(tools.work, name)
+    with open(path, "w") as handle:
+        handle.write("true\n" * count)
+    return path
+
+
+def _masters(hosts, slots=1, per_master=10):
+    """How many ControlMasters a host list needs: one per up to
+    ``per_master`` slots of a host."""
+    return len(hosts) * ((slots + per_master - 1) // per_master)
+
+
+def shared_logins(hosts, slots):
+    """Logins a tool sharing one master per host may make: GNU parallel -M
+    starts jobs before their host's master is up, and those log in on their
+    own, so allow up to two such jobs per slot above the masters; far below
+    one login per job all the same."""
+    return (len(hosts), len(hosts) + 2 * slots * len(hosts))
+
 
 def many_short_jobs(tools, results, reps, jobs_count):
     scenario = "%d `true` jobs, 8 nodes" % jobs_count
     print(scenario, flush=True)
     hosts = tools.cluster.nodes(8)
-    jobs = os.path.join(tools.work, "true-jobs")
-    with open(jobs, "w") as handle:
-        handle.write("true\n" * jobs_count)
+    jobs = _job_file(tools, "true-jobs", jobs_count)
     targets = os.path.join(tools.work, "targets")
     with open(targets, "w") as handle:
         handle.write("".join(hosts[n % 8] + "\n" for n in range(jobs_count)))
     env = tools.env
     nodes = [arg for host in hosts for arg in ("-n", host)]
+    counted = dict(counter=tools.counter)
+    every_job = exactly(jobs_count)
+    # One login per connection: a job each, or a master each.
+    direct = Expect(exactly(jobs_count), every_job)
+    shared = Expect(shared_logins(hosts, 1), every_job)
     run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps, env, jobs_count,
-            reference=True)
+            reference=True, expect=Expect(exactly(len(hosts)), every_job), **counted)
     run_one(results, scenario, "clstr --no-multiplex",
-            tools.clstr("--no-multiplex", *nodes, "-J", jobs), reps, env, jobs_count)
+            tools.clstr("--no-multiplex", *nodes, "-J", jobs), reps, env, jobs_count,
+            expect=direct, **counted)
     run_one(results, scenario, "GNU parallel -S", tools.parallel(hosts), reps, env, jobs_count,
-            stdin_path=jobs)
-    parallel_m = tools.parallel(hosts, "-M")
-    run_one(results, scenario, "GNU parallel -S -M", parallel_m, reps, env, jobs_count,
-            stdin_path=jobs)
+            stdin_path=jobs, expect=direct, **counted)
+    # parallel -M keeps each master alive with a remote command of its own.
+    run_one(results, scenario, "GNU parallel -S -M", tools.parallel(hosts, "-M"), reps, env,
+            jobs_count, stdin_path=jobs, **counted,
+            expect=Expect(shared.auths, (jobs_count + len(hosts), jobs_count + 2 * len(hosts))))
     run_one(results, scenario, "clstr 0.1.0", tools.clstr_010(*nodes, "-J", jobs), reps, env,
-            jobs_count, tty=True)
+            jobs_count, tty=True, expect=direct, **counted)
     run_one(results, scenario, "xargs -P 8 + ssh (floor)",
             ["xargs", "-P", "8", "-I{}", "ssh", "-F", tools.cluster.ssh_config, "{}", "true"],
-            reps, env, jobs_count, stdin_path=targets)
+            reps, env, jobs_count, stdin_path=targets, expect=direct, **counted)
     sockets = tempfile.mkdtemp(prefix="cm-", dir="/tmp")
     try:
         for host in hosts:
@@ -267,7 +403,8 @@ def many_short_jobs(tools, results, reps, jobs_count):
         run_one(results, scenario, "xargs -P 8 + masters (floor)",
                 ["xargs", "-P", "8", "-I{}", "ssh", "-F", tools.cluster.ssh_config,
                  "-o", "ControlMaster=no", "-o", "ControlPath=%s/%%n" % sockets, "{}", "true"],
-                reps, env, jobs_count, stdin_path=targets)
+                reps, env, jobs_count, stdin_path=targets,
+                expect=Expect(exactly(0), every_job), **counted)
         # The same floor paying for its masters, as clstr and parallel -M do:
         # with OpenSSH's default key exchange each costs ~0.1 s of CPU.
         fresh = os.path.join(sockets, "fresh")
@@ -279,13 +416,83 @@ def many_short_jobs(tools, results, reps, jobs_count):
                   "for h in %s; do %s -O exit $h 2>/dev/null; done; exit $s"
                   % (" ".join(hosts), ssh, ssh, " ".join(hosts), ssh))
         run_one(results, scenario, "same, starting the masters", ["sh", "-c", script], reps, env,
-                jobs_count, stdin_path=targets)
+                jobs_count, stdin_path=targets,
+                expect=Expect(exactly(len(hosts)), every_job), **counted)
     finally:
         for host in hosts:
             subprocess.run(["ssh", "-F", tools.cluster.ssh_config, "-o",
                             "ControlPath=%s/%%n" % sockets, "-O", "exit", host],
                            timeout=30, capture_output=True)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+class MemorySampler:
+    """Peak RSS of a run's own process, and peak PSS of the ssh processes
+    working for it: its children, and the ControlMasters it started (they
+    leave the process tree when they go to the background)."""
+
+    def __init__(self, interval=0.2):
+        self.interval = interval
+        self.peak_self = 0
+        self.peak_children = 0
+
+    def __call__(self, process):
+        started = time.time()
+        while process.poll() is None:
+            own = rss_kib(process.pid)
+            helpers = set(descendants(process.pid)) | set(masters_since(started))
+            self.peak_self = max(self.peak_self, own)
+            self.peak_children = max(self.peak_children, sum(pss_kib(p) for p in helpers))
+            time.sleep(self.interval)
+
+
+def masters_since(started):
+    """Pids of ControlMasters (ssh -M / ControlMaster=yes) started after
+    ``started`` (seconds since the epoch)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as handle:
+        boot = next(int(line.split()[1]) for line in handle if line.startswith("btime"))
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                words = handle.read().split(b"\0")
+            with open("/proc/%s/stat" % entry) as handle:
+                start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not words or os.path.basename(words[0]) != b"ssh":
+            continue
+        if b"ControlMaster=yes" not in words and b"-MT" not in words:
+            continue
+        if boot + start_ticks / ticks >= started - 1:
+            found.append(int(entry))
+    return found
+
+
+def many_slots(tools, results, reps, jobs_count):
+    scenario = "%d `true` jobs, 8 nodes x 4 slots" % jobs_count
+    print(scenario, flush=True)
+    hosts = tools.cluster.nodes(8)
+    jobs = _job_file(tools, "true-jobs-32", jobs_count)
+    nodes = [arg for host in hosts * 4 for arg in ("-n", host)]
+    every_job = exactly(jobs_count)
+    memory = MemorySampler()
+    result = run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps,
+                     tools.env, jobs_count, reference=True, counter=tools.counter,
+                     expect=Expect(exactly(_masters(hosts, 4)), every_job), sampler=memory)
+    if result and result.times:
+        result.extra = "clstr peak RSS %.1f MiB, its ssh processes %.1f MiB PSS" % (
+            memory.peak_self / 1024, memory.peak_children / 1024)
+        print("    " + result.extra, flush=True)
+    # parallel -M: one master per host (its -S 4/host shares it among 4 jobs).
+    run_one(results, scenario, "GNU parallel -S 4/host -M",
+            tools.parallel(hosts, "-M", slots=4), reps, tools.env, jobs_count, stdin_path=jobs,
+            counter=tools.counter,
+            expect=Expect(shared_logins(hosts, 4),
+                          (jobs_count + len(hosts), jobs_count + 4 * len(hosts))))
 
 
 def once_on_each_node(tools, results, reps, count):
@@ -297,18 +504,22 @@ def once_on_each_node(tools, results, reps, count):
     node_file = os.path.join(tools.work, "nodes-%d" % count)
     with open(node_file, "w") as handle:
         handle.write("\n".join(hosts) + "\n")
+    counted = dict(counter=tools.counter, expect=Expect(exactly(count), exactly(count)))
     run_one(results, scenario, "clstr -E", tools.clstr("-N", node_file, "-E", "uname -n"), reps,
-            env, reference=True, check=answered)
-    run_one(results, scenario, "pdsh", tools.pdsh(hosts, "uname -n"), reps, env, check=answered)
+            env, reference=True, check=answered, **counted)
+    run_one(results, scenario, "pdsh", tools.pdsh(hosts, "uname -n"), reps, env, check=answered,
+            **counted)
     run_one(results, scenario, "pssh", tools.pssh(hosts, "uname -n"), reps, env,
             check=lambda out: count_lines(count)(b"\n".join(
-                line for line in out.splitlines() if b"[SUCCESS]" in line)))
-    run_one(results, scenario, "clush", tools.clush(hosts, "uname -n"), reps, env, check=answered)
+                line for line in out.splitlines() if b"[SUCCESS]" in line)), **counted)
+    run_one(results, scenario, "clush", tools.clush(hosts, "uname -n"), reps, env, check=answered,
+            **counted)
     parallel = tools.parallel(hosts, "--nonall", "-j", str(count), "uname -n")
-    run_one(results, scenario, "GNU parallel --nonall", parallel, reps, env, check=answered)
+    run_one(results, scenario, "GNU parallel --nonall", parallel, reps, env, check=answered,
+            **counted)
     run_one(results, scenario, "clstr 0.1.0",
             tools.clstr_010("-N", node_file, "--on-each-node", "uname -n"), reps, env,
-            check=answered, tty=True)
+            check=answered, tty=True, **counted)
 
 
 def scheduler_overhead(tools, results, reps, jobs_count):
@@ -340,11 +551,14 @@ def dead_nodes(tools, results, reps, jobs_count):
     run_one(results, scenario, "clstr --no-multiplex",
             tools.clstr("--no-multiplex", "--connect-timeout", "2", *nodes, "-J", jobs),
             reps, tools.env, jobs_count)
-    parallel = tools.parallel(hosts)
-    if parallel:
-        parallel[parallel.index("--ssh") + 1] = tools.ssh + " -o ConnectTimeout=2"
-    run_one(results, scenario, "GNU parallel -S", parallel, reps, tools.env, jobs_count,
+    # GNU parallel gets its documented remedy for dead hosts, --filter-hosts,
+    # and a 2 s connect timeout like clstr's, through the one-word ssh.
+    env = dict(tools.env, CLSTR_BENCH_SSH_OPTIONS="-o ConnectTimeout=2")
+    run_one(results, scenario, "GNU parallel -S", tools.parallel(hosts), reps, env, jobs_count,
             stdin_path=jobs, timeout=120)
+    run_one(results, scenario, "GNU parallel -S --filter-hosts",
+            tools.parallel(hosts, "--filter-hosts"), reps, env, jobs_count, stdin_path=jobs,
+            timeout=120)
 
 
 def start_up(tools, results, reps):
@@ -359,22 +573,31 @@ def start_up(tools, results, reps):
 # -- the table ----------------------------------------------------------------
 
 def table(results):
-    lines = ["| scenario | tool | median s | min-max s | jobs/s | peer / clstr |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| scenario | tool | median s | min-max s | jobs/s | peer / clstr | logins | "
+             "remote commands |",
+             "|---|---|---|---|---|---|---|---|"]
     references = {r.scenario: r for r in results if r.reference}
+    notes = []
     for result in results:
         reference = references.get(result.scenario)
         if not result.times:
-            lines.append("| %s | %s | %s | | | |" % (result.scenario, result.tool, result.note))
+            lines.append("| %s | %s | %s | | | | | |" % (result.scenario, result.tool,
+                                                        result.note))
             continue
         ratio = ""
         if reference and reference.times and not result.reference:
             ratio = "%.2f" % (result.median / reference.median)
         rate = "%.0f" % (result.jobs / result.median) if result.jobs else ""
-        lines.append("| %s | %s | %.3f | %.3f-%.3f | %s | %s |" % (
+        logins = commands = ""
+        if result.counts:
+            logins = "%d" % statistics.median(c[0] for c in result.counts)
+            commands = "%d" % statistics.median(c[1] for c in result.counts)
+        lines.append("| %s | %s | %.3f | %.3f-%.3f | %s | %s | %s | %s |" % (
             result.scenario, result.tool, result.median, min(result.times), max(result.times),
-            rate, ratio))
-    return "\n".join(lines)
+            rate, ratio, logins, commands))
+        if result.extra:
+            notes.append("- %s, %s: %s" % (result.scenario, result.tool, result.extra))
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def machine():
@@ -398,19 +621,23 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one small run of each (smoke)")
     parser.add_argument("--no-install", action="store_true", help="use only what is installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
-    parser.add_argument("--only", choices=("short", "each", "scheduler", "dead", "startup"),
+    parser.add_argument("--only", choices=("short", "slots", "each", "scheduler", "dead",
+                                           "startup"),
                         action="append", help="run only these scenarios (repeatable)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     venv = install_peers(not args.no_install)
     results = []
-    with LoopbackCluster() as cluster:
+    failed = None
+    with VerboseCluster() as cluster:
         work = tempfile.mkdtemp(prefix="clstr-bench-")
         try:
             tools = Tools(cluster, work, venv)
-            wanted = set(args.only or ("short", "each", "scheduler", "dead", "startup"))
+            wanted = set(args.only or ("short", "slots", "each", "scheduler", "dead", "startup"))
             if "short" in wanted:
                 many_short_jobs(tools, results, reps, 40 if args.quick else 400)
+            if "slots" in wanted:
+                many_slots(tools, results, reps, 80 if args.quick else 2000)
             if "each" in wanted:
                 once_on_each_node(tools, results, reps, 10 if args.quick else 100)
             if "scheduler" in wanted:
@@ -419,14 +646,21 @@ def main():
                 dead_nodes(tools, results, reps, 20 if args.quick else 100)
             if "startup" in wanted:
                 start_up(tools, results, 3 if args.quick else 20)
+        except ContradictedConfiguration as error:
+            failed = error
         finally:
             shutil.rmtree(work, ignore_errors=True)
     text = table(results)
+    if failed:
+        print("\nbench failed: a tool did not run as configured: %s" % failed)
+        sys.exit(1)
     print()
     print(text)
     with open(args.out, "w") as out:
         out.write("# Benchmark results\n\n%s\n\n%d repetitions each (median, min-max). "
-                  "peer / clstr above 1 means clstr is faster.\n\n%s\n"
+                  "peer / clstr above 1 means clstr is faster.  logins and remote commands: "
+                  "what the sshd (LogLevel VERBOSE) saw per repetition (median), checked "
+                  "against each tool's configuration.\n\n%s\n"
                   % (machine(), reps, text))
     print("\nwritten to %s" % args.out)
 

@@ -6,6 +6,7 @@ anything has started.
 """
 
 import argparse
+import math
 import os
 import shlex
 import shutil
@@ -28,8 +29,9 @@ exits non-zero, clstr cannot tell the node from the job, so it retires the node
 and runs the job elsewhere; a job can use this to refuse unsuitable nodes.
 
 exit status: 0 every job completed; 1 some did not (no node left to run them);
-2 usage or input error (nothing was started); 130/143/129 interrupted by
-SIGINT/SIGTERM/SIGHUP; 141 stdout was closed.
+2 usage or input error (nothing was started); 3 clstr could not write its own
+output (stdout, stderr, --joblog, -A, --output-dir); 130/143/129 interrupted
+by SIGINT/SIGTERM/SIGHUP; 141 stdout was closed.
 """
 
 
@@ -164,13 +166,24 @@ def _count(text):
     return value
 
 
+# The longest time any option takes, about 11.5 days.  The selectors' timeout
+# overflows just past 2**31 ms (24.8 days) and ssh takes whole seconds in an
+# int; a round limit well below both keeps every timer arithmetic safe.
+MAX_SECONDS = 1000000
+
+
 def _seconds(text):
     try:
         value = float(text)
     except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
         raise argparse.ArgumentTypeError("not a number of seconds: %r" % text)
     if not value > 0:
         raise argparse.ArgumentTypeError("must be more than 0: %r" % text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError("at most %d seconds (about 11 days): %r"
+                                         % (MAX_SECONDS, text))
     return value
 
 
@@ -193,13 +206,23 @@ def _hosts(args):
     return hosts
 
 
-def _open_output(path, option, default_fd):
-    if path is None:
-        return default_fd
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-    except OSError as error:
-        raise UsageError("%s: cannot write %s: %s" % (option, path, error.strerror))
+def _check_user_files(args):
+    """Every file clstr would write, checked without touching any of them.
+    Returns the -A target (resolved, nothing opened)."""
+    from .userfiles import UserFileError, check_output_dir, check_writable, snapshot_file
+    checks = [("--stdout", args.stdout, check_writable),
+              ("--stderr", args.stderr, check_writable),
+              ("--joblog", args.joblog, check_writable),
+              ("--output-dir", args.output_dir, check_output_dir),
+              ("--active-nodes", args.active_nodes, snapshot_file)]
+    results = {}
+    for option, path, check in checks:
+        if path is not None:
+            try:
+                results[option] = check(path)
+            except UserFileError as error:
+                raise UsageError("%s: cannot write %s: %s" % (option, path, error))
+    return results.get("--active-nodes")
 
 
 def _ssh_settings(args):
@@ -219,26 +242,24 @@ def _ssh_settings(args):
     return SshSettings(command, args.ssh_option, args.connect_timeout, args.alive_interval)
 
 
-def _joblog(args):
-    """The open joblog and, with --resume, a predicate for jobs it shows done."""
-    from .records import Joblog, JoblogError, completed_in_joblog, job_key
-    if args.resume and not args.joblog:
-        raise UsageError("--resume needs --joblog FILE")
-    if not args.joblog:
-        return None, None
+def _resume_skip(args):
+    """With --resume, a predicate for the jobs the joblog shows done (the
+    joblog is only read here; it is opened for writing when the run starts)."""
+    from .records import JoblogError, completed_in_joblog, job_key
+    if not args.resume:
+        return None
     try:
-        skip = None
-        if args.resume:
-            done = completed_in_joblog(args.joblog)
-            skip = lambda job: job_key(job) in done  # noqa: E731
-        return Joblog(args.joblog, resume=args.resume), skip
+        done = completed_in_joblog(args.joblog)
     except JoblogError as error:
         raise UsageError(str(error))
+    return lambda job: job_key(job) in done
 
 
 def make_plan(argv):
-    """Parse ``argv`` into a Plan, the job feed and the joblog.  Raises
-    UsageError."""
+    """Parse and check ``argv``: returns a Plan and the job feed, or raises
+    UsageError.  Reads inputs (node files, job files, a joblog to resume) but
+    opens, creates or truncates no output: the Plan holds only paths, and
+    ``open_outputs`` opens them when a run really starts."""
     from .jobs import JobFeed, JobInputError, open_job_file
     args = build_parser().parse_args(argv)
     job_files = _flatten(args.job_file)
@@ -248,16 +269,16 @@ def make_plan(argv):
         raise UsageError("no jobs given: use --job, --job-file or --on-each-node")
     if job_files.count("-") > 1:
         raise UsageError("--job-file: stdin (-) given more than once")
+    if "-" in job_files and "-" in _flatten(args.node_file):
+        raise UsageError("--node-file - and --job-file - cannot both read stdin")
     if args.group and args.output_dir:
         raise UsageError("--group and --output-dir cannot be combined")
-    if args.output_dir:
-        try:
-            os.makedirs(args.output_dir, exist_ok=True)
-        except OSError as error:
-            raise UsageError("--output-dir: cannot create %s: %s" % (args.output_dir,
-                                                                   error.strerror))
+    if args.resume and not args.joblog:
+        raise UsageError("--resume needs --joblog FILE")
+    active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)
+    skip = _resume_skip(args)
     sources = []
     try:
         for path in job_files:
@@ -266,7 +287,6 @@ def make_plan(argv):
         for source in sources:
             source.close()
         raise UsageError(str(error))
-    joblog, skip = _joblog(args)
     feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
     pinned = args.on_each_node is not None
     if pinned:
@@ -278,13 +298,51 @@ def make_plan(argv):
         multiplex=not pinned if args.multiplex is None else args.multiplex,
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
-        tag=args.tag, group=args.group, output_dir=args.output_dir, dry_run=args.dry_run,
+        tag=args.tag, group=args.group, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
-        retry_nodes=args.retry_nodes,
-        active_nodes=args.active_nodes,
-        stdout_fd=_open_output(args.stdout, "--stdout", 1),
-        stderr_fd=_open_output(args.stderr, "--stderr", 2))
-    return plan, feed, joblog
+        retry_nodes=args.retry_nodes, exec_words=None,
+        # Where output goes: paths, and the -A file resolved but untouched.
+        stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,
+        resume=args.resume, output_dir_path=args.output_dir,
+        active_nodes=active_nodes)
+    return plan, feed
+
+
+def open_outputs(plan):
+    """Open (create, truncate) the files a run writes, now that it really
+    starts: returns the Plan the runner takes (with ``stdout_fd``,
+    ``stderr_fd`` and an open ``output_dir``) and the joblog or None.
+    Raises LocalIOError."""
+    from .records import Joblog
+    from .userfiles import OutputDir, open_for_writing
+    opened = dict(vars(plan))
+    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
+    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
+    joblog = Joblog(plan.joblog_path, resume=plan.resume) if plan.joblog_path else None
+    opened["output_dir"] = None
+    if plan.output_dir_path:
+        opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
+    return Plan(**opened), joblog
+
+
+def reopen_closed_standard_fds():
+    """Put /dev/null on any of fds 0-2 that is closed (``clstr 2>&-``), before
+    clstr opens anything: otherwise the next file opened (the joblog, the
+    event loop's epoll fd) would become stdout or stderr and receive job
+    output."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        # Python leaves sys.stdout etc. None when the fd was closed at start.
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def raise_open_file_limit():
@@ -300,9 +358,10 @@ def raise_open_file_limit():
 
 
 def main(argv=None):
+    reopen_closed_standard_fds()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        plan, feed, joblog = make_plan(argv)
+        plan, feed = make_plan(argv)
     except UsageError as error:
         sys.stderr.write("clstr: error: %s (see clstr --help)\n" % error)
         return 2
@@ -315,6 +374,14 @@ def main(argv=None):
         except BrokenPipeError:
             return 141
         return 0
-    raise_open_file_limit()
+    from .errors import EXIT_LOCAL_IO, LocalIOError
     from .runner import Runner
-    return Runner(plan, feed, joblog).run()
+    try:
+        run_plan, joblog = open_outputs(plan)
+        raise_open_file_limit()
+        return Runner(run_plan, feed, joblog).run()
+    except LocalIOError as error:
+        # The runner stops a run cleanly on its own I/O failures; this is
+        # for those before it starts, and a last guard.
+        sys.stderr.write("clstr: %s\n" % error)
+        return EXIT_LOCAL_IO

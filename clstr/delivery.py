@@ -8,8 +8,10 @@ the host), grouped per job, or files per job.
 
 import os
 
+from .errors import LocalIOError
 from .lines import LINE_ENDS, LineAssembler, final_line_end
 from .output import SpillBuffer
+from .userfiles import write_all
 
 
 def tag_lines(prefix, lines):
@@ -107,41 +109,53 @@ class _Group:
 
 class _Files:
     """Files mode: DIR/N.out and DIR/N.err for job N.  An attempt writes to
-    hidden partial files that are renamed into place only if it succeeded, so
-    a file that looks complete is complete."""
+    fresh hidden partial files that are renamed into place only if it
+    succeeded, so a file that looks complete is complete.  Writes that fail
+    raise ``LocalIOError``."""
 
-    __slots__ = ("_paths", "_fds")
+    __slots__ = ("_output_dir", "_names", "_fds", "_partials")
 
-    def __init__(self, directory, seq):
-        self._paths = {stream: os.path.join(directory, "%d.%s" % (seq, suffix))
-                       for stream, suffix in ((1, "out"), (2, "err"))}
+    def __init__(self, output_dir, seq):
+        self._output_dir = output_dir
+        self._names = {1: "%d.out" % seq, 2: "%d.err" % seq}
         self._fds = {}
-        for stream, path in self._paths.items():
-            self._fds[stream] = os.open(_partial(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                        | os.O_CLOEXEC, 0o666)
+        self._partials = {}
+        try:
+            for stream, name in self._names.items():
+                self._fds[stream], self._partials[stream] = output_dir.partial(name)
+        except BaseException:
+            self.close(False)
+            raise
 
     def data(self, stream, chunk):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fds[stream], view):]
+        write_all(self._fds[stream], chunk, self._partials[stream])
 
     def close(self, succeeded):
-        for stream, path in self._paths.items():
-            os.close(self._fds[stream])
-            if succeeded:
-                os.replace(_partial(path), path)
+        """Put the files in place if ``succeeded``, else remove them.  Safe
+        to call again after a failure."""
+        failed = None
+        for stream in list(self._fds):
+            try:
+                os.close(self._fds.pop(stream))
+            except OSError as error:  # NFS and some others report ENOSPC here
+                failed = failed or LocalIOError(self._partials[stream], error)
+        for stream in list(self._partials):
+            partial = self._partials.pop(stream)
+            if succeeded and failed is None:
+                self._output_dir.publish(partial, self._names[stream])
             else:
-                os.unlink(_partial(path))
-
-
-def _partial(path):
-    directory, name = os.path.split(path)
-    return os.path.join(directory, "." + name + ".partial")
+                try:
+                    os.unlink(partial)
+                except OSError:
+                    pass
+        if failed is not None:
+            raise failed
 
 
 class Delivery:
     """Chooses the mode for a run: ``group`` and ``tag`` flags, or an
-    ``output_dir``.  In files mode ``record`` appends to DIR/index.tsv (job
+    ``output_dir`` (a ``userfiles.OutputDir``, already open).  In files mode
+    ``record`` appends to DIR/index.tsv (job
     number, exit status, host, command), one line per job with a single
     write, so the index is never torn."""
 
@@ -149,28 +163,21 @@ class Delivery:
         self._sinks = sinks
         self._tag = tag
         self._group = group
-        self._output_dir = output_dir
-        self._index_fd = None
-        if output_dir:
-            self._index_fd = os.open(os.path.join(output_dir, "index.tsv"),
-                                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                                     | os.O_CLOEXEC, 0o666)
-            os.write(self._index_fd, b"seq\tstatus\thost\tcommand\n")
+        self._output_dir = output_dir  # an open userfiles.OutputDir
 
     def open(self, seq, host):
-        if self._output_dir:
+        if self._output_dir is not None:
             return _Files(self._output_dir, seq)
         prefix = (host + ": ").encode("utf-8", "surrogateescape") if self._tag else b""
         return (_Group if self._group else _Lines)(self._sinks, prefix)
 
     def record(self, seq, status, host, command):
         """Note a job's final outcome (files mode only)."""
-        if self._index_fd is not None:
+        if self._output_dir is not None:
             line = "%d\t%s\t%s\t%s\n" % (
                 seq, status, host, command.replace("\t", "\\t").replace("\n", "\\n"))
-            os.write(self._index_fd, line.encode("utf-8", "backslashreplace"))
+            self._output_dir.record(line.encode("utf-8", "backslashreplace"))
 
     def close(self):
-        if self._index_fd is not None:
-            os.close(self._index_fd)
-            self._index_fd = None
+        if self._output_dir is not None:
+            self._output_dir.close()

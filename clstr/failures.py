@@ -19,6 +19,12 @@ class Kind(enum.Enum):
     THROTTLED = "throttled"
     CONNECTION_LOST = "connection lost"
     SSH_ERROR = "ssh error"
+    # An --exec transport (srun, docker, kubectl) failed before the job
+    # started: the node's fault, as a refused ssh.
+    TRANSPORT = "transport"
+    # A failure no node can cure (Slurm's step limit reached, a bad option in
+    # the --exec template): the run stops instead of retiring every node.
+    FATAL = "fatal"
     JOB_EXIT = "job exit"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
@@ -27,6 +33,11 @@ class Kind(enum.Enum):
     def transport(self):
         """True when the connection, not the job, failed."""
         return self not in (Kind.JOB_EXIT, Kind.TIMEOUT, Kind.INTERRUPTED)
+
+    @property
+    def stops_run(self):
+        """True when no other node or attempt could do better."""
+        return self is Kind.FATAL
 
 
 # In priority order: the first pattern found in the last lines of ssh's stderr

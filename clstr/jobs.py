@@ -4,16 +4,26 @@ Job commands are bytes from start to end: they are read from files as bytes and
 handed to ssh as bytes, so a command that is not valid UTF-8 still runs.
 
 Job files are read as the run goes, not up front: a regular file is read a
-block at a time when jobs are wanted; a pipe, FIFO or terminal is read by the
-event loop as lines arrive, so jobs start as soon as their line does and a job
-source that never ends works.  Only a bounded number of unread jobs is held.
+block at a time when jobs are wanted; a pipe, FIFO, socket or terminal is read
+by the event loop as lines arrive, so jobs start as soon as their line does and
+a job source that never ends works.  Only a bounded number of unread jobs is
+held.  Anything else (``/dev/null``, another device) cannot be watched by the
+event loop (epoll refuses it) and is read whole when opened.
+
+A line that cannot be a command (it holds a NUL byte, which no argv can) is
+an error before anything starts when it is in a file that can be checked
+first; in a stream it becomes a rejected job, reported and not run.
 """
 
 import collections
+import io
 import os
 import stat
 
 READ_SIZE = 65536
+# Checking a regular file for NUL bytes before the run reads it this much at
+# a time.
+SCAN_SIZE = 1 << 20
 # Stop reading a streaming source while this many of its jobs wait to run.
 MAX_BUFFERED_JOBS = 10000
 
@@ -23,9 +33,10 @@ class JobInputError(Exception):
 
 
 class Job:
-    """One command to run, and what has happened to it so far."""
+    """One command to run, and what has happened to it so far.  A
+    ``rejected`` job (the reason, naming file and line) is never run."""
 
-    __slots__ = ("seq", "command", "host", "attempts", "failures")
+    __slots__ = ("seq", "command", "host", "attempts", "failures", "rejected")
 
     def __init__(self, seq, command, host=None):
         self.seq = seq
@@ -33,6 +44,7 @@ class Job:
         self.host = host  # set for --on-each-node: runs on this host only
         self.attempts = 0
         self.failures = []  # (host name, Failure) per failed attempt
+        self.rejected = None
 
     @property
     def text(self):
@@ -40,51 +52,123 @@ class Job:
         return self.command.decode("utf-8", "backslashreplace")
 
 
-def split_job_lines(data):
-    """Commands from complete lines: newline and CR stripped, blank lines skipped."""
-    commands = []
-    for line in data.split(b"\n"):
+def numbered_job_lines(data, first=1):
+    """(line number, command) for each job in ``data``, whose first line is
+    number ``first``: newline and CR stripped, blank lines skipped (but
+    counted)."""
+    jobs = []
+    for number, line in enumerate(data.split(b"\n"), first):
         if line.endswith(b"\r"):
             line = line[:-1]
         if line.strip():
-            commands.append(line)
-    return commands
+            jobs.append((number, line))
+    return jobs
+
+
+def split_job_lines(data):
+    """Commands from complete lines: newline and CR stripped, blank lines skipped."""
+    return [command for _, command in numbered_job_lines(data)]
+
+
+NUL_IN_JOB = "job contains a NUL byte"
+
+
+def _check_no_nul(name, blocks):
+    """Raise JobInputError naming the line of the first NUL byte in
+    ``blocks`` (consecutive pieces of one file), if there is one."""
+    newlines = 0
+    for block in blocks:
+        at = block.find(b"\0")
+        if at >= 0:
+            number = newlines + block.count(b"\n", 0, at) + 1
+            raise JobInputError("%s:%d: %s" % (name, number, NUL_IN_JOB))
+        newlines += block.count(b"\n")
+
+
+def _blocks_from(fd, offset):
+    """A regular file's content from ``offset`` on, leaving the fd's own
+    position where it is (stdin may be a file read from its middle)."""
+    while True:
+        block = os.pread(fd, SCAN_SIZE, offset)
+        if not block:
+            return
+        offset += len(block)
+        yield block
+
+
+def _read_whole(name, fd):
+    """Everything a device gives until its end, checked for NUL bytes."""
+    os.set_blocking(fd, True)
+    blocks = []
+    while True:
+        block = os.read(fd, SCAN_SIZE)
+        blocks.append(block)
+        if not block or b"\0" in block:  # /dev/zero would never end
+            break
+    data = b"".join(blocks)
+    _check_no_nul(name, [data])
+    return data
+
+
+def is_stream(fd, mode):
+    """True for what only the event loop should read (``mode`` is the fd's
+    st_mode): pipes, FIFOs, sockets and terminals, whose end may be far
+    away."""
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 class _FileSource:
-    """Jobs from one opened file descriptor."""
+    """Jobs from one opened file descriptor.  Raises JobInputError if the
+    source is a directory or, unless it is a stream, holds a NUL byte."""
 
     def __init__(self, name, fd):
         self.name = name
         self.fd = fd
-        self.streaming = not stat.S_ISREG(os.fstat(fd).st_mode)
         self.partial = b""
         self.at_eof = False
+        self.line = 0  # lines of the source read so far
+        self._whole = None  # a device's content, read when opened
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise JobInputError("cannot read job file %s: Is a directory" % name)
+            self.streaming = is_stream(fd, mode)
+            if stat.S_ISREG(mode):
+                _check_no_nul(name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)))
+            elif not self.streaming:
+                self._whole = io.BytesIO(_read_whole(name, fd))
+        except OSError as error:
+            raise JobInputError("cannot read job file %s: %s" % (name, error.strerror))
+
+    def _read(self):
+        if self._whole is not None:
+            return self._whole.read(READ_SIZE)
+        return os.read(self.fd, READ_SIZE)
 
     def read_block(self):
-        """Read once; return the commands completed.  Raises BlockingIOError
-        when a streaming source has nothing yet."""
-        data = os.read(self.fd, READ_SIZE)
-        if data and not self.streaming and len(data) < READ_SIZE:
-            # Probably the end of a regular file: look now, so the job count
-            # is known from the start for the status line.
-            more = os.read(self.fd, READ_SIZE)
-            if more:
-                data += more
-            else:
-                complete = split_job_lines(self.partial + data)
-                self.partial, self.at_eof = b"", True
-                return complete
+        """Read once; return (line number, command) for each command
+        completed.  Raises BlockingIOError when a streaming source has
+        nothing yet."""
+        data = self._read()
         if not data:
             self.at_eof = True
-            data, self.partial = self.partial + b"\n", b""
-            return split_job_lines(data)
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            self.partial += data
-            return []
-        complete, self.partial = self.partial + data[:cut], data[cut:]
-        return split_job_lines(complete)
+        elif not self.streaming and len(data) < READ_SIZE:
+            # Probably the end of a regular file: look now, so the job count
+            # is known from the start for the status line.
+            more = self._read()
+            data += more
+            self.at_eof = not more
+        if self.at_eof:
+            complete, self.partial = self.partial + data, b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                self.partial += data
+                return []
+            complete, self.partial = self.partial + data[:cut - 1], data[cut:]
+        jobs = numbered_job_lines(complete, self.line + 1)
+        self.line += complete.count(b"\n") + 1
+        return jobs
 
     def close(self):
         if self.fd is not None and self.fd != 0:
@@ -93,19 +177,24 @@ class _FileSource:
 
 
 def open_job_file(path):
-    """Open a job file (``-`` is stdin) now, so a missing one is reported
-    before anything starts.  FIFOs are opened without blocking: waiting for a
-    writer is the event loop's business."""
+    """Open a job file (``-`` is stdin) now, so a missing one, or one with a
+    line that cannot be run, is reported before anything starts.  FIFOs are
+    opened without blocking: waiting for a writer is the event loop's
+    business."""
     if path == "-":
-        return _FileSource("<stdin>", 0)
+        name, fd = "<stdin>", 0
+    else:
+        name = path
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as error:
+            raise JobInputError("cannot read job file %s: %s" % (path, error.strerror))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise JobInputError("cannot read job file %s: %s" % (path, error.strerror))
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise JobInputError("cannot read job file %s: Is a directory" % path)
-    return _FileSource(path, fd)
+        return _FileSource(name, fd)
+    except JobInputError:
+        if fd != 0:
+            os.close(fd)
+        raise
 
 
 class JobFeed:
@@ -115,6 +204,7 @@ class JobFeed:
     def __init__(self, commands=(), files=(), skip=None):
         self._skip = skip  # predicate: a job already completed (--resume)
         self.skipped = 0
+        self.rejected = []  # jobs read that cannot run (see Job.rejected)
         self._ready = collections.deque()
         self._retry = collections.deque()
         self._files = collections.deque(files)
@@ -135,10 +225,15 @@ class JobFeed:
         """True once every source has been read to its end."""
         return not self._files
 
-    def _add(self, command, host=None):
+    def _add(self, command, host=None, source=None, number=0):
         self._count += 1
         job = Job(self._count, command, host)
-        if self._skip is not None and self._skip(job):
+        if b"\0" in command:
+            # Only a stream gets here: other files are checked when opened,
+            # and argv cannot hold a NUL.
+            job.rejected = "%s:%d: %s; not run" % (source.name, number, NUL_IN_JOB)
+            self.rejected.append(job)
+        elif self._skip is not None and self._skip(job):
             self.skipped += 1
         else:
             self._ready.append(job)
@@ -171,6 +266,11 @@ class JobFeed:
         """Put a job whose attempt failed at the front of the queue."""
         self._retry.append(job)
 
+    @property
+    def waiting_count(self):
+        """How many jobs are read but not yet handed out (cheap)."""
+        return len(self._retry) + len(self._ready)
+
     def waiting(self):
         """Jobs read but not yet handed out."""
         return list(self._retry) + list(self._ready)
@@ -195,10 +295,13 @@ class JobFeed:
                 commands = source.read_block()
             except OSError as error:
                 raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
-            for command in commands:
-                self._add(command)
+            self._add_from(source, commands)
             if source.at_eof:
                 self._finish_source()
+
+    def _add_from(self, source, numbered):
+        for number, command in numbered:
+            self._add(command, source=source, number=number)
 
     def _finish_source(self):
         self._files.popleft().close()
@@ -226,8 +329,7 @@ class JobFeed:
             return
         except OSError as error:
             raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
-        for command in commands:
-            self._add(command)
+        self._add_from(source, commands)
         if source.at_eof:
             self._loop.remove_reader(source.fd)
             self._watched = None
@@ -249,8 +351,7 @@ class JobFeed:
             source = self._files[0]
             os.set_blocking(source.fd, True)
             while not source.at_eof:
-                for command in source.read_block():
-                    self._add(command)
+                self._add_from(source, source.read_block())
             self._finish_source()
 
     def drain_regular_files(self):
@@ -259,6 +360,5 @@ class JobFeed:
         while self._files and not self._files[0].streaming:
             source = self._files[0]
             while not source.at_eof:
-                for command in source.read_block():
-                    self._add(command)
+                self._add_from(source, source.read_block())
             self._finish_source()

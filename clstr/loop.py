@@ -7,6 +7,11 @@ or ssh: callers register callbacks and the loop calls them.
 Child exits arrive as SIGCHLD, which wakes the selector through a self-pipe
 installed with ``signal.set_wakeup_fd``; the loop then reaps only the pids it
 spawned, so it never steals the exit status of somebody else's child.
+
+A callback that raises an exception the owner declared with
+``handle_errors`` does not unwind the loop: the exception goes to the owner's
+handler and the loop carries on, so the other children are still reaped and
+the other signals still dispatched.
 """
 
 import errno
@@ -69,12 +74,28 @@ class EventLoop:
         self._saved_handlers = {}
         self._pending_signals = []
         self._stopping = False
+        self._handled_errors = ()
+        self._on_error = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.add_reader(self._wake_r, self._drain_wakeup)
         self.add_signal_handler(signal.SIGCHLD, self._reap_children)
+
+    def handle_errors(self, types, handler):
+        """Pass exceptions of ``types`` (a tuple of classes) raised by any
+        callback to ``handler(error)`` instead of letting them end ``run()``.
+        For failures that must stop the caller's work in order (clstr's own
+        I/O errors), not halfway through a callback's caller."""
+        self._handled_errors = tuple(types)
+        self._on_error = handler
+
+    def _call(self, callback, *args):
+        try:
+            callback(*args)
+        except self._handled_errors as error:
+            self._on_error(error)
 
     # -- file descriptors -------------------------------------------------
 
@@ -151,7 +172,7 @@ class EventLoop:
             except ChildProcessError:
                 reaped, status = pid, 255 << 8
             if reaped:
-                self._children.pop(pid)(exit_code(status))
+                self._call(self._children.pop(pid), exit_code(status))
 
     @property
     def child_count(self):
@@ -184,7 +205,7 @@ class EventLoop:
             for signum in sorted(signums, key=lambda s: s != signal.SIGCHLD):
                 callback = self._signal_callbacks.get(signum)
                 if callback:
-                    callback()
+                    self._call(callback)
 
     # -- running ------------------------------------------------------------
 
@@ -219,16 +240,19 @@ class EventLoop:
             # Stale if the fd was closed and its number reused this iteration.
             if current is not key.data:
                 continue
-            if mask & selectors.EVENT_READ and current.on_read:
-                current.on_read()
-            if mask & selectors.EVENT_WRITE and current.on_write and not self._stopping:
-                # on_read may have replaced the registration.
-                try:
-                    latest = self._selector.get_key(key.fd).data
-                except KeyError:
-                    continue
-                if latest.on_write:
-                    latest.on_write()
+            try:
+                if mask & selectors.EVENT_READ and current.on_read:
+                    current.on_read()
+                if mask & selectors.EVENT_WRITE and current.on_write and not self._stopping:
+                    # on_read may have replaced the registration.
+                    try:
+                        latest = self._selector.get_key(key.fd).data
+                    except KeyError:
+                        continue
+                    if latest.on_write:
+                        latest.on_write()
+            except self._handled_errors as error:
+                self._on_error(error)
         self._dispatch_signals()
         self._run_due_timers()
 
@@ -249,7 +273,7 @@ class EventLoop:
             _, _, timer = heapq.heappop(self._timers)
             if not timer.cancelled:
                 timer.cancelled = True
-                timer.callback()
+                self._call(timer.callback)
 
     def close(self):
         """Restore signal handlers and release the loop's own fds."""

@@ -17,8 +17,9 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 
-from .failures import Failure, Kind, classify
+from .failures import Kind, classify
 
 # A master with no sessions for this long exits by itself: the safety net if
 # clstr is killed before it can stop its masters.  Jobs whose master has gone
@@ -29,6 +30,20 @@ EXIT_WAIT = 5.0
 # A master not up this long after its connect timeout is given up: ssh can
 # fall back to a plain session that never returns (e.g. a socket in the way).
 START_GRACE = 15.0
+# ssh creates the control socket right after authenticating, before it goes
+# to the background; a master that has authenticated and still has no socket
+# this much later will never have one (a front end that drops the Control
+# options, say).
+SOCKET_AFTER_AUTH = 2.0
+# How often a starting master's log and socket are looked at.
+WATCH_INTERVAL = 0.1
+# What ssh says at LogLevel VERBOSE once the user is authenticated.
+AUTHENTICATED = b"Authenticated to "
+# Failures that say the host cannot be reached or will not have us; any other
+# failure of a master (ssh error, a front end's own exit status) is no verdict
+# on the host.
+CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.TIMED_OUT, Kind.AUTH, Kind.HOST_KEY,
+                                 Kind.UNRESOLVED, Kind.THROTTLED, Kind.CONNECTION_LOST))
 
 
 def _socket_directory():
@@ -41,7 +56,8 @@ def _socket_directory():
 class Master:
     """One ControlMaster: its socket, and whether it is up."""
 
-    __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "timed_out")
+    __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "watcher",
+                 "authenticated_at", "unavailable")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -51,13 +67,27 @@ class Master:
         self.ready = False
         self.starter = None  # pid of the ssh still setting the master up
         self.timer = None
-        self.timed_out = False
+        self.watcher = None
+        self.authenticated_at = None
+        # Why connection sharing cannot work for this master (None: it can).
+        self.unavailable = None
 
 
 class MasterSet:
     """The masters of one run.  ``start(host, group, on_done)`` starts one and
-    calls ``on_done(failure)`` (None when it is up); ``control_path(host,
-    slot_index)`` names the socket a slot's jobs use."""
+    calls ``on_done(failure, unavailable)``: ``failure`` is None when the host
+    answered, and then ``unavailable`` is None when the master is up, or the
+    reason connection sharing does not work there (the host's jobs then use
+    direct connections).  ``control_path(host, slot_index)`` names the socket
+    a slot's jobs use, None for a direct connection.
+
+    Connection sharing is an optimisation, never a reason to lose a node: a
+    master that fails for a reason that is not a connection failure, exits 0
+    without a socket, or authenticates and leaves no socket (an ssh front end
+    that drops the Control options) makes the host use direct connections,
+    and only a direct connection's failure retires it.  This is decided on
+    evidence (exit status, the master's log, the socket), not on time alone:
+    a throttled or slow key exchange is no missing feature."""
 
     def __init__(self, loop, ssh, sessions_per_master=10, start_timeout=None):
         self._loop = loop
@@ -87,6 +117,8 @@ class MasterSet:
             # useless.  A socket left by one killed outright would make the
             # new ssh quietly skip being a master.
             master.ready = False
+            master.unavailable = None
+            master.authenticated_at = None
             try:
                 os.unlink(master.path)
             except FileNotFoundError:
@@ -99,26 +131,75 @@ class MasterSet:
                                               lambda code: self._started(master, code, on_done))
         finally:
             os.close(log_fd)
-        master.timer = self._loop.call_later(self._start_timeout, lambda: self._too_slow(master))
+        master.timer = self._loop.call_later(
+            self._start_timeout,
+            lambda: self._give_up(master, "master connection not up after %gs"
+                                  % self._start_timeout))
+        master.watcher = self._loop.call_later(WATCH_INTERVAL, lambda: self._watch(master))
 
-    def _too_slow(self, master):
+    def _watch(self, master):
+        """While the starting ssh runs: has it authenticated, and then does
+        its socket follow?"""
+        master.watcher = None
+        if not master.starter:
+            return
+        if master.authenticated_at is None and AUTHENTICATED in self._log_tail(master):
+            master.authenticated_at = time.monotonic()
+        if (master.authenticated_at is not None and not os.path.exists(master.path)
+                and time.monotonic() - master.authenticated_at > SOCKET_AFTER_AUTH):
+            self._give_up(master, "authenticated, but no control socket followed")
+            return
+        master.watcher = self._loop.call_later(WATCH_INTERVAL, lambda: self._watch(master))
+
+    def _give_up(self, master, reason):
+        """Stop a starting master that will not share its connection."""
         if master.starter:
-            master.timed_out = True
-            os.kill(master.starter, signal.SIGTERM)
+            master.unavailable = reason
+            try:
+                os.kill(master.starter, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _log_tail(master):
+        try:
+            with open(master.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 4096))
+                return log.read()
+        except OSError:
+            return b""
 
     def _started(self, master, code, on_done):
         master.starter = None
         master.timer.cancel()
-        with open(master.log_path, "rb") as log:
-            said = log.read()[-4096:]
-        failure = classify(code, said)
-        if master.timed_out:
-            failure = Failure(Kind.TIMED_OUT, "master connection not up after %gs"
-                              % self._start_timeout)
-        elif failure is None and not os.path.exists(master.path):
-            failure = Failure(Kind.SSH_ERROR, "master exited without its control socket")
-        master.ready = failure is None
-        on_done(failure)
+        if master.watcher:
+            master.watcher.cancel()
+            master.watcher = None
+        failure = None
+        if master.unavailable is None:
+            failure = classify(code, self._log_tail(master))
+            if failure is None and not os.path.exists(master.path):
+                master.unavailable = "the master exited without a control socket"
+            elif failure is not None and failure.kind not in CONNECTION_FAILURES:
+                # Not a connection failure (e.g. a front end rejecting
+                # ControlMaster): let a direct connection decide.
+                master.unavailable = "the master failed: %s" % failure.detail
+                failure = None
+        master.ready = failure is None and master.unavailable is None
+        if master.unavailable and os.path.exists(master.path):
+            self._ask_to_exit(master)
+        on_done(failure, master.unavailable)
+
+    def _ask_to_exit(self, master, on_exit=lambda code: None):
+        """Ask the master at ``master.path`` to exit; False if ssh could not
+        even be started."""
+        argv = self._ssh.master_exit_argv(master.host, master.path)
+        try:
+            self._loop.spawn(argv, self._devnull, self._devnull, self._devnull, on_exit)
+        except OSError:
+            return False
+        return True
 
     def control_path(self, host, slot_index):
         master = self._masters.get((host, self.group_of(slot_index)))
@@ -135,15 +216,8 @@ class MasterSet:
                     os.kill(master.starter, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            if not os.path.exists(master.path):
-                continue
-            argv = self._ssh.master_exit_argv(master.host, master.path)
-            try:
-                pid = self._loop.spawn(argv, self._devnull, self._devnull, self._devnull,
-                                       lambda code, key=master.path: pending.discard(key))
-            except OSError:
-                continue
-            if pid:
+            if os.path.exists(master.path) and self._ask_to_exit(
+                    master, lambda code, key=master.path: pending.discard(key)):
                 pending.add(master.path)
         if pending:
             timer = self._loop.call_later(EXIT_WAIT, self._loop.stop)

@@ -13,6 +13,8 @@ import os
 import stat
 import tempfile
 
+from .errors import LocalIOError
+
 # Above this many buffered bytes the sink asks for reading to pause; below the
 # low mark it asks to resume.  Children then block on their full pipes.
 HIGH_WATER = 4 * 1024 * 1024
@@ -39,13 +41,23 @@ class Sink:
     slow reader never stalls the loop; terminals and regular files are written
     directly.  ``on_pressure(bool)`` is called with True when the buffer passes
     the high-water mark and False when it has drained; ``on_broken()`` when the
-    reader has gone away (EPIPE)."""
+    reader has gone away (EPIPE); ``on_error(LocalIOError)`` when any other
+    write error happens (a full disk), with ``name`` ("stdout", a path) as
+    the LocalIOError's ``what``; without ``on_error`` the LocalIOError is
+    raised.  Either way the sink then drops what it holds and all later
+    writes: nothing more can reach that file in order.
 
-    def __init__(self, loop, fd, on_pressure=None, on_broken=None):
+    What a pipe's reader has not taken yet stays buffered (``pending``); the
+    owner lets the loop run until it is written, so that signals are still
+    handled while a slow reader catches up.  ``close()`` drops the rest."""
+
+    def __init__(self, loop, fd, on_pressure=None, on_broken=None, name=None, on_error=None):
         self._loop = loop
         self.fd = fd
+        self.name = name or "fd %d" % fd
         self._on_pressure = on_pressure or (lambda pressed: None)
         self._on_broken = on_broken or (lambda: None)
+        self._on_error = on_error
         self._chunks = collections.deque()
         self._buffered = 0
         self._pressed = False
@@ -63,6 +75,11 @@ class Sink:
     @property
     def buffered(self):
         return self._buffered
+
+    @property
+    def pending(self):
+        """True while bytes wait for the reader."""
+        return bool(self._chunks)
 
     def write(self, source, data):
         """Append ``data`` (whole lines, or a final unterminated line) from
@@ -130,10 +147,20 @@ class Sink:
                 else:
                     chunks[0] = memoryview(chunk)[written:]
         except OSError as error:
+            self._drop()
+            if self._pressed:
+                # Nothing is buffered any more: let the children be read
+                # (and stopped) instead of leaving them blocked.
+                self._pressed = False
+                self._on_pressure(False)
             if error.errno in (errno.EPIPE, errno.ECONNRESET):
-                self._break()
+                self._on_broken()
                 return
-            raise
+            failure = LocalIOError(self.name, error)
+            if self._on_error is None:
+                raise failure
+            self._on_error(failure)
+            return
         if not chunks and self._writer_armed:
             self._writer_armed = False
             self._loop.remove_writer(self.fd)
@@ -141,7 +168,8 @@ class Sink:
             self._pressed = False
             self._on_pressure(False)
 
-    def _break(self):
+    def _drop(self):
+        """Forget what is buffered and everything written from now on."""
         self.broken = True
         for chunk in self._chunks:
             if isinstance(chunk, _SpillReader):
@@ -151,26 +179,13 @@ class Sink:
         if self._writer_armed:
             self._writer_armed = False
             self._loop.remove_writer(self.fd)
-        self._on_broken()
-
-    def flush_blocking(self):
-        """Write everything still buffered, waiting as long as it takes (used
-        once the run is over)."""
-        if self.broken:
-            return
-        if self._writer_armed:
-            self._writer_armed = False
-            self._loop.remove_writer(self.fd)
-        if self._saved_blocking is not None:
-            os.set_blocking(self.fd, True)
-            self._nonblocking = False
-        if self._chunks:
-            self._flush()
 
     def close(self):
-        """Flush and put the fd's blocking mode back as we found it (the fd is
-        shared with whoever started us)."""
-        self.flush_blocking()
+        """Drop what the reader has not taken (the owner runs the loop while
+        ``pending`` to write it all; it stops early only when told to leave
+        at once) and put the fd's blocking mode back as we found it (the fd
+        is shared with whoever started us).  Never blocks."""
+        self._drop()
         if self._saved_blocking is not None:
             try:
                 os.set_blocking(self.fd, self._saved_blocking)

@@ -7,6 +7,8 @@ append so a line is never torn, even by a crash.
 
 import os
 
+from .userfiles import open_for_writing, write_all
+
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
 
@@ -27,57 +29,108 @@ def joblog_line(seq, host, start, runtime, received, code, command):
 
 
 class Joblog:
-    """An open joblog.  New (truncated, with a header) unless ``resume``, in
-    which case records are appended."""
+    """The joblog, opened when the run starts: new (truncated, with a header)
+    unless ``resume``, in which case records are appended.  Opening or
+    writing it may raise ``LocalIOError``."""
 
     def __init__(self, path, resume=False):
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        if not resume:
-            flags |= os.O_TRUNC
+        self._fd = open_for_writing(path, truncate=not resume)
         try:
-            self._fd = os.open(path, flags, 0o666)
             if os.fstat(self._fd).st_size == 0:
-                os.write(self._fd, JOBLOG_HEADER.encode())
-        except OSError as error:
-            raise JoblogError("--joblog: cannot write %s: %s" % (path, error.strerror))
+                write_all(self._fd, JOBLOG_HEADER.encode(), path)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def record(self, *fields):
-        os.write(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"))
+        write_all(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"),
+                  self.path)
 
     def close(self):
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def completed_in_joblog(path):
-    """The (seq, command) pairs that a joblog shows completed (Exitval 0, no
-    signal).  A missing joblog means nothing completed yet."""
-    done = set()
+    """The keys (see ``job_key``) of the jobs a joblog shows completed
+    (Exitval 0, no signal).  A missing joblog means nothing completed yet.
+
+    Each completed line gives two keys, (seq, command) and (host, command):
+    a job from a job list is recognised by its number, a job run on each
+    node by its host, whatever the node list looks like now.
+
+    A torn last line (see ``torn_tail``) is ignored, so its job runs again;
+    a bad line anywhere else is an error naming the file and line."""
     try:
         with open(path, "rb") as log:
-            lines = log.read().decode("utf-8", "surrogateescape").splitlines()
+            data = log.read()
     except FileNotFoundError:
-        return done
+        return set()
     except OSError as error:
         raise JoblogError("--resume: cannot read %s: %s" % (path, error.strerror))
-    for number, line in enumerate(lines, 1):
-        if number == 1 and line.startswith("Seq\t"):
+    done = set()
+    for number, line in enumerate(_whole_lines(data), 1):
+        if number == 1 and line.startswith(b"Seq\t"):
             continue
-        fields = line.split("\t", 8)
-        if len(fields) != 9:
+        record = _parse_record(line.split(b"\t", 8))
+        if record is None:
             raise JoblogError("--resume: %s:%d: not a joblog line" % (path, number))
-        try:
-            seq, exitval, signum = int(fields[0]), int(fields[6]), int(fields[7])
-        except ValueError:
-            raise JoblogError("--resume: %s:%d: not a joblog line" % (path, number))
-        if exitval == 0 and signum == 0:
-            done.add((seq, fields[8]))
+        done.update(record)
     return done
 
 
+def torn_tail(data):
+    """How many bytes at the end of a joblog's content ``data`` are a line
+    torn by a failed write (a full disk): a last line without its newline,
+    or with too few fields.  --resume ignores it, and must cut it off before
+    appending, or the next record would run into it."""
+    body = data if data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
+    last = body[body.rfind(b"\n", 0, -1) + 1:]
+    if last and last.count(b"\t") < 8 and not last.startswith(b"Seq\t"):
+        body = body[:-len(last)]
+    return len(data) - len(body)
+
+
+def cut_torn_tail(fd):
+    """Before appending to a joblog on --resume: cut off its torn last line,
+    if any (see ``torn_tail``).  ``fd`` must be open for reading and
+    writing."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    torn = torn_tail(data)
+    if torn:
+        os.ftruncate(fd, len(data) - torn)
+
+
+def _whole_lines(data):
+    """The lines of a joblog's content, without a torn last one.  Split on
+    newlines only: a command may hold CR, form feed or U+2028, which
+    str.splitlines() would take for line ends."""
+    body = data[:len(data) - torn_tail(data)]
+    return body.split(b"\n")[:-1]
+
+
+def _parse_record(fields):
+    """The keys a joblog line's fields give if it records a completed
+    attempt (none if not), or None if they are not a joblog line."""
+    if len(fields) != 9:
+        return None
+    try:
+        seq, exitval, signum = int(fields[0]), int(fields[6]), int(fields[7])
+    except ValueError:
+        return None
+    if exitval or signum:
+        return ()
+    host, command = (field.decode("utf-8", "surrogateescape") for field in (fields[1], fields[8]))
+    return (seq, command), (host, command)
+
+
 def job_key(job):
-    """How a job is recognised in a joblog: its number and command."""
-    return job.seq, _one_line(job.text)
+    """How a job is recognised in a joblog: its command, with its host if it
+    runs on each node (--on-each-node; sequence numbers there follow the node
+    list, which may change between runs), else its number."""
+    return (job.host if job.host is not None else job.seq), _one_line(job.text)
 
 
 def failure_report(retired_hosts, incomplete_jobs, limit=20):
@@ -97,7 +150,8 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20):
                                                   "s" * (len(incomplete_jobs) != 1)))
         for job in incomplete_jobs[:limit]:
             tried = "; ".join("%s: %s" % (host, failure) for host, failure in job.failures)
-            lines.append("  job %d %r: %s" % (job.seq, job.text, tried or "never started"))
+            why = tried or job.rejected or "never started"
+            lines.append("  job %d %r: %s" % (job.seq, job.text, why))
         if len(incomplete_jobs) > limit:
             lines.append("  ... and %d more" % (len(incomplete_jobs) - limit))
     return lines

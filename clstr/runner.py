@@ -4,21 +4,29 @@ This is the only module that knows all the others; each of them knows only
 what it is handed.
 """
 
+import errno
 import os
 import random
 import signal
+import tempfile
 import time
 
-from .child import ChildProcess
 from .delivery import Delivery
-from .failures import Failure, Kind, classify
+from .errors import EXIT_LOCAL_IO, LocalIOError
+from .exectransport import exec_argv, wrapper_words
+from .failures import Failure, Kind
+from .localprocess import exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
+from .muxclient import MuxError
+from .muxsession import MuxSession
 from .nodes import NodePool
 from .output import Sink
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
-from .status import ActiveNodesFile, StatusLine, progress_text
+from .ssh import wrapped_command
+from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
+from .transport import NoSession
 
 # Exit statuses.
 EXIT_OK = 0
@@ -29,30 +37,77 @@ _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 # --retry-nodes: the cooldown doubles after each failed probe, up to this.
 RETRY_COOLDOWN_MAX = 600.0
 
+# Open files clstr holds for each running job: the read ends of the job's
+# stdout and stderr pipes and the write end of its stdin pipe, and, through
+# clstr's own mux client, the control socket (the pipe ends it passes to the
+# master are closed once sent; ssh has its own fds, not ours).
+FDS_PER_JOB = 4
+# Files held only for a moment, one at a time: a starting job's two pipe write
+# ends, a master's log, the active-nodes file's temporary, with room to spare.
+FDS_SPARE = 8
+# Starting a job failed for want of these, not for a fault of its own: wait
+# for a running job to end and give them back.
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
+# ... and a master that could not start for want of them tries again after this.
+MASTER_RESOURCE_WAIT = 1.0
+
 
 class Attempt:
-    """One job running on one slot: its child, output assemblers, and what
-    clstr itself did to it (``stopped_for``: a Kind if clstr killed it)."""
+    """One job running on one slot: its transport session, output delivery,
+    and what clstr itself did to it (``stopped_for``: a Kind if clstr
+    stopped it)."""
 
-    __slots__ = ("job", "slot", "child", "out", "stderr_tail", "started", "received",
-                 "timer", "stopped_for", "control_path")
+    __slots__ = ("job", "slot", "session", "out", "started", "received", "timer",
+                 "stopped_for")
 
     def __init__(self, job, slot, out):
         self.job = job
         self.slot = slot
-        self.child = None
+        self.session = None
         self.out = out
-        self.stderr_tail = b""
         self.started = time.time()
         self.received = 0
         self.timer = None
         self.stopped_for = None
-        self.control_path = None
 
 
 def same_file(fd_a, fd_b):
     a, b = os.fstat(fd_a), os.fstat(fd_b)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def open_files_limit():
+    """The soft RLIMIT_NOFILE (cli raised it as far as the hard limit lets),
+    or None if there is none to respect."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def open_fd_count():
+    """How many fds this process has open now (a generous guess without
+    /proc)."""
+    for directory in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(directory)) - 1  # listdir's own fd
+        except OSError:
+            continue
+    return 32
+
+
+def slots_that_fit(limit, in_use, fds_per_job):
+    """How many jobs can run at once with ``limit`` open files when
+    ``in_use`` are open already (at least one: a run that cannot start even
+    one job says so when it tries)."""
+    return max(1, (limit - in_use - FDS_SPARE) // fds_per_job)
+
+
+def _errno_of(error):
+    """The errno of an OSError, or of the OSError inside a LocalIOError."""
+    return getattr(error, "errno", None) or getattr(getattr(error, "error", None), "errno", None)
 
 
 class Runner:
@@ -74,33 +129,48 @@ class Runner:
         self.exit_status = None
         self._paused = False
         self._stopping = False
+        self._leaving = False  # a second signal: drop unwritten output, exit now
+        self._io_error = None  # the first LocalIOError of the run
+        self._starved = False  # out of fds/processes: start nothing until a job ends
+        self._limit_said = False
         self._master_tries = {}
+        self._direct = {}  # host -> why its connection could not be shared
+        self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
+        self._master_slots = {}  # (host, group) -> slots it serves, once started
+        self._unstarted = self._unstarted_masters()
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
-        # Every ssh gets the read end of this pipe as stdin; only clstr holds
-        # the write end and never writes.  The remote wrapper takes EOF on it
-        # as "connection or clstr gone" and stops the job (see ssh.py), even
-        # when clstr itself is killed.
-        self._stdin_read, self._stdin_write = os.pipe()
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
+        self.loop.handle_errors((LocalIOError,), self._local_io_failed)
         self.status = None
-        if plan.status and os.isatty(2):
-            self.status = StatusLine(self.loop, 2, self._status_text)
+        terminal = status_terminal() if plan.status else None
+        if terminal is not None:
+            self.status = StatusLine(self.loop, terminal, self._status_fields,
+                                     self._summary_fields)
             for sink in set(self.sinks.values()):
-                if os.isatty(sink.fd):
+                if os.isatty(sink.fd) and same_file(sink.fd, terminal):
                     sink.before_write = self.status.clear
         self.active_nodes = None
         if plan.active_nodes:
             self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes, self._active_entries)
+            # Its own timer calls write(): a failure there must stop the run
+            # like any other write of clstr's own.
+            write = self.active_nodes.write
+            self.active_nodes.write = lambda: self._guarded(plan.active_nodes.shown, write)
 
     def _make_sinks(self, stdout_fd, stderr_fd):
         """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
         messages (0).  Fds that are the same file share one sink, or partial
         writes to a shared pipe could cut each other's lines."""
         sinks = {}
+        # What a write error names: "stdout"/"stderr", or the -o/-e file.
+        std_names = {1: "stdout", 2: "stderr"}
+        file_names = {1: getattr(self.plan, "stdout_path", None) or "the --stdout file",
+                      2: getattr(self.plan, "stderr_path", None) or "the --stderr file",
+                      0: "stderr"}
         for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
             for other in sinks.values():
                 if same_file(other.fd, fd):
@@ -108,8 +178,23 @@ class Runner:
                     break
             else:
                 on_broken = self._broken_pipe if key == 1 else None
-                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken)
+                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken,
+                                  name=std_names.get(fd) or file_names[key],
+                                  on_error=self._local_io_failed)
         return sinks
+
+    def _guarded(self, what, write, *args):
+        """Run one of clstr's own writes (joblog, -A, --output-dir); if it
+        fails, stop the run as for any local I/O error.  Returns whether it
+        succeeded."""
+        try:
+            write(*args)
+            return True
+        except LocalIOError as error:
+            self._local_io_failed(error)
+        except OSError as error:
+            self._local_io_failed(LocalIOError(what, error))
+        return False
 
     # -- the run ----------------------------------------------------------------
 
@@ -117,13 +202,10 @@ class Runner:
         for signum in _SIGNAL_EXITS:
             self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
         try:
+            self._fit_slots_to_open_files_limit()
             if self.active_nodes:
                 self.active_nodes.write()
             self.feed.start(self.loop, self._dispatch)
-            if self.masters:
-                for host in self.pool.hosts.values():
-                    for group in self.masters.groups(host.slot_count):
-                        self._start_master(host.name, group)
             self._dispatch()
             if self.exit_status is None:
                 self.loop.run()
@@ -136,9 +218,10 @@ class Runner:
         more can happen."""
         if self._stopping:
             return
+        self._start_masters_as_needed()
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
-        while not self._stopping:
+        while not self._stopping and not self._starved:
             assignment = next_assignment()
             if assignment is None:
                 break
@@ -158,18 +241,66 @@ class Runner:
 
     # -- masters ------------------------------------------------------------
 
+    def _unstarted_masters(self):
+        """Every (host, group, slots) a master could serve, in random order
+        so that a short run spreads over the hosts."""
+        groups = []
+        if self.masters:
+            for host in self.pool.hosts.values():
+                for group in self.masters.groups(host.slot_count):
+                    groups.append((host.name, group,
+                                   len([slot for slot in host.slots
+                                        if self.masters.group_of(slot.index) == group])))
+        random.shuffle(groups)
+        return groups
+
+    def _start_masters_as_needed(self):
+        """Start masters for the slots the run can use at once, no more: with
+        -m N, or fewer jobs than slots, a master per listed host would cost
+        connections that never run a job.  A failed master's slots are made
+        up for by the next one."""
+        if not self._unstarted:
+            return
+        if self.feed.input_done:
+            wanted = self.pool.busy + self.feed.waiting_count
+        else:
+            wanted = self.pool.live_slots
+        if self.plan.max_nodes:
+            wanted = min(wanted, self.plan.max_nodes)
+        covered = sum(slots for (host, _), slots in self._master_slots.items()
+                      if not self.pool.hosts[host].retired)
+        while covered < wanted and self._unstarted:
+            host, group, slots = self._unstarted.pop()
+            if self.pool.hosts[host].retired:
+                continue
+            self._master_slots[host, group] = slots
+            covered += slots
+            self._start_master(host, group)
+
     def _start_master(self, host, group):
+        if self._stopping:
+            return
         try:
-            self.masters.start(host, group,
-                               lambda failure: self._master_started(host, group, failure))
+            self.masters.start(host, group, lambda failure, unavailable:
+                               self._master_started(host, group, failure, unavailable))
         except OSError as error:
+            if error.errno in _OUT_OF_RESOURCES and self.attempts:
+                # Running jobs hold the fds or processes it needs; not the
+                # host's fault.  Try again once some have ended.
+                self.loop.call_later(MASTER_RESOURCE_WAIT, lambda: self._start_master(host, group))
+                return
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))
 
-    def _master_started(self, host, group, failure):
+    def _master_started(self, host, group, failure, unavailable=None):
         if self._stopping:
             return
         if failure is None:
+            if unavailable and host not in self._direct:
+                self._direct[host] = unavailable
+                if self.plan.verbose:
+                    self._message("%s: connection sharing unavailable (%s), using direct "
+                                  "connections" % (host, unavailable))
             self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
             self._back_in_service(host)
         elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
@@ -229,57 +360,157 @@ class Runner:
     # -- attempts -----------------------------------------------------------
 
     def _start(self, job, slot):
-        attempt = Attempt(job, slot, self.delivery.open(job.seq, slot.host.name))
-        job.attempts += 1
-        control_path = None
-        if self.masters:
-            control_path = self.masters.control_path(slot.host.name, slot.index)
-        attempt.control_path = control_path
-        argv = self.plan.ssh.argv(slot.host.name, job.command, control_path)
+        attempt = Attempt(job, slot, None)
         try:
-            attempt.child = ChildProcess(
-                self.loop, argv, self._stdin_read,
-                lambda stream, data: self._output(attempt, stream, data),
-                lambda code: self._exited(attempt, code))
-        except OSError as error:
-            # Could not even start ssh (out of processes or fds): nothing
-            # will start later either, so stop with what we have.
-            attempt.out.close(False)
-            self.feed.requeue(job)
-            self.pool.put_back(slot)
-            self._message("cannot start ssh: %s" % error.strerror)
-            self._stop(EXIT_INCOMPLETE)
+            attempt.out = self.delivery.open(job.seq, slot.host.name)
+        except (OSError, LocalIOError) as error:
+            self._not_started(attempt, error, self.plan.output_dir_path)
             return
+        try:
+            attempt.session = self._open_session(
+                attempt, lambda stream, data: self._output(attempt, stream, data),
+                lambda code, failure: self._ended(attempt, code, failure))
+        except OSError as error:
+            self._not_started(attempt, error, None)
+            return
+        job.attempts += 1
         self.attempts.add(attempt)
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
                 self.plan.timeout, lambda: self._kill(attempt, Kind.TIMEOUT))
         if self._paused:
-            attempt.child.pause()
+            attempt.session.pause()
+
+    def _open_session(self, attempt, on_output, on_end):
+        """Start ``attempt`` through the transport its host uses."""
+        host = attempt.slot.host.name
+        if self.plan.exec_words:
+            argv = exec_argv(self.plan.exec_words, host, wrapper_words(attempt.job.command))
+            return exec_session(self.loop, argv, on_output, on_end)
+        control_path = None
+        if self.masters:
+            control_path = self.masters.control_path(host, attempt.slot.index)
+        if control_path and control_path not in self._ssh_client_only:
+            return MuxSession(self.loop, control_path, wrapped_command(attempt.job.command),
+                              on_output, on_end,
+                              lambda error, detail, on_output, on_end: self._mux_fell_back(
+                                  attempt, control_path, error, detail, on_output, on_end))
+        return self._ssh_session(attempt, control_path, on_output, on_end)
+
+    def _ssh_session(self, attempt, control_path, on_output, on_end):
+        host = attempt.slot.host.name
+        argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
+        return ssh_session(self.loop, argv, on_output, on_end, control_path)
+
+    def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
+        """clstr's mux client could not use the master: nothing ran, so the
+        attempt goes through the ssh client (which connects on its own if the
+        master has gone)."""
+        if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
+            self._ssh_client_only.add(control_path)
+            if self.plan.verbose:
+                self._message("%s: the master speaks another mux protocol (%s); using the "
+                              "ssh client" % (attempt.slot.host.name, detail))
+        try:
+            return self._ssh_session(attempt, control_path, on_output, on_end)
+        except OSError as error:
+            # Out of fds or processes: the attempt never started after all.
+            self.attempts.discard(attempt)
+            if attempt.timer:
+                attempt.timer.cancel()
+            attempt.job.attempts -= 1
+            self._not_started(attempt, error, None)
+            return NoSession()
+
+    def _not_started(self, attempt, error, what):
+        """An attempt could not start for a local reason (``what``: the file
+        clstr could not create, None for ssh itself).  No node is to blame:
+        the job goes back to the front of the queue."""
+        if attempt.out is not None:
+            self._guarded(self._delivery_files(), attempt.out.close, False)
+        self.feed.requeue(attempt.job)
+        self.pool.put_back(attempt.slot)
+        if _errno_of(error) in _OUT_OF_RESOURCES and self.attempts:
+            # Out of fds or processes for now: running jobs give theirs back
+            # as they end, so wait for one to end instead of aborting.
+            self._starved = True
+            self._say_slot_limit(len(self.attempts), error)
+            return
+        if what is not None or isinstance(error, LocalIOError):
+            self._local_io_failed(error if isinstance(error, LocalIOError)
+                                  else LocalIOError(what, error))
+            return
+        # Not even one ssh can start (ssh missing, or out of fds and
+        # processes with nothing running to free some): stop with what we have.
+        reason = error.strerror
+        if _errno_of(error) == errno.EMFILE:
+            reason += " (the open-files limit is %s)" % open_files_limit()
+        self._message("cannot start ssh: %s" % reason)
+        self._stop(EXIT_INCOMPLETE)
+
+    def _fit_slots_to_open_files_limit(self):
+        """Run no more jobs at once than the open-files limit can hold
+        (running more would only fail to start them)."""
+        limit = open_files_limit()
+        if limit is None:
+            return
+        per_job = FDS_PER_JOB
+        if self.plan.output_dir:
+            per_job += 2  # the job's two partial output files
+        if self.plan.group:
+            per_job += 2  # outputs past SPILL_AFTER wait in temporary files
+        fit = slots_that_fit(limit, open_fd_count(), per_job)
+        if fit < self._slots_wanted():
+            self.scheduler.max_running = fit
+            self._say_slot_limit(fit, None)
+
+    def _slots_wanted(self):
+        """How many jobs the user asked to run at once (slots, or -m)."""
+        wanted = len(self.plan.hosts)
+        return min(wanted, self.plan.max_nodes) if self.plan.max_nodes else wanted
+
+    def _say_slot_limit(self, fit, error):
+        if self._limit_said:
+            return
+        self._limit_said = True
+        if error is None or _errno_of(error) == errno.EMFILE:
+            why = "the open-files limit is %s (raise it with ulimit -n)" % open_files_limit()
+        else:
+            why = error.strerror
+        self._message("only %d of %d slots can run at once: %s" % (fit, self._slots_wanted(), why))
 
     def _kill(self, attempt, reason):
-        """Stop an attempt: killing the local ssh closes the connection, and
-        the remote wrapper then stops the job and all it started."""
+        """Stop an attempt: the transport closes its stdin, and the remote
+        wrapper then stops the job and all it started."""
         attempt.stopped_for = reason
-        attempt.child.kill(signal.SIGTERM)
+        attempt.session.stop()
 
     def _output(self, attempt, stream, data):
         attempt.received += len(data)
-        if stream == 2:
-            attempt.stderr_tail = (attempt.stderr_tail + data)[-4096:]
-        attempt.out.data(stream, data)
+        # Sinks report their own errors; this catches --output-dir files
+        # and --group's temporary files.
+        self._guarded(self._delivery_files(), attempt.out.data, stream, data)
 
-    def _exited(self, attempt, code):
+    def _ended(self, attempt, code, failure):
+        if code is None:
+            # No exit status (a shared connection lost): ssh would say 255.
+            code = 255
         self.attempts.discard(attempt)
+        self._starved = False  # its fds are free again
         if attempt.timer:
             attempt.timer.cancel()
         job = attempt.job
         host = attempt.slot.host.name
         if self.joblog:
-            self.joblog.record(job.seq, host, attempt.started,
-                               time.time() - attempt.started, attempt.received, code, job.text)
-        failure = self._failure(attempt, code)
-        attempt.out.close(failure is None)
+            self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
+                          time.time() - attempt.started, attempt.received, code, job.text)
+        failure = self._failure(attempt, failure)
+        self._guarded(self._delivery_files(), attempt.out.close, failure is None)
+        if failure and failure.kind.stops_run and not self._stopping:
+            # Every node would fail the same way (Slurm's step limit, say):
+            # stop instead of retiring them one by one.
+            self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
+            self._stop(EXIT_INCOMPLETE)
         if self._stopping:
             if failure:
                 job.failures.append((attempt.slot.host.name, failure))
@@ -293,7 +524,7 @@ class Runner:
             self.pool.admit(host)
             self._back_in_service(host)
         if failure is None or outcome.gave_up:
-            self.delivery.record(job.seq, code, host, job.text)
+            self._guarded(self._index_path(), self.delivery.record, job.seq, code, host, job.text)
         if outcome.retired:
             self._note_retired(outcome.retired, failure)
         if failure and self.plan.verbose:
@@ -303,13 +534,19 @@ class Runner:
             self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
         self._dispatch()
 
-    def _failure(self, attempt, code):
+    def _failure(self, attempt, failure):
         if attempt.stopped_for is Kind.TIMEOUT:
             return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
-        master_gone = bool(attempt.control_path) and not os.path.exists(attempt.control_path)
-        return classify(code, attempt.stderr_tail, master_gone)
+        return failure
+
+    def _delivery_files(self):
+        """Where job output goes besides the sinks, for error messages."""
+        return self.plan.output_dir_path or "a temporary file in %s" % tempfile.gettempdir()
+
+    def _index_path(self):
+        return self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
 
     def _readmit(self, host):
         self.pool.admit(host)
@@ -345,14 +582,28 @@ class Runner:
 
     def _interrupted(self, signum):
         if self._stopping:
-            # A second signal: leave now.
+            # A second signal, or one while the last output is written: leave
+            # now, without what the reader has not taken.
             self.exit_status = _SIGNAL_EXITS[signum]
+            self._leaving = True
             self.loop.stop()
             return
         self._stop(_SIGNAL_EXITS[signum])
 
     def _broken_pipe(self):
         self._stop(EXIT_BROKEN_PIPE)
+
+    def _local_io_failed(self, error):
+        """clstr could not write one of its own files (``error``, a
+        LocalIOError).  No node is to blame: stop the jobs as Ctrl-C does
+        (they count as interrupted and not completed, never as failures of
+        their nodes) and end with EXIT_LOCAL_IO."""
+        if self._io_error is None:
+            self._io_error = error
+            self._message("cannot write %s" % error)
+        if not self._leaving:
+            self.exit_status = EXIT_LOCAL_IO
+        self._stop(EXIT_LOCAL_IO)
 
     def _stop(self, status):
         """Stop every running attempt, then end the run with ``status``."""
@@ -370,23 +621,34 @@ class Runner:
 
     def _shut_down(self):
         for attempt in list(self.attempts):
-            attempt.child.kill(signal.SIGKILL)
+            attempt.session.kill()
         if self.masters:
             self.masters.shutdown()
         self.feed.close()
-        if self.status:
-            self.status.finish()
-        self.delivery.close()
-        for sink in set(self.sinks.values()):
-            sink.close()
         if self.active_nodes:
             self.attempts.clear()
             self.active_nodes.write()
+        self._guarded(self._index_path(), self.delivery.close)
         if self.joblog:
-            self.joblog.close()
+            self._guarded(self.joblog.path, self.joblog.close)
+        # Last, so that what the files above had to say is written too.
+        self._write_out()
+        if self.status:
+            self.status.finish()
+            if self.status.fd != 2:
+                os.close(self.status.fd)
+        for sink in set(self.sinks.values()):
+            sink.close()
         self.loop.close()
-        os.close(self._stdin_read)
-        os.close(self._stdin_write)
+
+    def _write_out(self):
+        """Let the loop write what the sinks still hold, as slowly as their
+        readers take it.  Signals are still handled meanwhile: one drops the
+        rest and leaves (a stalled reader never makes clstr unkillable)."""
+        sinks = set(self.sinks.values())
+        if not self._leaving:
+            self.loop.run_while(lambda: not self._leaving
+                                and any(sink.pending for sink in sinks))
 
     # -- watching -----------------------------------------------------------
 
@@ -395,9 +657,9 @@ class Runner:
         self._paused = pressed
         for attempt in self.attempts:
             if pressed:
-                attempt.child.pause()
+                attempt.session.pause()
             else:
-                attempt.child.resume()
+                attempt.session.resume()
 
     def _changed(self):
         if self.status:
@@ -405,10 +667,14 @@ class Runner:
         if self.active_nodes:
             self.active_nodes.changed()
 
-    def _status_text(self):
-        return progress_text(self.scheduler.completed, self.feed.total - self.feed.skipped,
-                             self.pool.busy, self.pool.live_slots, self.feed.input_done,
-                             time.monotonic() - self._started, len(self.pool.retired_hosts()))
+    def _status_fields(self):
+        return progress_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                               self.pool.busy, self.pool.live_slots, self.feed.input_done,
+                               time.monotonic() - self._started, len(self.pool.retired_hosts()))
+
+    def _summary_fields(self):
+        return summary_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                              time.monotonic() - self._started, len(self.pool.retired_hosts()))
 
     def _active_entries(self):
         running = sorted(self.attempts, key=lambda a: a.job.seq)

@@ -138,4 +138,7 @@ class Scheduler:
         return not self.pool.busy and self.feed.empty
 
     def not_completed(self):
-        return self.given_up + self.feed.waiting()
+        """Jobs that did not complete, in order: given up, rejected when
+        read, or still waiting."""
+        jobs = self.given_up + self.feed.rejected + self.feed.waiting()
+        return sorted(jobs, key=lambda job: job.seq)

@@ -104,8 +104,11 @@ class SshSettings:
         and -N the foreground ssh exits 0 once the master is ready (255 if it
         could not connect), and the master leaves by itself after
         ``idle_exit`` seconds without sessions, even if clstr was killed."""
+        # LogLevel VERBOSE (into the master's log file, never the user's
+        # output) says when the master has authenticated: the evidence that a
+        # missing socket means no connection sharing, not a broken host.
         options = ["ControlMaster=yes", "ControlPath=" + control_path,
-                   "ControlPersist=%d" % idle_exit]
+                   "ControlPersist=%d" % idle_exit, "LogLevel=VERBOSE"]
         return self._argv(host, options, extra_args=["-N"])
 
     def master_exit_argv(self, host, control_path):

@@ -1,7 +1,6 @@
 """What a person watching sees: the live status line and the active-nodes file."""
 
 import os
-import tempfile
 import time
 
 # At most this many redraws of the status line per second.
@@ -30,32 +29,72 @@ def _duration(seconds):
     return "%ds" % seconds
 
 
-def progress_text(completed, total, busy, live_slots, input_done, elapsed, retired):
+def progress_fields(completed, total, busy, live_slots, input_done, elapsed, retired):
     """The 0.1.0 line followed by what a person watching wants: the rate, an
-    ETA once enough jobs have finished, and how many nodes were retired."""
-    parts = [status_text(completed, total, busy, live_slots, input_done)]
+    ETA once enough jobs have finished, and how many nodes were retired; a
+    list of fields, most important first."""
+    fields = [status_text(completed, total, busy, live_slots, input_done)]
     if elapsed > 0 and completed:
         rate = completed / elapsed
-        parts.append("%.1f jobs/min" % (rate * 60))
+        fields.append("%.1f jobs/min" % (rate * 60))
         if input_done and completed >= ETA_AFTER and total > completed:
-            parts.append("ETA %s" % _duration((total - completed) / rate))
+            fields.append("ETA %s" % _duration((total - completed) / rate))
     if retired:
-        parts.append("%d node%s retired" % (retired, "s" * (retired != 1)))
-    return "  ".join(parts)
+        fields.append("%d node%s retired" % (retired, "s" * (retired != 1)))
+    return fields
+
+
+def summary_fields(completed, total, elapsed, retired):
+    """The final line: what was done, in how long; no ETA."""
+    fields = ["%d of %d jobs complete in %s." % (completed, total, _duration(elapsed))]
+    if elapsed > 0 and completed:
+        fields.append("%.1f jobs/min" % (completed / elapsed * 60))
+    if retired:
+        fields.append("%d node%s retired" % (retired, "s" * (retired != 1)))
+    return fields
+
+
+def fit_fields(fields, width, separator="  "):
+    """As many whole fields as fit in ``width`` columns, in order; only a
+    first field wider than the whole line is cut."""
+    text = fields[0][:width] if fields else ""
+    for field in fields[1:]:
+        if len(text) + len(separator) + len(field) > width:
+            break
+        text += separator + field
+    return text
+
+
+def status_terminal(stderr_fd=2):
+    """The fd to draw the status line on: stderr when it is a terminal, else
+    the controlling terminal (as clstr 0.1.0 drew there with stderr
+    redirected), else None: no terminal, no status line."""
+    if os.isatty(stderr_fd):
+        return stderr_fd
+    try:
+        return os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 class StatusLine:
     """A line redrawn in place on a terminal, at most 10 times a second.
-    ``render()`` returns the current text.  Output sinks on the same terminal
-    call ``clear()`` before writing so lines never land after the status."""
+    ``render()`` returns the current fields and ``render_final()`` the
+    summary's.  Output sinks on the same terminal call ``clear()`` before
+    writing so lines never land after the status."""
 
-    def __init__(self, loop, fd, render):
+    def __init__(self, loop, fd, render, render_final=None):
         self._loop = loop
         self._fd = fd
         self._render = render
+        self._render_final = render_final or render
         self._timer = None
         self._shown = False
         self._last_draw = 0.0
+
+    @property
+    def fd(self):
+        return self._fd
 
     def clear(self, _sink=None):
         if self._shown:
@@ -69,22 +108,22 @@ class StatusLine:
             delay = max(0.0, self._last_draw + REDRAW_INTERVAL - time.monotonic())
             self._timer = self._loop.call_later(delay, self._draw)
 
-    def _draw(self):
+    def _draw(self, render=None):
         self._timer = None
         self._last_draw = time.monotonic()
-        text = self._render()
+        fields = (render or self._render)()
         try:
             columns = os.get_terminal_size(self._fd).columns or 80
         except OSError:
             columns = 80
-        self._write("\r\x1b[2K" + text[:max(10, columns - 1)])
+        self._write("\r\x1b[2K" + fit_fields(fields, max(10, columns - 1)))
         self._shown = True
 
     def finish(self):
-        """Draw the final state and end the line."""
+        """Draw the summary and end the line."""
         if self._timer is not None:
             self._timer.cancel()
-        self._draw()
+        self._draw(self._render_final)
         self._write("\n")
         self._shown = False
 
@@ -100,31 +139,15 @@ def active_nodes_text(entries):
     return "".join("%s: <'Job' %r>\n" % (host, command) for host, command in entries)
 
 
-def replace_file(path, data):
-    """Write ``data`` to ``path`` by atomic rename: a reader sees the old file
-    or the new one, never a half-written one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".clstr-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-
-
 class ActiveNodesFile:
-    """Keeps ``path`` listing which host runs which job.  Changes are coalesced
-    into at most one rewrite per interval."""
+    """Keeps ``target`` (a ``userfiles.snapshot_file``: it knows how to write
+    the file where the user expects it) listing which host runs which job.
+    Changes are coalesced into at most one rewrite per interval.  A failed
+    write raises ``LocalIOError``."""
 
-    def __init__(self, loop, path, entries, interval=0.1):
+    def __init__(self, loop, target, entries, interval=0.1):
         self._loop = loop
-        self.path = path
+        self.target = target
         self._entries = entries
         self._interval = interval
         self._timer = None
@@ -138,4 +161,4 @@ class ActiveNodesFile:
             self._timer.cancel()
             self._timer = None
         text = active_nodes_text(self._entries())
-        replace_file(self.path, text.encode("utf-8", "backslashreplace"))
+        self.target.write(text.encode("utf-8", "backslashreplace"))

@@ -238,7 +238,7 @@ def test_joblog_round_trip_for_resume(tmp_path):
                     + joblog_line(1, "a", 1.0, 0.5, 3, 0, "echo\tx")
                     + joblog_line(2, "a", 1.0, 0.5, 0, 255, "y")
                     + joblog_line(3, "a", 1.0, 0.5, 0, -15, "z"))
-    assert completed_in_joblog(str(path)) == {(1, "echo\\tx")}
+    assert completed_in_joblog(str(path)) == {(1, "echo\\tx"), ("a", "echo\\tx")}
 
 
 def test_status_line_is_the_0_1_0_line():

@@ -1,0 +1,69 @@
+"""The in-process mux transport: an attempt through a host's ControlMaster
+with no local process (clstr speaks the protocol itself, see muxclient.py).
+
+What a mux client's failure means for the node:
+- the master cannot be reached, or speaks a protocol clstr does not know:
+  nothing ran, so the attempt goes on through the ssh client instead (which
+  makes a connection of its own if the master has gone);
+- the master refuses the session (sshd's MaxSessions): transient, like a
+  throttled connection;
+- the master drops the session without an exit status: the connection was
+  lost, as when a plain ssh is cut off.
+"""
+
+from .failures import Failure, Kind
+from .muxclient import MuxAttempt, MuxError
+from .transport import STOP_GRACE, Session
+
+
+class MuxSession(Session):
+    """Runs ``remote_command`` (bytes, the wrapped job) through the master
+    at ``control_path``.  ``fall_back(error, detail, on_output, on_end)``
+    starts and returns the Session that takes over when the mux client cannot
+    be used (nothing has run then)."""
+
+    def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back):
+        self._on_end = on_end
+        self._on_output = on_output
+        self._fall_back = fall_back
+        self._paused = False
+        self._stopped = False
+        self._inner = MuxAttempt(loop, control_path, remote_command, on_output, self._exited,
+                                 self._failed)
+
+    def _exited(self, code):
+        failure = None if code == 0 else Failure(Kind.JOB_EXIT, "job exited %d" % code)
+        self._on_end(code, failure)
+
+    def _failed(self, error, detail):
+        if error in (MuxError.CONNECT_FAILED, MuxError.PROTOCOL_MISMATCH) and not self._stopped:
+            self._inner = self._fall_back(error, detail, self._on_output, self._on_end)
+            if self._paused:
+                self._inner.pause()
+            return
+        if error is MuxError.SESSION_REFUSED:
+            failure = Failure(Kind.THROTTLED, "session refused: %s" % detail)
+        elif error is MuxError.CONNECTION_LOST:
+            failure = Failure(Kind.CONNECTION_LOST, "shared connection lost: %s" % detail)
+        else:
+            failure = Failure(Kind.INTERRUPTED, "stopped by clstr")
+        self._on_end(None, failure)
+
+    def stop(self):
+        self._stopped = True
+        if isinstance(self._inner, MuxAttempt):
+            self._inner.stop(grace=STOP_GRACE)
+        else:
+            self._inner.stop()
+
+    def kill(self):
+        self._stopped = True
+        (self._inner.close if isinstance(self._inner, MuxAttempt) else self._inner.kill)()
+
+    def pause(self):
+        self._paused = True
+        self._inner.pause()
+
+    def resume(self):
+        self._paused = False
+        self._inner.resume()

@@ -1,0 +1,94 @@
+"""The transport seam: how one attempt of a job reaches its node.
+
+The runner starts an attempt through a transport and learns, through two
+callbacks, what it said and how it ended; it never knows which kind ran it.
+Kinds:
+
+- ``localprocess.ssh_session``: a local ``ssh`` process per attempt
+  (``--no-multiplex``, ``-E``, and hosts whose connection cannot be shared);
+- ``localprocess.exec_session``: a local ``--exec`` process per attempt
+  (srun, docker exec, kubectl exec);
+- ``muxsession``: clstr itself speaks OpenSSH's multiplexing protocol to a
+  host's ControlMaster, so an attempt costs no local process.
+
+Every attempt gets its own stdin pipe whose write end only clstr holds and
+never writes.  Closing it is how clstr stops that attempt, whatever the
+transport: the remote wrapper takes EOF as "stop the job" (see ssh.py).  A
+local process that never passes the EOF on (an ssh still connecting, or on a
+hung link) is sent SIGTERM after ``STOP_GRACE`` seconds.
+"""
+
+import os
+
+# How long a stopped attempt's local process may take to pass the EOF on
+# before it is sent SIGTERM; short, so that Ctrl-C ends a run at once.
+STOP_GRACE = 0.2
+
+
+class StdinPipe:
+    """An attempt's stdin: the read end goes to the transport (then is closed
+    here), the write end stays with clstr until ``close()`` stops the job."""
+
+    __slots__ = ("read_end", "write_end")
+
+    def __init__(self):
+        self.read_end, self.write_end = os.pipe()
+
+    def handed_over(self):
+        """The transport has its own copy of the read end now."""
+        if self.read_end is not None:
+            os.close(self.read_end)
+            self.read_end = None
+
+    def close(self):
+        """EOF for the job: the remote wrapper stops it."""
+        self.handed_over()
+        if self.write_end is not None:
+            os.close(self.write_end)
+            self.write_end = None
+
+    @property
+    def closed(self):
+        return self.write_end is None
+
+
+class Session:
+    """One running attempt, as the runner sees it.
+
+    ``on_output(stream, data)`` gets raw chunks (stream 1 or 2);
+    ``on_end(code, failure)`` runs once, after the attempt's output is all
+    delivered: ``code`` is the exit status (-N: a local process killed by
+    signal N; None when there is none) and ``failure`` None for success, else
+    a ``failures.Failure``.  Subclasses implement ``stop()``, ``kill()``,
+    ``pause()`` and ``resume()``."""
+
+    def stop(self):
+        """Stop the job (on the node too); ``on_end`` follows."""
+        raise NotImplementedError
+
+    def kill(self):
+        """Leave now: the run is over (nothing more is reported)."""
+        raise NotImplementedError
+
+    def pause(self):
+        """Stop reading output (the job blocks on a full pipe)."""
+        raise NotImplementedError
+
+    def resume(self):
+        raise NotImplementedError
+
+
+class NoSession(Session):
+    """A session that never started (its end was already dealt with)."""
+
+    def stop(self):
+        pass
+
+    def kill(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        pass

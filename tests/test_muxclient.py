@@ -1,0 +1,454 @@
+"""clstr's own mux client (clstr/muxclient.py) against real ControlMasters on
+the loopback sshd, and against fake masters for what a real one never says.
+
+What a job gives through MuxAttempt must be what ``ssh -S socket host cmd``
+gives: exit status, stdout and stderr bytes, stdin EOF."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from clstr.loop import EventLoop
+from clstr.muxclient import (
+    MUX_MSG_HELLO,
+    MalformedMessage,
+    MuxAttempt,
+    MuxError,
+    ProtocolMismatch,
+    hello_packet,
+    new_session_packet,
+    split_packets,
+)
+from clstr.ssh import wrapped_command
+from cluster import LoopbackCluster
+
+HOST = "node001"
+
+
+class ControlMaster:
+    """A ControlMaster for ``host`` started the way clstr starts them, with
+    its socket in a fresh directory."""
+
+    def __init__(self, cluster, host=HOST):
+        self.cluster = cluster
+        self.host = host
+        self.dir = tempfile.mkdtemp(prefix="mux-", dir="/tmp")
+        self.path = os.path.join(self.dir, "s")
+        self.log = os.path.join(self.dir, "log")
+        # The master lives on after this ssh exits and keeps its stderr: a
+        # file, never a pipe we would wait on.
+        with open(self.log, "wb") as log:
+            started = subprocess.run(
+                cluster.ssh_argv + ["-o", "ControlMaster=yes", "-o", "ControlPath=" + self.path,
+                                    "-o", "ControlPersist=60", "-N", host],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=60)
+        assert started.returncode == 0, open(self.log).read()
+        assert os.path.exists(self.path)
+
+    def ssh(self, *args, **kwargs):
+        return subprocess.run(self.cluster.ssh_argv + ["-S", self.path] + list(args),
+                              capture_output=True, timeout=60, **kwargs)
+
+    @property
+    def pid(self):
+        said = self.ssh("-O", "check", self.host).stderr.decode()
+        return int(re.search(r"pid=(\d+)", said).group(1))
+
+    def stop(self):
+        if os.path.exists(self.path):
+            self.ssh("-O", "exit", self.host)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def master(cluster):
+    running = ControlMaster(cluster)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def own_master(cluster):
+    """A master for one test that may kill it."""
+    running = ControlMaster(cluster)
+    yield running
+    running.stop()
+
+
+class Outcome:
+    """What one attempt reported."""
+
+    def __init__(self):
+        self.out = {1: bytearray(), 2: bytearray()}
+        self.opened = False
+        self.result = None
+        self.attempt = None
+
+    def on_output(self, stream, data):
+        assert self.result is None, "output after the end"
+        self.out[stream] += data
+
+    def on_exit(self, code):
+        assert self.result is None
+        self.result = ("exit", code)
+
+    def on_error(self, kind, detail):
+        assert self.result is None
+        self.result = (kind, detail)
+
+    @property
+    def stdout(self):
+        return bytes(self.out[1])
+
+    @property
+    def stderr(self):
+        return bytes(self.out[2])
+
+
+def start(loop, control_path, command, stdin=b"", close_stdin=True):
+    outcome = Outcome()
+
+    def opened():
+        outcome.opened = True
+
+    outcome.attempt = MuxAttempt(loop, control_path, command, outcome.on_output,
+                                 outcome.on_exit, outcome.on_error, on_opened=opened)
+    if stdin:
+        os.write(outcome.attempt.stdin_fd, stdin)
+    if close_stdin:
+        outcome.attempt.close_stdin()
+    return outcome
+
+
+def run_until(loop, condition, timeout=60):
+    """Run ``loop`` until ``condition()`` holds; fail after ``timeout``.
+    The loop also wakes every 50 ms, for conditions on things outside it
+    (a remote process appearing)."""
+    deadline = time.monotonic() + timeout
+    ticker = []
+
+    def tick():
+        ticker[:] = [loop.call_later(0.05, tick)]
+    tick()
+    loop.run_while(lambda: not condition() and time.monotonic() < deadline)
+    ticker[0].cancel()
+    assert condition(), "gave up after %gs" % timeout
+
+
+@pytest.fixture
+def loop():
+    running = EventLoop()
+    yield running
+    running.close()
+
+
+def run_mux(loop, control_path, commands, **kwargs):
+    outcomes = [start(loop, control_path, command, **kwargs) for command in commands]
+    run_until(loop, lambda: all(o.result is not None for o in outcomes))
+    return outcomes
+
+
+def run_ssh(master, command, stdin=b""):
+    return master.ssh(master.host, command, input=stdin)
+
+
+# -- the same as ssh -------------------------------------------------------------
+
+def test_exit_status_is_the_commands_as_through_ssh(loop, master):
+    commands = [b"exit 0", b"exit 3", b"exit 255", b"true", b"false"]
+    outcomes = run_mux(loop, master.path, commands)
+    for command, outcome in zip(commands, outcomes):
+        expected = run_ssh(master, command.decode()).returncode
+        assert outcome.opened
+        assert outcome.result == ("exit", expected), command
+
+
+@pytest.fixture
+def binary_file(shared_dir):
+    path = os.path.join(shared_dir, "blob")
+    with open(path, "wb") as blob:
+        blob.write(os.urandom(5 * 1024 * 1024) + bytes(range(256)) * 7)
+    os.chmod(path, 0o644)
+    return path
+
+
+def test_stdout_and_stderr_bytes_are_those_ssh_gives(loop, master, binary_file):
+    # 5 MB and more on both streams at once, every byte value, a NUL, and an
+    # unterminated last line.
+    command = ("cat %s; cat %s >&2; printf 'end\\000no newline'; printf 'err tail' >&2"
+               % (binary_file, binary_file))
+    through_ssh = run_ssh(master, command)
+    [outcome] = run_mux(loop, master.path, [command.encode()])
+    assert outcome.result == ("exit", 0)
+    assert len(outcome.stdout) > 5 * 1024 * 1024
+    assert outcome.stdout == through_ssh.stdout
+    assert outcome.stderr == through_ssh.stderr
+
+
+def test_output_after_the_exit_status_is_delivered_as_ssh_does(loop, master):
+    # sshd sends the exit status when the command exits; a background child
+    # still holds stdout and writes later.  Meanwhile we do not read, so the
+    # master also still holds most of the first megabyte.  ssh waits for
+    # all of it; dropping the connection at the exit status would lose it.
+    command = "head -c 1000000 /dev/zero; (sleep 1; echo late; echo late >&2) &"
+    outcome = start(loop, master.path, command.encode())
+    outcome.attempt.pause()
+    run_until(loop, lambda: outcome.attempt.session.exit_code is not None)
+    outcome.attempt.resume()
+    run_until(loop, lambda: outcome.result is not None)
+    through_ssh = run_ssh(master, command)
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == through_ssh.stdout == bytes(1000000) + b"late\n"
+    assert outcome.stderr == through_ssh.stderr == b"late\n"
+
+
+def test_output_still_in_the_pipes_when_the_session_ends_is_delivered(loop, master):
+    command = b"head -c 10000 /dev/zero; echo done >&2"
+    outcome = start(loop, master.path, command)
+    outcome.attempt.pause()
+    run_until(loop, lambda: outcome.attempt.session.finished)
+    assert outcome.result is None
+    outcome.attempt.resume()
+    run_until(loop, lambda: outcome.result is not None)
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == bytes(10000)
+    assert outcome.stderr == b"done\n"
+
+
+def test_closed_stdin_is_immediate_eof_for_the_command(loop, master):
+    [outcome] = run_mux(loop, master.path, [b"cat; echo after-eof"])
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == run_ssh(master, "cat; echo after-eof").stdout == b"after-eof\n"
+
+
+def test_what_is_written_to_stdin_reaches_the_command(loop, master):
+    command = "read x; echo got:$x"
+    [outcome] = run_mux(loop, master.path, [command.encode()], stdin=b"hello\n")
+    assert outcome.result == ("exit", 0)
+    assert outcome.stdout == run_ssh(master, command, stdin=b"hello\n").stdout == b"got:hello\n"
+
+
+def test_twenty_sessions_run_at_once_on_one_master(loop, master, shared_dir):
+    # Each job waits until all twenty have checked in: only sessions that
+    # are open together can all print 20.
+    barrier = os.path.join(shared_dir, "barrier")
+    os.mkdir(barrier)
+    os.chmod(barrier, 0o1777)
+    commands = [("touch %s/%d; i=0; while [ $(ls %s | wc -l) -lt 20 ] && [ $i -lt 600 ]; "
+                 "do sleep 0.1; i=$((i+1)); done; ls %s | wc -l; echo job %d >&2"
+                 % (barrier, n, barrier, barrier, n)).encode() for n in range(20)]
+    outcomes = run_mux(loop, master.path, commands)
+    for n, outcome in enumerate(outcomes):
+        assert outcome.result == ("exit", 0)
+        assert outcome.stdout.strip() == b"20"
+        assert outcome.stderr == b"job %d\n" % n
+
+
+# -- under clstr's remote wrapper ---------------------------------------------
+
+def test_wrapped_job_gives_its_status_and_output(loop, master):
+    command = wrapped_command(b"echo out; echo 'it''s' err >&2; exit 7")
+    # The wrapper stops the job at EOF on stdin: keep it open, as clstr does.
+    [outcome] = run_mux(loop, master.path, [command], close_stdin=False)
+    assert outcome.result == ("exit", 7)
+    assert outcome.stdout == b"out\n"
+    assert outcome.stderr == b"its err\n"
+
+
+def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, cluster):
+    marker = "sleep 3011"
+    outcome = start(loop, master.path, wrapped_command(b"(%s); echo never" % marker.encode()),
+                    close_stdin=False)
+    run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
+    outcome.attempt.stop()
+    run_until(loop, lambda: outcome.result is not None)
+    assert outcome.result[0] == "exit"
+    assert outcome.result[1] != 0
+    assert outcome.stdout == b""
+    assert cluster.remote_processes_left(marker) == []
+
+
+# -- when the master fails ------------------------------------------------------
+
+def test_master_killed_mid_job_is_a_lost_connection(loop, own_master, cluster):
+    marker = "sleep 3012"
+    outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
+    run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
+    os.kill(own_master.pid, signal.SIGKILL)
+    run_until(loop, lambda: outcome.result is not None)
+    assert outcome.result[0] is MuxError.CONNECTION_LOST
+    # sshd saw the connection go; the wrapper stopped the job.
+    assert cluster.remote_processes_left(marker) == []
+    # The socket file is still there, and nothing listens on it.
+    [again] = run_mux(loop, own_master.path, [b"true"])
+    assert again.result[0] is MuxError.CONNECT_FAILED
+    assert "refused" in again.result[1].lower()
+
+
+def test_stop_gives_up_on_a_master_that_does_not_answer(loop, own_master, cluster):
+    marker = "sleep 3013"
+    outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
+    run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
+    pid = own_master.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        outcome.attempt.stop(grace=0.3)
+        run_until(loop, lambda: outcome.result is not None)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert outcome.result[0] is MuxError.ABANDONED
+    # Once it runs again, the master sees stdin EOF (or its client gone)
+    # and the job is stopped all the same.
+    assert cluster.remote_processes_left(marker) == []
+
+
+def test_missing_socket_is_a_connect_failure(loop, tmp_path):
+    [outcome] = run_mux(loop, str(tmp_path / "no-such-socket"), [b"true"])
+    assert outcome.result[0] is MuxError.CONNECT_FAILED
+    assert outcome.stdout == outcome.stderr == b""
+
+
+def test_refused_session_names_the_masters_reason():
+    # sshd with MaxSessions 1: the master's second session is refused by
+    # the node, and the master says so.
+    with LoopbackCluster(max_sessions=1) as small:
+        running = ControlMaster(small)
+        loop = EventLoop()
+        try:
+            first = start(loop, running.path, b"cat", close_stdin=False)
+            run_until(loop, lambda: first.opened)
+            [second] = run_mux(loop, running.path, [b"echo should-not-run"])
+            assert second.result == (MuxError.SESSION_REFUSED, "Session open refused by peer")
+            first.attempt.close_stdin()
+            run_until(loop, lambda: first.result is not None)
+            assert first.result == ("exit", 0)
+        finally:
+            loop.close()
+            running.stop()
+
+
+# -- fake masters: what a real one never says -----------------------------------
+
+class FakeMaster:
+    """A unix socket that answers each connection with ``reply`` (bytes), or
+    closes it at once if ``reply`` is None, and records what the client
+    sent."""
+
+    def __init__(self, loop, path, reply):
+        self.loop = loop
+        self.reply = reply
+        self.received = bytearray()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(path)
+        self.server.listen(8)
+        self.server.setblocking(False)
+        self.connections = []
+        loop.add_reader(self.server.fileno(), self._accept)
+
+    def _accept(self):
+        connection, _ = self.server.accept()
+        if self.reply is None:
+            connection.close()
+            return
+        connection.sendall(self.reply)
+        connection.setblocking(False)
+        self.connections.append(connection)
+        self.loop.add_reader(connection.fileno(), lambda: self._read(connection))
+
+    def _read(self, connection):
+        data, ancillary, _, _ = connection.recvmsg(4096, socket.CMSG_SPACE(16))
+        for level, kind, fds in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                for fd in struct.unpack("%di" % (len(fds) // 4), fds):
+                    os.close(fd)
+        if data:
+            self.received += data
+        else:
+            self.loop.remove_reader(connection.fileno())
+
+    def close(self):
+        for sock in self.connections + [self.server]:
+            try:
+                self.loop.remove_reader(sock.fileno())
+            except (ValueError, KeyError):
+                pass
+            sock.close()
+
+
+def _packet(*words, tail=b""):
+    payload = b"".join(struct.pack(">I", word) for word in words) + tail
+    return struct.pack(">I", len(payload)) + payload
+
+
+@pytest.mark.parametrize("reply, sends_request", [
+    (_packet(MUX_MSG_HELLO, 99), False),                     # unknown version
+    (_packet(0x12345678, 4), False),                         # not a hello
+    (_packet(MUX_MSG_HELLO, 4) + _packet(0x8000000f, 1), True),  # unknown answer
+], ids=["version-99", "unknown-first-message", "unknown-answer-to-request"])
+def test_a_master_speaking_otherwise_is_a_protocol_mismatch(loop, tmp_path, reply, sends_request):
+    fake = FakeMaster(loop, str(tmp_path / "s"), reply)
+    try:
+        [outcome] = run_mux(loop, str(tmp_path / "s"), [b"echo hi"])
+    finally:
+        fake.close()
+    assert outcome.result[0] is ProtocolMismatch
+    assert not outcome.opened
+    # No request goes to a master that did not say version 4.
+    assert bytes(fake.received).startswith(hello_packet())
+    assert (len(fake.received) > len(hello_packet())) == sends_request
+
+
+def test_a_master_that_closes_before_its_hello_is_unreachable(loop, tmp_path):
+    fake = FakeMaster(loop, str(tmp_path / "s"), None)
+    try:
+        [outcome] = run_mux(loop, str(tmp_path / "s"), [b"true"])
+    finally:
+        fake.close()
+    assert outcome.result[0] is MuxError.CONNECT_FAILED
+
+
+# -- the wire format ----------------------------------------------------------------
+
+def test_new_session_request_has_protocol_mux_layout():
+    packet = new_session_packet(7, b"echo hi", [b"LANG=C"])
+    fields = struct.unpack(">IIII", packet[:16])
+    assert fields == (len(packet) - 4, 0x10000002, 7, 0)        # length, type, id, reserved ""
+    assert struct.unpack(">IIIII", packet[16:36]) == (0, 0, 0, 0, 0xFFFFFFFF)
+    assert packet[36:] == (struct.pack(">I", 0) + struct.pack(">I", 7) + b"echo hi"
+                           + struct.pack(">I", 6) + b"LANG=C")
+
+
+def test_nul_in_a_command_is_refused_before_anything_is_sent(loop, tmp_path):
+    with pytest.raises(ValueError):
+        new_session_packet(1, b"echo a\0b")
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError):
+        MuxAttempt(loop, str(tmp_path / "s"), b"echo a\0b", None, None, None)
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
+def test_packets_are_split_whole_and_oversized_ones_refused():
+    buffer = bytearray(_packet(1, 4) + _packet(0x80000004, 2, 3)[:-1])
+    assert split_packets(buffer) == [struct.pack(">II", 1, 4)]
+    assert len(buffer) == 15
+    with pytest.raises(MalformedMessage):
+        split_packets(bytearray(struct.pack(">I", 10 * 1024 * 1024) + b"xxxx"))
+
+
+def test_stale_socket_file_is_a_connect_failure(loop, tmp_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "s"))  # bound, never listening: refused
+    try:
+        [outcome] = run_mux(loop, str(tmp_path / "s"), [b"true"])
+    finally:
+        stale.close()
+    assert outcome.result[0] is MuxError.CONNECT_FAILED
+
