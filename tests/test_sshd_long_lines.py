@@ -5,8 +5,9 @@ ends a line, so a progress bar shows as it is drawn."""
 import hashlib
 import os
 import selectors
+import signal
 import subprocess
-import threading
+import sys
 import time
 
 import pytest
@@ -24,22 +25,33 @@ def line_job(letter):
     return "head -c %d /dev/zero | tr '\\0' %s" % (LINE, letter)
 
 
+# Runs the command in argv[2:] and writes its peak RSS (KiB) to argv[1].  A
+# process's peak counts the memory of the process that forked it until it
+# called exec, so clstr is measured from this small parent, not from pytest.
+MEASURE = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as report:
+    report.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def run_measured(cluster, tmp_path, *args):
     """Run clstr with stdout and stderr to files; returns (exit code, peak
     RSS of clstr and its children in KiB, stdout path, stderr bytes)."""
-    out_path, err_path = tmp_path / "out", tmp_path / "err"
+    out_path, err_path, rss_path = tmp_path / "out", tmp_path / "err", tmp_path / "rss"
+    argv = [sys.executable, "-c", MEASURE, str(rss_path)] + clstr_argv(cluster, *args)
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(clstr_argv(cluster, *args), cwd=REPO, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
-    deadline = threading.Timer(300, proc.kill)
-    deadline.start()
+        proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True)
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        deadline.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(
-        os, "waitstatus_to_exitcode") else status >> 8
-    return proc.returncode, usage.ru_maxrss, out_path, err_path.read_bytes()
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return code, int(rss_path.read_text()), out_path, err_path.read_bytes()
 
 
 def sha256_of_file(path):
