@@ -9,17 +9,38 @@ the host), grouped per job, or files per job.
 import os
 
 from .errors import LocalIOError
-from .output import LineAssembler, SpillBuffer
+from .lines import LINE_ENDS, LineAssembler, final_line_end
+from .output import SpillBuffer
 from .userfiles import write_all
 
 
 def tag_lines(prefix, lines):
     """Put ``prefix`` before every line of ``lines`` (whole lines, or one
-    final unterminated line)."""
+    final unterminated line), lines ending as ``lines.LINE_ENDS`` says: after
+    a lone "\\r" too, so a progress bar redrawn with "\\r" keeps its tag on
+    screen."""
     if not lines or not prefix:
         return lines
-    body = lines[:-1] if lines.endswith(b"\n") else lines
-    return prefix + body.replace(b"\n", b"\n" + prefix) + lines[len(body):]
+    last = len(lines) - len(final_line_end(lines))
+    body = lines[:last]
+    if b"\r" in body:
+        body = LINE_ENDS.sub(lambda found: found.group() + prefix, body)
+    else:
+        body = body.replace(b"\n", b"\n" + prefix)
+    return prefix + body + lines[last:]
+
+
+def tag_pieces(prefix, pieces):
+    """Tag the pieces from a LineAssembler: bytes are tagged line by line; a
+    spilled line (a SpillBuffer) stays on disk and gets the prefix as bytes
+    of its own just before it."""
+    for piece in pieces:
+        if isinstance(piece, SpillBuffer):
+            if prefix:
+                yield prefix
+            yield piece
+        else:
+            yield tag_lines(prefix, piece)
 
 
 class _Lines:
@@ -33,12 +54,19 @@ class _Lines:
         self._assemblers = {1: LineAssembler(), 2: LineAssembler()}
 
     def data(self, stream, chunk):
-        lines = self._assemblers[stream].feed(chunk)
-        self._sinks[stream].write(self, tag_lines(self._prefix, lines))
+        self._deliver(stream, self._assemblers[stream].feed(chunk))
 
     def close(self, succeeded):
         for stream, assembler in self._assemblers.items():
-            self._sinks[stream].write(self, tag_lines(self._prefix, assembler.finish()))
+            self._deliver(stream, assembler.finish())
+
+    def _deliver(self, stream, pieces):
+        sink = self._sinks[stream]
+        for piece in tag_pieces(self._prefix, pieces):
+            if isinstance(piece, SpillBuffer):
+                sink.write_spilled(self, piece)
+            else:
+                sink.write(self, piece)
 
 
 class _Group:
@@ -56,18 +84,27 @@ class _Group:
 
     def data(self, stream, chunk):
         if self._prefix:
-            chunk = tag_lines(self._prefix, self._assemblers[stream].feed(chunk))
-        self._buffers[stream].append(chunk)
+            self._hold(stream, self._assemblers[stream].feed(chunk))
+        else:
+            self._buffers[stream].append(chunk)
 
     def close(self, succeeded):
         for stream in (1, 2):
             buffer = self._buffers[stream]
             if self._prefix:
-                buffer.append(tag_lines(self._prefix, self._assemblers[stream].finish()))
+                self._hold(stream, self._assemblers[stream].finish())
             if succeeded:
                 self._sinks[stream].write_spilled(self, buffer)
             else:
                 buffer.close()
+
+    def _hold(self, stream, pieces):
+        buffer = self._buffers[stream]
+        for piece in tag_pieces(self._prefix, pieces):
+            if isinstance(piece, SpillBuffer):
+                buffer.append_all(piece)
+            else:
+                buffer.append(piece)
 
 
 class _Files:

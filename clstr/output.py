@@ -34,30 +34,6 @@ def _take_batch(chunks):
     return b"".join(batch)
 
 
-class LineAssembler:
-    """Cuts one byte stream into complete lines, keeping the partial tail."""
-
-    __slots__ = ("_partial",)
-
-    def __init__(self):
-        self._partial = b""
-
-    def feed(self, data):
-        """Return the complete lines (with newlines) that ``data`` finishes."""
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            self._partial += data
-            return b""
-        lines = self._partial + data[:cut] if self._partial else data[:cut]
-        self._partial = data[cut:]
-        return lines
-
-    def finish(self):
-        """Return the unterminated tail, if any, and forget it."""
-        tail, self._partial = self._partial, b""
-        return tail
-
-
 class Sink:
     """An output fd fed with whole lines from many sources.
 
@@ -241,6 +217,16 @@ class SpillBuffer:
         (self._file or self._memory).write(data)
         self.size += len(data)
         self.ends_with_newline = data.endswith(b"\n")
+
+    def append_all(self, other):
+        """Append everything in SpillBuffer ``other``, a piece at a time, and
+        close it."""
+        reader = other.reader()
+        try:
+            for piece in iter(lambda: reader.read(COALESCE), b""):
+                self.append(piece)
+        finally:
+            reader.close()
 
     def reader(self):
         """A reader over everything appended; the buffer belongs to it now."""

@@ -39,9 +39,10 @@ def test_binary_output_arrives_byte_for_byte(cluster, mode):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     if mode == ["--tag"]:
-        # Every line starts with the tag; removing it gives the bytes back.
+        # Every line (ended by "\n", "\r\n" or a lone "\r") starts with the
+        # tag; removing it gives the bytes back.
         assert out.startswith(b"node001: ")
-        out = out[len(b"node001: "):].replace(b"\nnode001: ", b"\n")
+        out = out[len(b"node001: "):].replace(b"\nnode001: ", b"\n").replace(b"\rnode001: ", b"\r")
     assert hashlib.sha256(out).hexdigest() == hashlib.sha256(data).hexdigest()
 
 

@@ -7,8 +7,9 @@ import subprocess
 import time
 
 from clstr.child import ChildProcess
+from clstr.lines import LineAssembler
 from clstr.loop import EventLoop
-from clstr.output import HIGH_WATER, LineAssembler, Sink, SpillBuffer
+from clstr.output import HIGH_WATER, Sink, SpillBuffer
 
 
 def run_children(commands, stdin=None):
@@ -86,12 +87,12 @@ def test_the_loop_delivers_signals_to_its_callbacks():
 
 def test_line_assembler_keeps_partial_lines_until_finished():
     lines = LineAssembler()
-    assert lines.feed(b"ab") == b""
-    assert lines.feed(b"c\nde") == b"abc\n"
-    assert lines.feed(b"f\ng\n") == b"def\ng\n"
-    assert lines.feed(b"tail") == b""
-    assert lines.finish() == b"tail"
-    assert lines.finish() == b""
+    assert lines.feed(b"ab") == []
+    assert lines.feed(b"c\nde") == [b"abc\n"]
+    assert lines.feed(b"f\ng\n") == [b"def\ng\n"]
+    assert lines.feed(b"tail") == []
+    assert lines.finish() == [b"tail"]
+    assert lines.finish() == []
 
 
 def sink_to_pipe():
