@@ -101,6 +101,9 @@ class Sink:
         self._separate_from(source)
         self._open_source = None if spill.ends_with_newline else source
         self._chunks.append(spill.reader())
+        # Counted now, though it waits on disk: a slow reader must make
+        # clstr stop reading its children, or spill files pile up.
+        self._buffered += spill.size
         self._written()
 
     def _separate_from(self, source):
@@ -133,7 +136,6 @@ class Sink:
                         chunks.popleft().close()
                         continue
                     chunks.appendleft(piece)
-                    self._buffered += len(piece)
                 if len(chunks) > 1 and len(chunks[0]) < COALESCE and isinstance(chunks[1], bytes):
                     chunks.appendleft(_take_batch(chunks))
                 chunk = chunks[0]
