@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, node_args
+from clstr_run import REPO, clstr, clstr_argv, node_args, require_program
 
 MODES = [[], ["--tag"], ["--group"]]
 
@@ -31,8 +31,7 @@ def expected_payload(seed, size):
 
 @pytest.mark.parametrize("mode", MODES, ids=["lines", "tag", "group"])
 def test_binary_output_arrives_byte_for_byte(cluster, mode):
-    if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode:
-        pytest.skip("openssl is needed to make test data")
+    require_program("openssl")  # makes the test data
     data = expected_payload(1, 300000)
     assert b"\0" in data
     result = clstr(cluster, *mode, "-n", "node001", "-j", payload_job(1, 300000))
