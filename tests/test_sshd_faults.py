@@ -9,12 +9,18 @@ import time
 
 import pytest
 
-from clstr_run import clstr, node_args, start_clstr
+from clstr_run import clstr, joblog_rows, node_args, read_lines, start_clstr, wait_until
 from cluster import LoopbackCluster
 
 
 def retired_lines(stderr):
     return re.findall(rb"node (\S+) retired: (.*)", stderr)
+
+
+def sleeping(cluster, marker):
+    """The jobs' ``sleep`` processes carrying ``marker`` in their environment."""
+    return [pid for pid, cmdline in cluster.remote_processes(marker)
+            if cmdline.startswith("sleep ")]
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -111,8 +117,9 @@ def test_job_failure_job_keeps_the_node(cluster):
 def test_timeout_kills_the_job_on_the_node_too(cluster):
     marker = "clstr-timeout-%d" % os.getpid()
     started = time.monotonic()
+    # The marker is in the environment of the job's sleep, which dash execs.
     result = clstr(cluster, "--timeout", "1", "-n", "node001",
-                   "-j", "sleep 30 # %s" % marker, "-j", "echo quick")
+                   "-j", "CLSTR_TEST_MARK=%s sleep 30" % marker, "-j", "echo quick")
     assert time.monotonic() - started < 15
     assert result.returncode == 1
     assert result.stdout == b"quick\n"
@@ -142,9 +149,15 @@ def test_interrupted_run_resumed_from_joblog_runs_every_job_exactly_once(cluster
     jobs.write_text("".join("sleep 0.3; echo job %d\n" % n for n in range(30)))
     first = start_clstr(cluster, "--joblog", str(joblog), *node_args(cluster.nodes(3)),
                         "-J", str(jobs))
-    time.sleep(1.5)
-    first.send_signal(signal.SIGINT)
-    out1, _ = first.communicate(timeout=30)
+    try:
+        wait_until(lambda: any(row[6] == b"0" for row in joblog_rows(joblog)), timeout=60,
+                   what="a completed job in the joblog")
+        first.send_signal(signal.SIGINT)
+        out1, _ = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
     assert first.returncode == 130
     second = clstr(cluster, "--joblog", str(joblog), "--resume", *node_args(cluster.nodes(3)),
                    "-J", str(jobs))
@@ -176,11 +189,9 @@ def test_maxstartups_throttling_does_not_retire_a_host_listed_32_times(throttled
 def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, signum, status):
     marker = "clstr-signal-%d-%d" % (os.getpid(), signum)
     process = start_clstr(cluster, *node_args(cluster.nodes(2)),
-                          *(["-j", "sleep 60 # %s" % marker] * 2))
+                          *(["-j", "CLSTR_TEST_MARK=%s sleep 60" % marker] * 2))
     try:
-        deadline = time.monotonic() + 20
-        while len(cluster.remote_processes(marker)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(sleeping(cluster, marker)) == 2, what="both jobs running")
         process.send_signal(signum)
         assert process.wait(timeout=20) == status
         assert cluster.remote_processes_left(marker) == []
@@ -193,10 +204,8 @@ def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, si
 def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
     marker = "clstr-kill9-%d" % os.getpid()
     process = start_clstr(cluster, "--no-multiplex", "-n", "node001",
-                          "-j", "sleep 60 & sleep 61 # %s" % marker)
-    deadline = time.monotonic() + 20
-    while not cluster.remote_processes(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+                          "-j", "export CLSTR_TEST_MARK=%s; sleep 60 & sleep 61" % marker)
+    wait_until(lambda: len(sleeping(cluster, marker)) == 2, what="the job's two sleeps")
     process.kill()
     process.wait(timeout=10)
     # clstr's ssh children outlive it, but the pipe they had as stdin is
@@ -251,15 +260,13 @@ def test_ctrl_c_stops_whole_job_trees_under_dash_and_bash_login_shells(cluster, 
                           *(["-j", job] * 2))
     try:
         children = marker + "-child"
-        deadline = time.monotonic() + 20
-        while len(cluster.remote_processes(children)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(cluster.remote_processes(children)) == 2
-        time.sleep(0.5)  # the echoed lines reach clstr
+        wait_until(lambda: len(cluster.remote_processes(children)) == 2,
+                   what="both jobs' grandchildren")
+        said = read_lines(process.stdout, 2)  # both jobs' lines reached clstr and us
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
         assert cluster.remote_processes_left(marker) == []
-        said = process.stdout.read().splitlines()
+        said = b"".join(said + [process.stdout.read()]).splitlines()
         assert len(said) == 2
         assert all((line != b"[dash]") == (shell == b"bash") for line in said), said
     finally:

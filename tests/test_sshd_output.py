@@ -174,7 +174,8 @@ def test_slow_reader_gets_exact_bytes_while_memory_stays_bounded(cluster):
 def test_closed_stdout_stops_the_run_cleanly(cluster):
     marker = "clstr-head-%d" % os.getpid()
     script = ('"$0" -m clstr --ssh-command "$1" -n node001 -n node002 '
-              '-j "yes line # $2" -j "yes line # $2" -j "sleep 60 # $2" | head -1; '
+              '-j "CLSTR_TEST_MARK=$2 yes line" -j "CLSTR_TEST_MARK=$2 yes line" '
+              '-j "CLSTR_TEST_MARK=$2 sleep 60" | head -1; '
               'echo "status=${PIPESTATUS[0]}"')
     result = subprocess.run(["bash", "-c", script, sys.executable, cluster.ssh_command, marker],
                             cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
