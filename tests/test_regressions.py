@@ -10,8 +10,7 @@ import threading
 
 import pytest
 
-from clstr_run import (REPO, clstr, clstr_argv, joblog_rows, node_args, start_clstr,
-                       wait_until)
+from clstr_run import REPO, clstr, clstr_argv, joblog_rows, node_args, start_clstr, wait_until
 from cluster import SSHD, LoopbackCluster
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
