@@ -48,17 +48,6 @@ def cluster():
 
 
 @pytest.fixture
-def own_cluster():
-    """A loopback sshd of the test's own, for tests that count what sshd
-    logs: the session's cluster is shared with every other test (and with
-    concurrent test runs)."""
-    if not os.path.exists(SSHD):
-        pytest.skip("%s not installed (apt-get install openssh-server)" % SSHD)
-    with LoopbackCluster() as running:
-        yield running
-
-
-@pytest.fixture
 def shared_dir():
     """A directory that jobs (run as the cluster's login user) and the test
     can both write: all "nodes" share this machine's file system, so a job

@@ -33,7 +33,7 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
                                                                        mode):
     bad = "%s001" % kind
     started = time.monotonic()
-    result = clstr(cluster, mode, "-v", "-n", bad, "-n", "node001",
+    result = clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad, "-n", "node001",
                    "-j", "echo a", "-j", "echo b", "-j", "echo c")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
@@ -41,7 +41,7 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
     retired = retired_lines(result.stderr)
     assert [name for name, _ in retired] == [bad.encode()]
     assert re.match(expected, retired[0][1]), retired
-    assert elapsed < 4, elapsed  # a fast failure, never a connect timeout
+    assert elapsed < 30, elapsed  # a fast failure, never the 60 s connect timeout
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
@@ -55,7 +55,9 @@ def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
     retired = retired_lines(result.stderr)
     assert retired and retired[0][0] == b"silent001"
     assert retired[0][1].startswith(b"timed out"), retired
-    assert elapsed < 2 + 3 + 3, elapsed
+    # Without the connect timeout ssh would wait for the banner for ever
+    # (clstr() gives up after 120 s); the bound leaves room for a loaded machine.
+    assert elapsed < 60, elapsed
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
@@ -91,7 +93,7 @@ def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, share
     assert result.stdout == b"finished\n"
     retired = retired_lines(result.stderr)
     assert len(retired) == 1 and retired[0][1].startswith(b"connection lost"), result.stderr
-    assert elapsed < 20, elapsed
+    assert elapsed < 45, elapsed  # keepalives, not the frozen job's 60 s sleep
 
 
 def test_max_attempts_gives_a_poison_job_up_instead_of_draining_the_cluster(cluster):
@@ -120,7 +122,7 @@ def test_timeout_kills_the_job_on_the_node_too(cluster):
     # The marker is in the environment of the job's sleep, which dash execs.
     result = clstr(cluster, "--timeout", "1", "-n", "node001",
                    "-j", "CLSTR_TEST_MARK=%s sleep 30" % marker, "-j", "echo quick")
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 25  # not the job's 30 s
     assert result.returncode == 1
     assert result.stdout == b"quick\n"
     assert "timed out after 1s" in result.stderr.decode()
@@ -244,7 +246,7 @@ def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
     started = time.monotonic()
     result = clstr(cluster, "--retry-nodes", "30", "-n", "dead001", "-j", "true")
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 25  # not the 30 s retry
 
 
 @pytest.mark.parametrize("prefix, shell", [("node", b"dash"), ("bashnode", b"bash")])
