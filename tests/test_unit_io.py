@@ -100,11 +100,14 @@ def sink_to_pipe():
     return loop, sink, read_end, write_end, events
 
 
-def drain(loop, sink, read_end):
+def drain(loop, sink, read_end, timeout=120):
+    """Run the loop and read the pipe until the sink has written it all.
+    Fails at the deadline rather than return early: the caller's
+    sink.close() would then block on a pipe that nobody reads."""
     data = b""
     os.set_blocking(read_end, False)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while True:
         loop.call_later(0.001, loop.stop)
         loop.run()
         try:
@@ -113,8 +116,9 @@ def drain(loop, sink, read_end):
             chunk = b""
         data += chunk
         if not chunk and not sink.buffered:
-            break
-    return data
+            return data
+        assert time.monotonic() < deadline, "the sink never drained: %d bytes left" % (
+            sink.buffered)
 
 
 def test_lines_from_two_sources_are_never_glued():
