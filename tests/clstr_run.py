@@ -88,3 +88,22 @@ def read_lines(stream, count, timeout=30):
             raise AssertionError("end of output after %r, wanted %d lines" % (data, count))
         data += chunk
     return data.splitlines(keepends=True)
+
+
+def read_until(stream, needle, timeout=60):
+    """Read the pipe ``stream`` (a running clstr's stderr, say) until
+    ``needle`` (bytes) has appeared; returns everything read, so the caller
+    can add it to what comes later.  Fails the test at the deadline."""
+    import select
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError("timed out after %gs waiting for %r, got %r"
+                                 % (timeout, needle, data))
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            raise AssertionError("end of output before %r: %r" % (needle, data))
+        data += chunk
+    return data

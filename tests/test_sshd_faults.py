@@ -4,12 +4,11 @@ the real loopback sshd."""
 import os
 import re
 import signal
-import threading
 import time
 
 import pytest
 
-from clstr_run import clstr, joblog_rows, node_args, read_lines, start_clstr, wait_until
+from clstr_run import clstr, joblog_rows, node_args, read_lines, read_until, start_clstr, wait_until
 from cluster import LoopbackCluster
 
 
@@ -30,15 +29,28 @@ def sleeping(cluster, marker):
 ])
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
 def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, kind, expected,
-                                                                       mode):
+                                                                       mode, shared_dir):
     bad = "%s001" % kind
+    # The jobs wait until the broken node has been retired (the test sees
+    # it said), so the run cannot end before its failure is noticed.
+    go = os.path.join(shared_dir, "go")
+    wait = "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % go
     started = time.monotonic()
-    result = clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad, "-n", "node001",
-                   "-j", "echo a", "-j", "echo b", "-j", "echo c")
+    process = start_clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad,
+                          "-n", "node001", "-j", wait + "echo a", "-j", wait + "echo b",
+                          "-j", wait + "echo c")
+    try:
+        said = read_until(process.stderr, b"node %s retired" % bad.encode())
+        open(go, "w").close()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.splitlines()) == [b"a", b"b", b"c"]
-    retired = retired_lines(result.stderr)
+    assert process.returncode == 0, said + err
+    assert sorted(out.splitlines()) == [b"a", b"b", b"c"]
+    retired = retired_lines(said + err)
     assert [name for name, _ in retired] == [bad.encode()]
     assert re.match(expected, retired[0][1]), retired
     assert elapsed < 30, elapsed  # a fast failure, never the 60 s connect timeout
@@ -216,30 +228,36 @@ def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
-def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, mode):
+def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, shared_dir, mode):
     joblog = tmp_path / "joblog"
+    # late001 refuses connections until the test has seen it retired; then
+    # it comes up, and a probe (1 s later) finds it back.  Jobs wait until it
+    # is up, so work is left for it.
+    back = os.path.join(shared_dir, "back")
     jobs = []
     for n in range(16):
-        jobs += ["-j", "sleep 0.5; echo done %d" % n]
-    # late001 refuses connections until 2 s into the run: the probe 1 s after
-    # its retirement fails (unless start-up was slow), the next one, 2 s
-    # later, finds it up.
-    opener = threading.Timer(2.0, cluster.bring_up_late_nodes)
-    opener.start()
+        jobs += ["-j", "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); "
+                       "done; sleep 0.2; echo done %d" % (back, n)]
+    process = start_clstr(cluster, mode, "-v", "--retry-nodes", "1", "--joblog", str(joblog),
+                          "-n", "late001", "-n", "node001", *jobs)
     try:
-        result = clstr(cluster, mode, "-v", "--retry-nodes", "1", "--joblog", str(joblog),
-                       "-n", "late001", "-n", "node001", *jobs)
+        said = read_until(process.stderr, b"node late001 retired")
+        cluster.bring_up_late_nodes()
+        open(back, "w").close()
+        out, err = process.communicate(timeout=120)
     finally:
-        opener.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         cluster.take_down_late_nodes()
-    assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.splitlines()) == sorted(b"done %d" % n for n in range(16))
-    retired = [name for name, _ in retired_lines(result.stderr)]
-    assert set(retired) == {b"late001"} and 1 <= len(retired) <= 3, result.stderr
-    assert b"node late001 is back" in result.stderr
+    stderr = said + err
+    assert process.returncode == 0, stderr
+    assert sorted(out.splitlines()) == sorted(b"done %d" % n for n in range(16))
+    retired = [name for name, _ in retired_lines(stderr)]
+    assert set(retired) == {b"late001"} and 1 <= len(retired) <= 3, stderr
     rows = [line.split(b"\t") for line in joblog.read_bytes().splitlines()[1:]]
     assert any(row[1] == b"late001" and row[6] == b"0" for row in rows), rows
-    assert b"retired" not in result.stderr.split(b"is back")[-1]
+    assert b"retired" not in stderr.split(b"is back")[-1]
 
 
 def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
