@@ -1,21 +1,28 @@
 PYTHON ?= python3
 
-.PHONY: build test test-slurm lint demo bench bench-faults bench-scale clean
+.PHONY: build test test-slurm mutants lint demo bench bench-faults bench-scale clean
 
 build:
 	bash build_zipapp.sh
 
-# Installs openssh-server and pytest first where they are missing.  pytest
-# exits 5 when it collected no tests: that must fail, never pass.
+# Installs what the tests need first where it is missing (.ci/deps).  -rs
+# lists every skip with its reason (under CI=true a skip fails, see
+# tests/conftest.py).  pytest exits 5 when it collected no tests: that must
+# fail, never pass.  tests/slurm runs under `make test-slurm` only.
 test:
-	PYTHON=$(PYTHON) bash .ci/deps pytest
-	$(PYTHON) -m pytest -q tests; rc=$$?; \
+	PYTHON=$(PYTHON) bash .ci/deps pytest vermin
+	$(PYTHON) -m pytest -q -rs --ignore=tests/slurm tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
 # A real single-node Slurm on 127.0.0.1 (as root; installs slurmctld, slurmd,
 # slurm-client and munge where missing).  Not part of `test`.
 test-slurm:
 	PYTHON=$(PYTHON) bash tests/slurm/run.sh
+
+# Each deliberate bug in tests/mutants/ applied to a scratch copy of the tree:
+# the tests it names must fail.  Slow; not part of CI.
+mutants:
+	$(PYTHON) tests/mutants/run.py
 
 # ruff with the configuration in pyproject.toml; vermin proves Python 3.8
 # syntax and APIs suffice for the package.

@@ -1,8 +1,10 @@
 """Running clstr from the source tree in tests."""
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +33,77 @@ def node_args(names):
     for name in names:
         args += ["-n", name]
     return args
+
+
+def wait_until(predicate, timeout=30, interval=0.05, what="the event"):
+    """Poll ``predicate`` until it returns something true, and return that;
+    fail the test after ``timeout`` seconds.  Tests wait for what they can
+    observe (a file, a line, a process) instead of sleeping and hoping."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def joblog_rows(path):
+    """The records of a joblog (header left out), each a list of 9 byte
+    fields; none if the file is not there yet."""
+    try:
+        with open(path, "rb") as log:
+            lines = log.read().splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.split(b"\t", 8) for line in lines[1:]]
+
+
+def require_program(name):
+    """The path of program ``name``; the test is skipped without it (a
+    failure under CI: see ALLOWED_SKIPS in conftest.py)."""
+    import pytest
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip("%s is not installed (.ci/deps installs it)" % name)
+    return path
+
+
+def read_lines(stream, count, timeout=30):
+    """Read ``count`` lines from the pipe ``stream`` (a Popen's stdout)
+    within ``timeout`` seconds, without blocking past it; returns them (with
+    their newlines) and fails the test if they do not come."""
+    import select
+    data = b""
+    deadline = time.monotonic() + timeout
+    while data.count(b"\n") < count:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([stream], [], [], max(0, left))
+        if not ready:
+            raise AssertionError("timed out after %gs waiting for %d lines, got %r"
+                                 % (timeout, count, data))
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            raise AssertionError("end of output after %r, wanted %d lines" % (data, count))
+        data += chunk
+    return data.splitlines(keepends=True)
+
+
+def read_until(stream, needle, timeout=60):
+    """Read the pipe ``stream`` (a running clstr's stderr, say) until
+    ``needle`` (bytes) has appeared; returns everything read, so the caller
+    can add it to what comes later.  Fails the test at the deadline."""
+    import select
+    data = b""
+    deadline = time.monotonic() + timeout
+    while needle not in data:
+        ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError("timed out after %gs waiting for %r, got %r"
+                                 % (timeout, needle, data))
+        chunk = os.read(stream.fileno(), 65536)
+        if not chunk:
+            raise AssertionError("end of output before %r: %r" % (needle, data))
+        data += chunk
+    return data

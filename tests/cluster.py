@@ -10,7 +10,13 @@ names onto it:
 - ``dead001``... point at a port where nothing listens (connection refused);
 - ``silent001``... point at a listener that accepts and never sends a banner;
 - ``badkey001``... offer a key the sshd does not accept;
-- ``wronghost001``... expect a different host key.
+- ``wronghost001``... expect a different host key;
+- ``envnode001``... to ``envnode016`` log in like ``node*`` and set
+  ``CLSTR_TEST_NODE`` to their own name in the session, so a job can act
+  differently on one node (all nodes are this one machine).
+
+``CLSTR_TEST_SSHD`` names another sshd binary (a missing one shows that CI
+fails, instead of skipping, without sshd).
 
 Only loopback is ever contacted.  Usable from tests, the demo and the
 benchmark; ``python3 tests/cluster.py`` starts one until Ctrl-C.
@@ -18,6 +24,7 @@ benchmark; ``python3 tests/cluster.py`` starts one until Ctrl-C.
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -27,11 +34,14 @@ import tempfile
 import threading
 import time
 
-SSHD = "/usr/sbin/sshd"
+SSHD = os.environ.get("CLSTR_TEST_SSHD", "/usr/sbin/sshd")
 TEST_USER = "clstrtest"
 # A second login user whose shell is bash: the remote wrapper must work under
 # bash as well as dash.
 BASH_USER = "clstrbash"
+# How many envnode names the client config spells out (ssh_config's SetEnv
+# takes no %n token, so each name needs a block of its own).
+ENV_NODES = 16
 
 
 def _free_port():
@@ -145,9 +155,13 @@ class _Forwarder(_Listener):
 class LoopbackCluster:
     """A running loopback sshd and an ssh config naming nodes on it."""
 
-    def __init__(self, max_startups="1000:30:1000", max_sessions=100):
+    def __init__(self, max_startups="1000:30:1000", max_sessions=100,
+                 password_authentication=False):
         self.max_startups = max_startups
         self.max_sessions = max_sessions
+        # Offer password authentication too (no password ever matches): a
+        # client that may prompt would ask for one.
+        self.password_authentication = password_authentication
         self.tmpdir = None
         self.port = None
         self.user = None
@@ -277,8 +291,9 @@ class LoopbackCluster:
             "AuthorizedKeysFile %s" % self.path("authorized_keys"),
             "AllowUsers %s" % " ".join(filter(None, (self.user, self.bash_user))),
             "UsePAM no",
-            "PasswordAuthentication no",
+            "PasswordAuthentication %s" % ("yes" if self.password_authentication else "no"),
             "KbdInteractiveAuthentication no",
+            "AcceptEnv CLSTR_TEST_*",
             "PubkeyAuthentication yes",
             # The keys live in a temp dir that is not the user's home.
             "StrictModes no",
@@ -302,7 +317,7 @@ class LoopbackCluster:
         with open(self.path("wrong_known_hosts"), "w") as known:
             known.write("%s %s\n" % (address, other_host_key))
 
-        def block(pattern, port, key="user_key", known="known_hosts", user=self.user):
+        def block(pattern, port, key="user_key", known="known_hosts", user=self.user, env=None):
             return "\n".join([
                 "Host %s" % pattern,
                 "    HostName 127.0.0.1",
@@ -313,7 +328,7 @@ class LoopbackCluster:
                 "    UserKnownHostsFile %s" % self.path(known),
                 "    StrictHostKeyChecking yes",
                 "    LogLevel ERROR",
-                ""])
+                ] + (["    SetEnv %s" % env] if env else []) + [""])
 
         with open(self.path("ssh_config"), "w") as config:
             config.write(block("node*", self.port))
@@ -324,6 +339,8 @@ class LoopbackCluster:
             config.write(block("silent*", self._silent.port))
             config.write(block("badkey*", self.port, key="other_key"))
             config.write(block("wronghost*", self.port, known="wrong_known_hosts"))
+            for name in self.env_nodes(ENV_NODES):
+                config.write(block(name, self.port, env="CLSTR_TEST_NODE=" + name))
 
     # -- what tests use -----------------------------------------------------
 
@@ -358,6 +375,12 @@ class LoopbackCluster:
     def wronghost_nodes(self, count):
         return self._names("wronghost", count)
 
+    def env_nodes(self, count):
+        """Names whose sessions have CLSTR_TEST_NODE set to the name (at most
+        ENV_NODES of them)."""
+        assert count <= ENV_NODES, count
+        return self._names("envnode", count)
+
     def late_nodes(self, count):
         """Names refused until ``bring_up_late_nodes()`` is called."""
         return self._names("late", count)
@@ -376,19 +399,34 @@ class LoopbackCluster:
         except OSError:
             return ""
 
+    def accepted_logins(self):
+        """Client ports of the logins sshd accepted so far, in order: one per
+        ssh connection that authenticated (a ControlMaster's jobs add none)."""
+        return [int(port) for port in re.findall(
+            r"Accepted publickey for \S+ from \S+ port (\d+)", self.sshd_log())]
+
+    def throttled_connections(self):
+        """How many connections sshd dropped for MaxStartups so far."""
+        return self.sshd_log().count("past MaxStartups")
+
     def remote_processes(self, marker):
         """(pid, cmdline) of the login users' processes whose command line
-        holds ``marker`` (the "remote" side is this machine)."""
+        or environment holds ``marker`` (the "remote" side is this machine).
+        A marker in a comment (``sleep 9 # m``) is gone once the shell execs
+        ``sleep``; one in the environment (``M=m sleep 9``, or exported) is
+        inherited by everything the job starts."""
         found = []
         for pid in self._login_user_pids():
             try:
                 with open("/proc/%d/cmdline" % pid, "rb") as handle:
                     cmdline = handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
+                with open("/proc/%d/environ" % pid, "rb") as handle:
+                    environ = handle.read().decode("utf-8", "replace")
                 with open("/proc/%d/stat" % pid) as handle:
                     state = handle.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 continue
-            if marker in cmdline and state != "Z":
+            if (marker in cmdline or marker in environ) and state != "Z":
                 found.append((pid, cmdline))
         return found
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, node_args
+from clstr_run import REPO, clstr, node_args, wait_until
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -67,14 +67,16 @@ def test_400_jobs_over_16_slots_each_complete_exactly_once(cluster, tmp_path):
 @pytest.mark.parametrize("mode", ["--no-multiplex", "--multiplex"])
 def test_refused_node_is_retired_and_its_job_reruns_elsewhere(cluster, mode):
     started = time.monotonic()
-    result = clstr(cluster, mode, "-v", "-n", cluster.dead_nodes(1)[0], "-n", cluster.nodes(1)[0],
+    result = clstr(cluster, mode, "-v", "--connect-timeout", "60",
+                   "-n", cluster.dead_nodes(1)[0], "-n", cluster.nodes(1)[0],
                    "-j", "echo one", "-j", "echo two", "-j", "echo three")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [b"one", b"three", b"two"]
     assert result.stderr.count(b"node dead001 retired: refused") == 1, result.stderr
-    # Refusal is immediate: far below the 5 s connect timeout.
-    assert elapsed < 4, elapsed
+    # Refusal is immediate, never a wait for the connect timeout (the bound
+    # is far from both, so a loaded machine cannot fail it).
+    assert elapsed < 30, elapsed
 
 
 def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, shared_dir):
@@ -201,14 +203,16 @@ def test_interrupt_stops_remote_jobs_and_exits_130(cluster):
     marker = "clstr-marker-%d" % os.getpid()
     argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
             *node_args(cluster.nodes(3)),
-            *(["-j", "sh -c 'sleep 300; echo %s' & sleep 300 # %s" % (marker, marker)] * 3)]
+            *(["-j", "export CLSTR_TEST_MARK=%s; "
+                      "sh -c \"sleep 300; : $CLSTR_TEST_MARK-child\" & sleep 300" % marker] * 3)]
     process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while len(cluster.remote_processes(marker)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(cluster.remote_processes(marker)) >= 3
+        # "-child" is spelled out only in each job's inner sh (which cannot
+        # exec sleep: a command follows); everything the jobs started has
+        # the marker in its environment.
+        wait_until(lambda: len(cluster.remote_processes(marker + "-child")) == 3,
+                   what="all three jobs running")
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
         assert cluster.remote_processes_left(marker) == []

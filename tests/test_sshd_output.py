@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, node_args
+from clstr_run import REPO, clstr, clstr_argv, node_args, require_program
 
 MODES = [[], ["--tag"], ["--group"]]
 
@@ -31,8 +31,7 @@ def expected_payload(seed, size):
 
 @pytest.mark.parametrize("mode", MODES, ids=["lines", "tag", "group"])
 def test_binary_output_arrives_byte_for_byte(cluster, mode):
-    if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode:
-        pytest.skip("openssl is needed to make test data")
+    require_program("openssl")  # makes the test data
     data = expected_payload(1, 300000)
     assert b"\0" in data
     result = clstr(cluster, *mode, "-n", "node001", "-j", payload_job(1, 300000))
@@ -176,7 +175,8 @@ def test_slow_reader_gets_exact_bytes_while_memory_stays_bounded(cluster):
 def test_closed_stdout_stops_the_run_cleanly(cluster):
     marker = "clstr-head-%d" % os.getpid()
     script = ('"$0" -m clstr --ssh-command "$1" -n node001 -n node002 '
-              '-j "yes line # $2" -j "yes line # $2" -j "sleep 60 # $2" | head -1; '
+              '-j "CLSTR_TEST_MARK=$2 yes line" -j "CLSTR_TEST_MARK=$2 yes line" '
+              '-j "CLSTR_TEST_MARK=$2 sleep 60" | head -1; '
               'echo "status=${PIPESTATUS[0]}"')
     result = subprocess.run(["bash", "-c", script, sys.executable, cluster.ssh_command, marker],
                             cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)

@@ -59,16 +59,13 @@ def test_300_children_at_once_are_all_reaped():
     assert [out for _, out, _ in results] == [b"%d\n" % n for n in range(300)]
 
 
-def test_a_grandchild_holding_stderr_does_not_delay_the_exit():
+def test_a_grandchild_holding_stderr_does_not_delay_the_exit(tmp_path):
     # Models ssh's ControlPersist master, which inherits the client's stderr.
+    grandchild = tmp_path / "grandchild"
     started = time.monotonic()
-    results = run_children(["sleep 20 & echo $! > /tmp/clstr-grandchild-$$; echo done"])
+    results = run_children(["sleep 20 & echo $! > %s; echo done" % grandchild])
     elapsed = time.monotonic() - started
-    for name in os.listdir("/tmp"):
-        if name.startswith("clstr-grandchild-"):
-            with open("/tmp/" + name) as handle:
-                os.kill(int(handle.read()), signal.SIGKILL)
-            os.unlink("/tmp/" + name)
+    os.kill(int(grandchild.read_text()), signal.SIGKILL)  # this run's own, no other
     assert results == [(0, b"done\n", b"")]
     assert elapsed < 10
 
@@ -104,11 +101,14 @@ def sink_to_pipe():
     return loop, sink, read_end, write_end, events
 
 
-def drain(loop, sink, read_end):
+def drain(loop, sink, read_end, timeout=120):
+    """Run the loop and read the pipe until the sink has written it all.
+    Fails at the deadline rather than return early: the caller's
+    sink.close() would then block on a pipe that nobody reads."""
     data = b""
     os.set_blocking(read_end, False)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while True:
         loop.call_later(0.001, loop.stop)
         loop.run()
         try:
@@ -117,8 +117,9 @@ def drain(loop, sink, read_end):
             chunk = b""
         data += chunk
         if not chunk and not sink.buffered:
-            break
-    return data
+            return data
+        assert time.monotonic() < deadline, "the sink never drained: %d bytes left" % (
+            sink.buffered)
 
 
 def test_lines_from_two_sources_are_never_glued():
