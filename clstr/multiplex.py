@@ -42,7 +42,7 @@ AUTHENTICATED = b"Authenticated to "
 # Failures that say the host cannot be reached or will not have us; any other
 # failure of a master (ssh error, a front end's own exit status) is no verdict
 # on the host.
-CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.TIMED_OUT, Kind.AUTH, Kind.HOST_KEY,
+CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.CONNECT_TIMEOUT, Kind.AUTH, Kind.HOST_KEY,
                                  Kind.UNRESOLVED, Kind.THROTTLED, Kind.CONNECTION_LOST))
 
 

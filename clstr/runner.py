@@ -524,7 +524,8 @@ class Runner:
             self.pool.admit(host)
             self._back_in_service(host)
         if failure is None or outcome.gave_up:
-            self._guarded(self._index_path(), self.delivery.record, job.seq, code, host, job.text)
+            self._guarded(self._index_path(), self.delivery.record, job.seq, failure, host,
+                          job.text)
         if outcome.retired:
             self._note_retired(outcome.retired, failure)
         if failure and self.plan.verbose:
@@ -536,7 +537,7 @@ class Runner:
 
     def _failure(self, attempt, failure):
         if attempt.stopped_for is Kind.TIMEOUT:
-            return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
+            return Failure(Kind.TIMEOUT, "stopped after %gs" % self.plan.timeout)
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
         return failure
