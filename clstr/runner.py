@@ -22,6 +22,7 @@ from .muxclient import MuxError
 from .muxsession import MuxSession
 from .nodes import NodePool
 from .output import Sink
+from .privatedir import PrivateDirectory
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
 from .ssh import wrapped_command
@@ -119,9 +120,12 @@ class Runner:
         self.feed = feed
         self.joblog = joblog
         self.loop = EventLoop()
+        # Masters' sockets and logs, and ssh's log of each attempt.
+        self.private = PrivateDirectory()
         self.masters = None
         if plan.multiplex:
-            self.masters = MasterSet(self.loop, plan.ssh, plan.sessions_per_master)
+            self.masters = MasterSet(self.loop, plan.ssh, self.private.path,
+                                     plan.sessions_per_master)
         self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses, held=bool(self.masters))
         self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
                                    max_attempts=plan.max_attempts, job_failure=plan.job_failure)
@@ -399,8 +403,9 @@ class Runner:
 
     def _ssh_session(self, attempt, control_path, on_output, on_end):
         host = attempt.slot.host.name
-        argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
-        return ssh_session(self.loop, argv, on_output, on_end, control_path)
+        log_path = self.private.new_path("attempt-", ".log")
+        argv = self.plan.ssh.argv(host, attempt.job.command, control_path, log_path)
+        return ssh_session(self.loop, argv, on_output, on_end, control_path, log_path)
 
     def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
         """clstr's mux client could not use the master: nothing ran, so the
@@ -625,6 +630,7 @@ class Runner:
             attempt.session.kill()
         if self.masters:
             self.masters.shutdown()
+        self.private.remove()
         self.feed.close()
         if self.active_nodes:
             self.attempts.clear()
