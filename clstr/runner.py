@@ -578,13 +578,30 @@ class Runner:
         retired = self.pool.retired_hosts()
         if not incomplete and self.feed.input_done and not (retired and self.plan.verbose):
             return
-        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20)
+        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20,
+                               never_started=self._why_never_started)
         if incomplete or not self.feed.input_done:
             unread = "" if self.feed.input_done else " (job input not read to its end)"
             lines.append("%d of %d jobs were not completed%s" % (
                 len(incomplete), self.feed.total - self.feed.skipped, unread))
         for line in lines:
             self._message(line)
+
+    def _why_never_started(self, job):
+        """The report's words for a job that ended the run without an
+        attempt."""
+        if job.host is not None and self.pool.hosts[job.host].retired:
+            return "never started: %s was retired" % job.host
+        if self.pool.usable:
+            return "never started"
+        # Slots that are neither retired nor usable were used up.
+        used_up = any(not host.retired for host in self.pool.hosts.values())
+        if used_up and self.plan.max_node_uses:
+            uses = "--max-node-uses %d" % self.plan.max_node_uses
+            if self.pool.retired_hosts():
+                return "never started: no node left (retired, or every slot used up: %s)" % uses
+            return "never started: every slot used up (%s)" % uses
+        return "never started: no node left"
 
     def _interrupted(self, signum):
         if self._stopping:
