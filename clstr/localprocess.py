@@ -7,8 +7,9 @@ cannot talk to a master.  ssh exits with the remote command's status, or 255
 for its own errors, which ``failures.classify`` names from what ssh said: ssh
 logs to a file of its own (``ssh -E``, one per attempt, in the run's private
 directory), so the job's stderr carries only what the job and the user's own
-configuration of ssh let through.  An exec transport exits 1 for its own failures as for a job's, so
-the remote wrapper writes a start marker first (exectransport.py).
+configuration of ssh let through.  An exec transport exits 1 for its own
+failures as for a job's, so the remote wrapper writes a start marker first
+(exectransport.py).
 """
 
 import os
