@@ -155,8 +155,8 @@ class _Files:
 class Delivery:
     """Chooses the mode for a run: ``group`` and ``tag`` flags, or an
     ``output_dir`` (a ``userfiles.OutputDir``, already open).  In files mode
-    ``record`` appends to DIR/index.tsv (job
-    number, exit status, host, command), one line per job with a single
+    ``record`` appends to DIR/index.tsv (job number, status, host, command),
+    one line per job with a single
     write, so the index is never torn."""
 
     def __init__(self, sinks, tag=False, group=False, output_dir=None):
@@ -171,9 +171,14 @@ class Delivery:
         prefix = (host + ": ").encode("utf-8", "surrogateescape") if self._tag else b""
         return (_Group if self._group else _Lines)(self._sinks, prefix)
 
-    def record(self, seq, status, host, command):
-        """Note a job's final outcome (files mode only)."""
+    def record(self, seq, failure, host, command):
+        """Note a job's final outcome (files mode only): ``failure`` None if
+        it completed, else how its last attempt failed.  The status column is
+        0 for a completed job, else the failure's label ("job exit 3",
+        "timeout", "refused"...): the words of -v and the failure report, not
+        ssh's 255, which says nothing of what happened."""
         if self._output_dir is not None:
+            status = "0" if failure is None else failure.label
             line = "%d\t%s\t%s\t%s\n" % (
                 seq, status, host, command.replace("\t", "\\t").replace("\n", "\\n"))
             self._output_dir.record(line.encode("utf-8", "backslashreplace"))

@@ -8,8 +8,8 @@ from .exectransport import exec_argv, wrapper_words
 from .multiplex import MASTER_IDLE_EXIT
 from .nodes import NodePool
 
-# Masters' sockets live in a directory made when the run starts; a dry run
-# shows where, with this stand-in name.
+# Masters' sockets and ssh's logs live in a directory made when the run
+# starts (privatedir.py); a dry run shows where, with this stand-in name.
 SOCKETS = "/tmp/clstr-XXXXXXXX"
 
 
@@ -31,6 +31,7 @@ def dry_run_lines(plan, feed):
                 yield quote_argv(plan.ssh.master_argv(host.name, paths[host.name, group],
                                                       MASTER_IDLE_EXIT))
     feed.read_everything()
+    logs = 0
     while True:
         job = feed.take()
         if job is None:
@@ -41,5 +42,8 @@ def dry_run_lines(plan, feed):
                                        wrapper_words(job.command)))
         else:
             control_path = paths.get((slot.host.name, slot.index // sessions))
-            yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path))
+            logs += 1
+            log_path = "%s/attempt-%d.log" % (SOCKETS, logs)
+            yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path,
+                                           log_path))
         pool.release(slot)

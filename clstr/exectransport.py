@@ -24,7 +24,7 @@ Pure functions and one small stateful filter; no I/O.
 import re
 import shlex
 
-from clstr.failures import Failure, Kind
+from clstr.failures import Failure, Kind, job_exit
 from clstr.nodeset import NodeSpecError, expand
 
 HOST_FIELD = "{host}"
@@ -270,7 +270,7 @@ def classify_exec(code, started, stderr_tail):
     if code < 0:
         return Failure(Kind.INTERRUPTED, "transport killed by signal %d" % -code)
     if started:
-        return Failure(Kind.JOB_EXIT, "job exited %d" % code)
+        return job_exit(code)
     lines = _last_lines(stderr_tail, 4)
     for line in reversed(lines):
         if _NO_NODE_CAN_CURE.search(line):

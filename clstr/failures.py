@@ -1,9 +1,12 @@
 """Why an attempt failed, named once and decided in one place.
 
 ssh exits 255 for its own errors and otherwise with the remote command's
-status, and says what went wrong on stderr.  ``classify`` turns an exit code
-and the tail of stderr into a ``Failure`` with ssh's own words; the report,
-``-v`` messages and the scheduler all use these names.
+status, and says what went wrong in its log (``ssh -E FILE``, see
+localprocess.py) or on stderr.  ``classify`` turns an exit code and what ssh
+said into a ``Failure`` with ssh's own words.  The kinds' names (``Kind``
+values) are the one vocabulary of failures: ``-v`` messages, the failure
+report and ``--output-dir``'s index.tsv print them, the scheduler decides by
+them, and README.md lists them (a test keeps the two in step).
 """
 
 import enum
@@ -12,7 +15,9 @@ import re
 
 class Kind(enum.Enum):
     REFUSED = "refused"
-    TIMED_OUT = "timed out"
+    # No TCP connection or no SSH banner within ConnectTimeout; not to be
+    # confused with TIMEOUT, a job that ran past --timeout.
+    CONNECT_TIMEOUT = "connect timeout"
     AUTH = "auth"
     HOST_KEY = "host key"
     UNRESOLVED = "unknown host"
@@ -40,8 +45,8 @@ class Kind(enum.Enum):
         return self is Kind.FATAL
 
 
-# In priority order: the first pattern found in the last lines of ssh's stderr
-# names the failure (a throttled connection also says "Connection reset", so
+# In priority order: the first pattern found in the last lines ssh said names
+# the failure (a throttled connection also says "Connection reset", so
 # the kex message must win).  Patterns are ssh's own messages (OpenSSH 7-9).
 _PATTERNS = [
     (Kind.REFUSED, r"Connection refused"),
@@ -52,7 +57,7 @@ _PATTERNS = [
     (Kind.UNRESOLVED, r"Could not resolve hostname|Name or service not known"),
     # MaxStartups throttling drops connections before or during key exchange.
     (Kind.THROTTLED, r"kex_exchange_identification|ssh_exchange_identification"),
-    (Kind.TIMED_OUT, r"Connection timed out|Operation timed out|timed out during banner"),
+    (Kind.CONNECT_TIMEOUT, r"Connection timed out|Operation timed out|timed out during banner"),
     (Kind.CONNECTION_LOST, r"Timeout, server .* not responding|closed by remote host"
                            r"|Broken pipe|Connection reset|Connection closed"),
 ]
@@ -60,51 +65,88 @@ _COMPILED = [(kind, re.compile(pattern.encode())) for kind, pattern in _PATTERNS
 
 
 class Failure:
-    """A failed attempt: its kind and what was said (ssh's words, or the
-    job's exit status)."""
+    """A failed attempt: its kind, what was said (ssh's words, or clstr's
+    when clstr stopped the job; may be empty) and, for a job's own exit, its
+    exit status.
 
-    __slots__ = ("kind", "detail")
+    Printed as ``label: detail`` (just the label when there is no detail),
+    the same in ``-v`` messages and the failure report; index.tsv shows the
+    label alone."""
 
-    def __init__(self, kind, detail):
+    __slots__ = ("kind", "detail", "status")
+
+    def __init__(self, kind, detail="", status=None):
         self.kind = kind
         self.detail = detail
+        self.status = status
+
+    @property
+    def label(self):
+        """The kind's name, with the exit status for a job's own exit
+        ("job exit 3")."""
+        if self.status is not None:
+            return "%s %d" % (self.kind.value, self.status)
+        return self.kind.value
 
     def __str__(self):
-        if not self.kind.transport:
-            return self.detail
-        return "%s: %s" % (self.kind.value, self.detail)
+        return "%s: %s" % (self.label, self.detail) if self.detail else self.label
 
     def __repr__(self):
-        return "Failure(%s, %r)" % (self.kind, self.detail)
+        return "Failure(%s, %r, %r)" % (self.kind, self.detail, self.status)
 
 
-def _last_lines(stderr_tail, count=4):
-    lines = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
+def job_exit(status):
+    """The Failure of a job that exited with ``status`` (not 0)."""
+    return Failure(Kind.JOB_EXIT, status=status)
+
+
+def _last_lines(text, count=4):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-count:]
 
 
 def _said(line):
+    """ssh's words from one line of its log: without its "ssh: " prefix, and
+    without a final full stop, since they are joined with others by "; "
+    ("Permission denied (publickey).; given up")."""
     text = line.decode("utf-8", "replace")
-    return text[5:] if text.startswith("ssh: ") else text
+    if text.startswith("ssh: "):
+        text = text[5:]
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    return text
 
 
-def classify(code, stderr_tail, master_gone=False):
+def _named(lines):
+    """The Failure the first pattern (in priority order) found in ``lines``
+    names, or None."""
+    for kind, pattern in _COMPILED:
+        for line in reversed(lines):
+            if pattern.search(line):
+                return Failure(kind, _said(line))
+    return None
+
+
+def classify(code, stderr_tail, master_gone=False, log_tail=b""):
     """The Failure for an ssh that exited with ``code`` (-N: killed by signal
-    N) after writing ``stderr_tail`` (bytes, the last few KiB), or None if it
-    succeeded.  ``master_gone``: the job ran through a ControlMaster that has
-    since gone away (a mux client says nothing when its master dies)."""
+    N), or None if it succeeded.  ``log_tail`` and ``stderr_tail`` (bytes,
+    the last few KiB) are what ssh wrote to its log file (-E) and to stderr:
+    with -E, ssh logs every message, errors included, to the file; a few
+    (such as "Connection to H closed by remote host.") still go to stderr,
+    which also carries the job's own stderr, so the log is read first.
+    ``master_gone``: the job ran through a ControlMaster that has since gone
+    away (a mux client says nothing when its master dies)."""
     if code == 0:
         return None
     if code < 0:
         return Failure(Kind.INTERRUPTED, "ssh killed by signal %d" % -code)
-    if code == 255:
-        lines = _last_lines(stderr_tail)
-        for kind, pattern in _COMPILED:
-            for line in reversed(lines):
-                if pattern.search(line):
-                    return Failure(kind, _said(line))
-        if master_gone:
-            return Failure(Kind.CONNECTION_LOST, "shared connection closed")
-        lines = _last_lines(stderr_tail, 1)
-        return Failure(Kind.SSH_ERROR, _said(lines[0]) if lines else "ssh exited 255")
-    return Failure(Kind.JOB_EXIT, "job exited %d" % code)
+    if code != 255:
+        return job_exit(code)
+    log_lines, stderr_lines = _last_lines(log_tail), _last_lines(stderr_tail)
+    failure = _named(log_lines) or _named(stderr_lines)
+    if failure is not None:
+        return failure
+    if master_gone:
+        return Failure(Kind.CONNECTION_LOST, "shared connection closed")
+    last = (log_lines or stderr_lines)[-1:]
+    return Failure(Kind.SSH_ERROR, _said(last[0]) if last else "ssh exited 255")

@@ -4,9 +4,12 @@
 The ssh client is used with ``--no-multiplex``, for ``--on-each-node``, for
 hosts whose connection cannot be shared, and whenever clstr's own mux client
 cannot talk to a master.  ssh exits with the remote command's status, or 255
-for its own errors, which ``failures.classify`` names from what ssh said on
-stderr.  An exec transport exits 1 for its own failures as for a job's, so
-the remote wrapper writes a start marker first (exectransport.py).
+for its own errors, which ``failures.classify`` names from what ssh said: ssh
+logs to a file of its own (``ssh -E``, one per attempt, in the run's private
+directory), so the job's stderr carries only what the job and the user's own
+configuration of ssh let through.  An exec transport exits 1 for its own
+failures as for a job's, so the remote wrapper writes a start marker first
+(exectransport.py).
 """
 
 import os
@@ -17,7 +20,7 @@ from .exectransport import StartMarkerFilter, classify_exec
 from .failures import classify
 from .transport import STOP_GRACE, Session, StdinPipe
 
-# Bytes of stderr kept for classifying a failure.
+# Bytes of stderr, and of ssh's log, kept for classifying a failure.
 STDERR_TAIL = 4096
 
 
@@ -80,13 +83,29 @@ class ProcessSession(Session):
         self._child.resume()
 
 
-def ssh_session(loop, argv, on_output, on_end, control_path=None):
+def read_log_tail(path):
+    """The last STDERR_TAIL bytes of ssh's log at ``path``, which is then
+    deleted (b"" if ssh never wrote it)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - STDERR_TAIL))
+            tail = log.read()
+        os.unlink(path)
+    except OSError:
+        return b""
+    return tail
+
+
+def ssh_session(loop, argv, on_output, on_end, control_path=None, log_path=None):
     """An attempt through a local ssh.  ``control_path``: the master socket
     it shares, if any (a mux client says nothing when its master dies, so a
-    vanished socket is the evidence)."""
+    vanished socket is the evidence).  ``log_path``: the file ``argv`` tells
+    ssh to log to (-E), read and deleted when the attempt ends."""
     def classify_end(code, stderr_tail):
+        log_tail = read_log_tail(log_path) if log_path else b""
         master_gone = bool(control_path) and not os.path.exists(control_path)
-        return classify(code, stderr_tail, master_gone)
+        return classify(code, stderr_tail, master_gone, log_tail)
     return ProcessSession(loop, argv, on_output, on_end, classify_end)
 
 

@@ -6,17 +6,15 @@ session on a connection that is already up.
 
 One master serves up to ``sessions_per_master`` slots of a host, because
 sshd's MaxSessions (default 10) caps sessions per connection: a host with more
-slots gets more masters.  Sockets live in a fresh private (0700) directory with
-short names, because unix socket paths are limited to about 100 bytes; a
-fresh directory per run also means no stale socket of a crashed run is ever
-reused.  Masters write to a log file, never to clstr's pipes: a master lives
-on after the ssh that started it, and would hold a pipe open.
+slots gets more masters.  Sockets live in the run's private directory
+(privatedir.py) with short names, because unix socket paths are limited to
+about 100 bytes.  Masters write to a log file there, at LogLevel VERBOSE,
+never to clstr's pipes: a master lives on after the ssh that started it, and
+would hold a pipe open; and nothing a master says reaches the user's output.
 """
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 
 from .failures import Kind, classify
@@ -42,15 +40,8 @@ AUTHENTICATED = b"Authenticated to "
 # Failures that say the host cannot be reached or will not have us; any other
 # failure of a master (ssh error, a front end's own exit status) is no verdict
 # on the host.
-CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.TIMED_OUT, Kind.AUTH, Kind.HOST_KEY,
+CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.CONNECT_TIMEOUT, Kind.AUTH, Kind.HOST_KEY,
                                  Kind.UNRESOLVED, Kind.THROTTLED, Kind.CONNECTION_LOST))
-
-
-def _socket_directory():
-    base = tempfile.gettempdir()
-    if len(base) > 40:
-        base = "/tmp"
-    return tempfile.mkdtemp(prefix="clstr-", dir=base)
 
 
 class Master:
@@ -89,13 +80,14 @@ class MasterSet:
     evidence (exit status, the master's log, the socket), not on time alone:
     a throttled or slow key exchange is no missing feature."""
 
-    def __init__(self, loop, ssh, sessions_per_master=10, start_timeout=None):
+    def __init__(self, loop, ssh, directory, sessions_per_master=10, start_timeout=None):
         self._loop = loop
         self._ssh = ssh
         self._per_master = max(1, sessions_per_master)
         self._masters = {}
         self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
-        self.directory = _socket_directory()
+        # The run's private directory (privatedir.py); its owner removes it.
+        self.directory = directory
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def group_of(self, slot_index):
@@ -206,7 +198,8 @@ class MasterSet:
         return master.path if master is not None and master.ready else None
 
     def shutdown(self):
-        """Ask every master to exit, wait a bounded time, remove the sockets.
+        """Ask every master to exit and wait a bounded time (the run's private
+        directory, sockets and logs, is removed by its owner).
         Runs its own loop iterations: the run is over by now."""
         pending = set()
         for master in self._masters.values():
@@ -224,4 +217,3 @@ class MasterSet:
             self._loop.run_while(lambda: bool(pending))
             timer.cancel()
         os.close(self._devnull)
-        shutil.rmtree(self.directory, ignore_errors=True)

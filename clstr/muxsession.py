@@ -11,7 +11,7 @@ What a mux client's failure means for the node:
   lost, as when a plain ssh is cut off.
 """
 
-from .failures import Failure, Kind
+from .failures import Failure, Kind, job_exit
 from .muxclient import MuxAttempt, MuxError
 from .transport import STOP_GRACE, Session
 
@@ -32,7 +32,7 @@ class MuxSession(Session):
                                  self._failed)
 
     def _exited(self, code):
-        failure = None if code == 0 else Failure(Kind.JOB_EXIT, "job exited %d" % code)
+        failure = None if code == 0 else job_exit(code)
         self._on_end(code, failure)
 
     def _failed(self, error, detail):

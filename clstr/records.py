@@ -133,10 +133,12 @@ def job_key(job):
     return (job.host if job.host is not None else job.seq), _one_line(job.text)
 
 
-def failure_report(retired_hosts, incomplete_jobs, limit=20):
+def failure_report(retired_hosts, incomplete_jobs, limit=20,
+                   never_started=lambda job: "never started"):
     """Lines saying which nodes were retired, why (in ssh's words), and
-    which jobs did not complete, with their attempts; at most ``limit`` of
-    each (None: all)."""
+    which jobs did not complete, with their attempts (each failure as
+    ``str(Failure)``, the words of -v too); at most ``limit`` of each (None:
+    all).  ``never_started(job)``: what to say of a job that never ran."""
     limit = limit or max(len(retired_hosts), len(incomplete_jobs))
     lines = []
     if retired_hosts:
@@ -150,7 +152,7 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20):
                                                   "s" * (len(incomplete_jobs) != 1)))
         for job in incomplete_jobs[:limit]:
             tried = "; ".join("%s: %s" % (host, failure) for host, failure in job.failures)
-            why = tried or job.rejected or "never started"
+            why = tried or job.rejected or never_started(job)
             lines.append("  job %d %r: %s" % (job.seq, job.text, why))
         if len(incomplete_jobs) > limit:
             lines.append("  ... and %d more" % (len(incomplete_jobs) - limit))

@@ -22,6 +22,7 @@ from .muxclient import MuxError
 from .muxsession import MuxSession
 from .nodes import NodePool
 from .output import Sink
+from .privatedir import PrivateDirectory
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
 from .ssh import wrapped_command
@@ -119,9 +120,12 @@ class Runner:
         self.feed = feed
         self.joblog = joblog
         self.loop = EventLoop()
+        # Masters' sockets and logs, and ssh's log of each attempt.
+        self.private = PrivateDirectory()
         self.masters = None
         if plan.multiplex:
-            self.masters = MasterSet(self.loop, plan.ssh, plan.sessions_per_master)
+            self.masters = MasterSet(self.loop, plan.ssh, self.private.path,
+                                     plan.sessions_per_master)
         self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses, held=bool(self.masters))
         self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
                                    max_attempts=plan.max_attempts, job_failure=plan.job_failure)
@@ -399,8 +403,9 @@ class Runner:
 
     def _ssh_session(self, attempt, control_path, on_output, on_end):
         host = attempt.slot.host.name
-        argv = self.plan.ssh.argv(host, attempt.job.command, control_path)
-        return ssh_session(self.loop, argv, on_output, on_end, control_path)
+        log_path = self.private.new_path("attempt-", ".log")
+        argv = self.plan.ssh.argv(host, attempt.job.command, control_path, log_path)
+        return ssh_session(self.loop, argv, on_output, on_end, control_path, log_path)
 
     def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
         """clstr's mux client could not use the master: nothing ran, so the
@@ -524,7 +529,8 @@ class Runner:
             self.pool.admit(host)
             self._back_in_service(host)
         if failure is None or outcome.gave_up:
-            self._guarded(self._index_path(), self.delivery.record, job.seq, code, host, job.text)
+            self._guarded(self._index_path(), self.delivery.record, job.seq, failure, host,
+                          job.text)
         if outcome.retired:
             self._note_retired(outcome.retired, failure)
         if failure and self.plan.verbose:
@@ -536,7 +542,7 @@ class Runner:
 
     def _failure(self, attempt, failure):
         if attempt.stopped_for is Kind.TIMEOUT:
-            return Failure(Kind.TIMEOUT, "timed out after %gs" % self.plan.timeout)
+            return Failure(Kind.TIMEOUT, "stopped after %gs" % self.plan.timeout)
         if attempt.stopped_for is Kind.INTERRUPTED:
             return Failure(Kind.INTERRUPTED, "stopped by clstr")
         return failure
@@ -572,13 +578,30 @@ class Runner:
         retired = self.pool.retired_hosts()
         if not incomplete and self.feed.input_done and not (retired and self.plan.verbose):
             return
-        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20)
+        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20,
+                               never_started=self._why_never_started)
         if incomplete or not self.feed.input_done:
             unread = "" if self.feed.input_done else " (job input not read to its end)"
             lines.append("%d of %d jobs were not completed%s" % (
                 len(incomplete), self.feed.total - self.feed.skipped, unread))
         for line in lines:
             self._message(line)
+
+    def _why_never_started(self, job):
+        """The report's words for a job that ended the run without an
+        attempt."""
+        if job.host is not None and self.pool.hosts[job.host].retired:
+            return "never started: %s was retired" % job.host
+        if self.pool.usable:
+            return "never started"
+        # Slots that are neither retired nor usable were used up.
+        used_up = any(not host.retired for host in self.pool.hosts.values())
+        if used_up and self.plan.max_node_uses:
+            uses = "--max-node-uses %d" % self.plan.max_node_uses
+            if self.pool.retired_hosts():
+                return "never started: no node left (retired, or every slot used up: %s)" % uses
+            return "never started: every slot used up (%s)" % uses
+        return "never started: no node left"
 
     def _interrupted(self, signum):
         if self._stopping:
@@ -624,6 +647,7 @@ class Runner:
             attempt.session.kill()
         if self.masters:
             self.masters.shutdown()
+        self.private.remove()
         self.feed.close()
         if self.active_nodes:
             self.attempts.clear()

@@ -110,10 +110,6 @@ class SshSettings:
             # ssh gives up after interval * count seconds.
             "ServerAliveInterval=%g" % self.alive_interval,
             "ServerAliveCountMax=%d" % self.alive_count,
-            # ssh says why a connection ended ("Timeout, server not
-            # responding", "closed by remote host") at INFO; a config with
-            # LogLevel ERROR would leave us guessing.
-            "LogLevel=INFO",
         ]
 
     def _argv(self, host, options, extra_args=(), remote=None):
@@ -127,14 +123,28 @@ class SshSettings:
             argv.append(remote)
         return argv
 
-    def argv(self, host, command, control_path=None):
+    def argv(self, host, command, control_path=None, log_path=None):
         """The argv running ``command`` (bytes) on ``host`` under the remote
         wrapper, through the master at ``control_path`` if given.  If that
-        master has gone, ssh quietly makes a connection of its own."""
-        options = []
+        master has gone, ssh quietly makes a connection of its own.
+
+        ``log_path``: the file ssh's own messages go to instead of stderr
+        (``-E``), for clstr to read why it failed.  ssh then writes every
+        message of its log there, errors included, and stderr carries only
+        the job's (and the rare message ssh prints, not logs, such as
+        "Connection to H closed by remote host.", which plain ssh prints
+        whatever the LogLevel).  So LogLevel INFO, which says why a
+        connection ended ("Timeout, server not responding"), only fills that
+        file: clstr never adds to the job's output what the user's LogLevel
+        hides ("Warning: Permanently added ..." under LogLevel ERROR)."""
+        options, extra_args = [], []
         if control_path:
             options = ["ControlMaster=no", "ControlPath=" + control_path]
-        return self._argv(host, options, remote=wrapped_command(command))
+        if log_path:
+            options.append("LogLevel=INFO")
+            # After the --ssh-command words: ssh takes the last -E given.
+            extra_args = ["-E", log_path]
+        return self._argv(host, options, extra_args, remote=wrapped_command(command))
 
     def master_argv(self, host, control_path, idle_exit):
         """The argv starting a ControlMaster for ``host``.  With ControlPersist

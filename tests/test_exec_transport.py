@@ -86,7 +86,7 @@ def test_stderr_and_exit_status_are_the_jobs(runtime):
     assert result.returncode == 1
     assert result.stdout == b"out\n"
     assert result.stderr.startswith(b"err\n"), result.stderr
-    assert b"job exited 3" in result.stderr
+    assert b"job exit 3" in result.stderr
 
 
 def test_transport_failure_retires_the_node_with_its_words_and_the_job_runs_elsewhere(runtime):
@@ -104,7 +104,7 @@ def test_a_job_failing_after_it_started_retires_its_node_as_with_ssh(runtime):
                    *(["-j", '[ "$CLSTR_NODE" = c2 ] && echo done'] * 4))
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"done\n" * 4
-    assert b"node c1 retired: job exited 1" in result.stderr
+    assert b"node c1 retired: job exit 1" in result.stderr
 
 
 def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
@@ -123,7 +123,7 @@ def test_timeout_stops_the_job_and_its_background_children():
                    "-j", "sleep %s & echo started; wait" % marker)
     assert result.returncode == 1
     assert result.stdout == b"started\n"
-    assert b"timed out after 2s" in result.stderr
+    assert b"timeout: stopped after 2s" in result.stderr
     assert processes_left("sleep " + marker) == []
 
 

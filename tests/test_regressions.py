@@ -210,7 +210,7 @@ def test_a_node_whose_jobs_fail_gets_one_job_is_retired_and_gets_no_more(cluster
                    *node_args(cluster.env_nodes(2)), *jobs)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == sorted(b"done %d" % n for n in range(12))
-    assert retired_lines(result.stderr) == [(b"envnode002", b"job exited 3")]
+    assert retired_lines(result.stderr) == [(b"envnode002", b"job exit 3")]
     rows = joblog_rows(joblog)
     on_broken = [row for row in rows if row[1] == b"envnode002"]
     assert [row[6] for row in on_broken] == [b"3"], rows

@@ -85,7 +85,7 @@ def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, sha
     result = clstr(cluster, "-v", *node_args(cluster.nodes(2)), "-j", job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"second try\n"
-    assert re.search(rb"node node00[12] retired: job exited 3", result.stderr), result.stderr
+    assert re.search(rb"node node00[12] retired: job exit 3", result.stderr), result.stderr
 
 
 def test_all_nodes_dead_exits_1_and_counts_jobs_not_completed(cluster):

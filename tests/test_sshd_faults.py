@@ -66,7 +66,7 @@ def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
     assert sorted(result.stdout.splitlines()) == [b"a", b"b"]
     retired = retired_lines(result.stderr)
     assert retired and retired[0][0] == b"silent001"
-    assert retired[0][1].startswith(b"timed out"), retired
+    assert retired[0][1].startswith(b"connect timeout: "), retired
     # Without the connect timeout ssh would wait for the banner for ever
     # (clstr() gives up after 120 s); the bound leaves room for a loaded machine.
     assert elapsed < 60, elapsed
@@ -116,7 +116,7 @@ def test_max_attempts_gives_a_poison_job_up_instead_of_draining_the_cluster(clus
     assert len(retired_lines(result.stderr + b"")) == 0  # not verbose: no live messages
     report = result.stderr.decode()
     assert "2 nodes retired" in report
-    assert re.search(r"job 1 'exit 7': node\d+: job exited 7; node\d+: job exited 7", report)
+    assert re.search(r"job 1 'exit 7': node\d+: job exit 7; node\d+: job exit 7", report)
 
 
 def test_job_failure_job_keeps_the_node(cluster):
@@ -125,7 +125,7 @@ def test_job_failure_job_keeps_the_node(cluster):
     assert result.returncode == 1
     assert result.stdout == b"after\n"
     assert "node retired" not in result.stderr.decode()
-    assert "job 1 'exit 3': node001: job exited 3" in result.stderr.decode()
+    assert "job 1 'exit 3': node001: job exit 3" in result.stderr.decode()
 
 
 def test_timeout_kills_the_job_on_the_node_too(cluster):
@@ -137,7 +137,7 @@ def test_timeout_kills_the_job_on_the_node_too(cluster):
     assert time.monotonic() - started < 25  # not the job's 30 s
     assert result.returncode == 1
     assert result.stdout == b"quick\n"
-    assert "timed out after 1s" in result.stderr.decode()
+    assert "timeout: stopped after 1s" in result.stderr.decode()
     assert cluster.remote_processes_left(marker) == []
 
 

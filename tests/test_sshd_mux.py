@@ -37,7 +37,7 @@ def test_status_bytes_and_stdin_eof_match_the_ssh_client(cluster):
     assert sorted(mux.stdout.splitlines()) == sorted(ssh.stdout.splitlines())
     assert b"read-eof" in mux.stdout
     # The one failed job is reported the same way by both.
-    assert b"job exited 3" in mux.stderr and b"job exited 3" in ssh.stderr
+    assert b"job exit 3" in mux.stderr and b"job exit 3" in ssh.stderr
     assert sorted(mux.stderr.splitlines()) == sorted(ssh.stderr.splitlines())
 
 

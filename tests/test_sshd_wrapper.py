@@ -59,7 +59,7 @@ def test_timeout_stops_a_background_child_the_job_left_running(cluster, prefix, 
                    "-j", "sleep %s & echo started" % mark)
     assert result.stdout == b"started\n", result.stderr
     assert result.returncode == 1
-    assert b"timed out after 8s" in result.stderr
+    assert b"timeout: stopped after 8s" in result.stderr
     assert cluster.remote_processes_left(mark) == []
 
 
@@ -100,8 +100,8 @@ def test_exit_status_is_the_job_shells_even_while_a_child_holds_the_job(cluster,
                    "-j", "sleep 1.%s & true" % mark)
     assert result.returncode == 1
     report = result.stderr.decode()
-    assert "'exit 3': %s001: job exited 3" % prefix in report
-    assert "exit 4': %s001: job exited 4" % prefix in report
+    assert "'exit 3': %s001: job exit 3" % prefix in report
+    assert "exit 4': %s001: job exit 4" % prefix in report
     assert "2 of 3 jobs were not completed" in report
     assert cluster.remote_processes_left(mark) == []
 

@@ -219,7 +219,7 @@ def test_success_is_no_failure():
 
 def test_job_exit_after_start_is_the_jobs():
     failure = classify_exec(1, True, b"srun: error: n1: task 0: Exited with exit code 1\n")
-    assert (failure.kind, failure.detail) == (Kind.JOB_EXIT, "job exited 1")
+    assert (failure.kind, failure.status, str(failure)) == (Kind.JOB_EXIT, 1, "job exit 1")
 
 
 def test_transport_failure_before_start_blames_the_node_in_its_own_words():

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from clstr.delivery import tag_lines
-from clstr.failures import Failure, Kind, classify
+from clstr.failures import Failure, Kind, classify, job_exit
 from clstr.jobs import JobFeed, split_job_lines
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
@@ -88,8 +88,8 @@ def test_shell_quote_survives_quotes_and_any_bytes():
 
 @pytest.mark.parametrize("stderr, kind", [
     (b"ssh: connect to host h port 22: Connection refused\r\n", Kind.REFUSED),
-    (b"ssh: connect to host h port 22: Connection timed out\r\n", Kind.TIMED_OUT),
-    (b"Connection timed out during banner exchange\r\n", Kind.TIMED_OUT),
+    (b"ssh: connect to host h port 22: Connection timed out\r\n", Kind.CONNECT_TIMEOUT),
+    (b"Connection timed out during banner exchange\r\n", Kind.CONNECT_TIMEOUT),
     (b"u@h: Permission denied (publickey).\r\n", Kind.AUTH),
     (b"Host key verification failed.\r\n", Kind.HOST_KEY),
     (b"ssh: Could not resolve hostname nope: Name or service not known\r\n", Kind.UNRESOLVED),
@@ -108,7 +108,7 @@ def test_ssh_failures_are_named_from_its_stderr(stderr, kind):
 def test_job_exit_is_told_apart_from_ssh_failure():
     assert classify(0, b"") is None
     failure = classify(3, b"Connection refused\n")
-    assert failure.kind is Kind.JOB_EXIT and str(failure) == "job exited 3"
+    assert failure.kind is Kind.JOB_EXIT and str(failure) == "job exit 3"
     assert not failure.kind.transport and Kind.REFUSED.transport
 
 
@@ -162,7 +162,7 @@ def test_job_failure_job_fails_only_the_job():
     pool = NodePool(["a"])
     scheduler = Scheduler(pool, feed_of("x", "y"), job_failure="job")
     job, slot = scheduler.next_assignment()
-    outcome = scheduler.attempt_finished(job, slot, Failure(Kind.JOB_EXIT, "job exited 1"))
+    outcome = scheduler.attempt_finished(job, slot, job_exit(1))
     assert outcome.gave_up and not outcome.retired
     assert scheduler.next_assignment() is not None
 

@@ -1,0 +1,123 @@
+"""README.md against reality: every block after a marker
+
+    <!-- checked: tests/test_readme_examples.py::TEST -->
+
+is checked by TEST here (the failure-report and joblog examples are run on
+the loopback cluster and compared after normalising ports and times; the
+list of failure kinds is compared with clstr.failures.Kind), so the docs
+cannot drift from what clstr prints.  Every marker names a test of this file
+and every such test has its marker."""
+
+import os
+import re
+import shlex
+
+import pytest
+
+from clstr.failures import Kind
+from clstr_run import REPO, clstr
+
+README = os.path.join(REPO, "README.md")
+MARKER = re.compile(r"^<!-- checked: tests/test_readme_examples\.py::(\w+) -->\n", re.M)
+
+
+def checked_blocks():
+    """{test name: the text after its marker}: a fenced block's lines, or a
+    table's lines."""
+    with open(README) as readme:
+        text = readme.read()
+    blocks = {}
+    for marker in MARKER.finditer(text):
+        rest = text[marker.end():]
+        if rest.startswith("```"):
+            body = rest.split("\n", 1)[1]
+            block = body[:body.index("```")]
+        else:
+            block = rest[:rest.find("\n\n") + 1 if "\n\n" in rest else len(rest)]
+        assert marker.group(1) not in blocks, "two markers for %s" % marker.group(1)
+        blocks[marker.group(1)] = block.splitlines()
+    return blocks
+
+
+def test_every_marker_names_a_test_here_and_every_test_has_a_marker():
+    tests = {name for name in globals() if name.startswith("test_")
+             and name != "test_every_marker_names_a_test_here_and_every_test_has_a_marker"}
+    assert set(checked_blocks()) == tests
+
+
+# -- the list of failure kinds -------------------------------------------------
+
+def test_readme_lists_every_failure_kind():
+    rows = [line for line in checked_blocks()["test_readme_lists_every_failure_kind"]
+            if line.startswith("| `")]
+    listed = [re.match(r"\| `([^`]+)`", row).group(1) for row in rows]
+    # "job exit N": the kind's name with the job's exit status.
+    names = [re.sub(r" N$", "", name) for name in listed]
+    assert sorted(names) == sorted(kind.value for kind in Kind)
+    assert len(names) == len(set(names))
+
+
+# -- the failure report and the joblog ---------------------------------------
+
+def _command_and_output(lines):
+    """The command of a README session (``$ ...`` with ``\\`` continuation
+    lines), its output lines, and the exit status it shows (``$ echo $?``),
+    if any."""
+    assert lines[0].startswith("$ ")
+    command = lines[0][2:]
+    index = 1
+    while command.endswith("\\"):
+        command = command[:-1] + " " + lines[index].strip()
+        index += 1
+    output, status = [], None
+    for number, line in enumerate(lines[index:], index):
+        if line == "$ echo $?":
+            status = int(lines[number + 1])
+            break
+        output.append(line)
+    return shlex.split(command), output, status
+
+
+def _normalised(lines):
+    return [re.sub(r"port \d+", "port PORT", line) for line in lines]
+
+
+def _run_readme_command(cluster, words, *extra):
+    assert words[0] == "clstr"
+    return clstr(cluster, *(words[1:] + list(extra)))
+
+
+@pytest.fixture(scope="module")
+def failure_report_run(cluster, tmp_path_factory):
+    """The failure-report example, run once with a joblog (the joblog
+    example is "the run above with --joblog joblog.tsv")."""
+    words, output, status = _command_and_output(checked_blocks()["test_failure_report_example"])
+    joblog = tmp_path_factory.mktemp("readme") / "joblog.tsv"
+    result = _run_readme_command(cluster, words, "--joblog", str(joblog))
+    return result, output, status, joblog
+
+
+def test_failure_report_example(failure_report_run):
+    result, output, status, _ = failure_report_run
+    # On a terminal the report follows the jobs' output, as it ends the run.
+    printed = (result.stdout + result.stderr).decode().splitlines()
+    assert _normalised(printed) == _normalised(output)
+    assert result.returncode == status
+
+
+def test_joblog_example(failure_report_run):
+    _, _, _, joblog = failure_report_run
+    lines = checked_blocks()["test_joblog_example"]
+    assert lines[0] == "$ column -t -s $'\\t' joblog.tsv"
+    shown = [re.split(r"\s{2,}", line.strip()) for line in lines[1:]]
+    logged = [line.split("\t") for line in joblog.read_text().splitlines()]
+    assert shown[0] == logged[0]  # the header: GNU parallel's nine columns
+    assert len(shown) == len(logged)
+    for shown_row, logged_row in zip(shown[1:], logged[1:]):
+        assert len(shown_row) == len(logged_row) == 9
+        # Starttime and JobRuntime: seconds with three decimals, as shown.
+        for column in (2, 3):
+            assert re.fullmatch(r"\d+\.\d{3}", shown_row[column]), shown_row
+            assert re.fullmatch(r"\d+\.\d{3}", logged_row[column]), logged_row
+        same = [0, 1, 4, 5, 6, 7, 8]
+        assert [shown_row[c] for c in same] == [logged_row[c] for c in same]
