@@ -21,17 +21,21 @@ examples:
   clstr -N nodes.txt -J <(for i in $(seq 10); do echo "echo job $i"; done)
   clstr -N nodes.txt -E 'grep "model name" /proc/cpuinfo' | sort | uniq -c
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
-  clstr -N nodes.txt -J jobs.txt -j '[ -z "$(users)" ] && ./experiment'
+  clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
+  clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
+  salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
 A job is a shell command run on a node with 'ssh NODE COMMAND'. Each listed
 node is one slot (list a host N times to run N jobs on it at once). If ssh
 exits non-zero, clstr cannot tell the node from the job, so it retires the node
-and runs the job elsewhere; a job can use this to refuse unsuitable nodes.
+and runs the job elsewhere; a job can use this to refuse unsuitable nodes: the
+sed example runs every job of jobs.txt only on nodes where nobody is logged in.
 
-exit status: 0 every job completed; 1 some did not (no node left to run them);
-2 usage or input error (nothing was started); 3 clstr could not write its own
-output (stdout, stderr, --joblog, -A, --output-dir); 130/143/129 interrupted
-by SIGINT/SIGTERM/SIGHUP; 141 stdout was closed.
+exit status: 0 every job completed; 1 some did not (no node left to run them,
+or given up: --timeout, --job-failure job, --max-attempts; the report says
+which); 2 usage or input error (nothing was started); 3 clstr could not write
+its own output (stdout, stderr, --joblog, -A, --output-dir); 130/143/129
+interrupted by SIGINT/SIGTERM/SIGHUP; 141 stdout was closed.
 """
 
 
@@ -126,7 +130,7 @@ def build_parser():
                           "the default, so node-filtering jobs work)")
     failures.add_argument("--timeout", metavar="SECONDS", type=_seconds,
                           help="kill a job (on the node too) that runs longer; it is "
-                          "reported failed and not rerun")
+                          "reported as 'timeout' and not rerun")
     failures.add_argument("--retry-nodes", metavar="SECONDS", type=_seconds, default=0,
                           help="try a node retired for a connection failure again after "
                           "SECONDS (doubling after each failure), and use it again if it "
@@ -148,7 +152,8 @@ def build_parser():
                         "(stdout, then stderr); output of failed attempts is dropped")
     output.add_argument("--output-dir", metavar="DIR",
                         help="write job N's stdout and stderr to DIR/N.out and DIR/N.err "
-                        "(complete files only) and an index to DIR/index.tsv")
+                        "(complete files only) and an index to DIR/index.tsv (job, status: 0 or "
+                        "the failure's name, host, command)")
     output.add_argument("--stdout", "-o", metavar="FILE", nargs="?", const=os.devnull,
                         help="write jobs' stdout to FILE (no FILE: discard it)")
     output.add_argument("--stderr", "-e", metavar="FILE", nargs="?", const=os.devnull,
@@ -159,10 +164,13 @@ def build_parser():
                           help="print the ssh command lines that would run, one per "
                           "line, and start nothing")
     watching.add_argument("--verbose", "-v", action="count", default=0,
-                          help="report retired nodes and jobs not completed "
-                          "(-vv lists the jobs)")
+                          help="say each failed attempt and node retirement as it "
+                          "happens, and print the failure report even when every job "
+                          "completed (-vv: list every job not completed, not only the "
+                          "first 20)")
     watching.add_argument("--status", "-s", action="store_true",
-                          help="show a live status line when stderr is a terminal")
+                          help="show a live status line on the terminal (stderr, or the "
+                          "controlling terminal when stderr is redirected)")
     watching.add_argument("--active-nodes", "-A", metavar="FILE",
                           help="keep FILE listing which node runs which job")
 
