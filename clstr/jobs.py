@@ -75,14 +75,22 @@ NUL_IN_JOB = "job contains a NUL byte"
 
 def _check_no_nul(name, blocks):
     """Raise JobInputError naming the line of the first NUL byte in
-    ``blocks`` (consecutive pieces of one file), if there is one."""
+    ``blocks`` (consecutive pieces of one file), if there is one; else
+    return how many jobs (non-blank lines) they hold, so a job count is
+    known from the start."""
     newlines = 0
+    jobs = 0
+    carry = b""
     for block in blocks:
         at = block.find(b"\0")
         if at >= 0:
             number = newlines + block.count(b"\n", 0, at) + 1
             raise JobInputError("%s:%d: %s" % (name, number, NUL_IN_JOB))
         newlines += block.count(b"\n")
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        jobs += sum(1 for line in lines if line.strip())
+    return jobs + bool(carry.strip())
 
 
 def _blocks_from(fd, offset):
@@ -128,13 +136,16 @@ class _FileSource:
         self.at_eof = False
         self.line = 0  # lines of the source read so far
         self._whole = None  # a device's content, read when opened
+        self.expected = None  # jobs a regular file holds, known at open
+        self.taken = 0  # jobs read from it so far
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
                 raise JobInputError("cannot read job file %s: Is a directory" % name)
             self.streaming = is_stream(fd, mode)
             if stat.S_ISREG(mode):
-                _check_no_nul(name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)))
+                self.expected = _check_no_nul(
+                    name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)))
             elif not self.streaming:
                 self._whole = io.BytesIO(_read_whole(name, fd))
         except OSError as error:
@@ -168,6 +179,7 @@ class _FileSource:
             complete, self.partial = self.partial + data[:cut - 1], data[cut:]
         jobs = numbered_job_lines(complete, self.line + 1)
         self.line += complete.count(b"\n") + 1
+        self.taken += len(jobs)
         return jobs
 
     def close(self):
@@ -219,6 +231,20 @@ class JobFeed:
     def total(self):
         """Jobs read so far."""
         return self._count
+
+    @property
+    def expected_total(self):
+        """Jobs read so far plus those regular job files not yet read hold
+        (counted when they were opened), and whether that is all there will
+        be (no pipe or FIFO left to read): what the status line shows."""
+        expected = self._count
+        known = True
+        for source in self._files:
+            if source.expected is None:
+                known = False
+            else:
+                expected += max(0, source.expected - source.taken)
+        return expected, known
 
     @property
     def input_done(self):

@@ -692,8 +692,9 @@ class Runner:
             self.active_nodes.changed()
 
     def _status_fields(self):
-        return progress_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
-                               self.pool.busy, self.pool.live_slots, self.feed.input_done,
+        expected, known = self.feed.expected_total
+        return progress_fields(self.scheduler.completed, expected - self.feed.skipped,
+                               self.pool.busy, self.pool.live_slots, known,
                                time.monotonic() - self._started, len(self.pool.retired_hosts()))
 
     def _summary_fields(self):
