@@ -454,7 +454,7 @@ def test_output_dir_write_failures_are_local_io_errors_and_leave_no_partial(tmp_
     files.close(False)
     assert sorted(os.listdir(str(tmp_path / "out"))) == ["index.tsv"]
     _make_full(outdir._index_fd)
-    _raises_local_io(lambda: delivery.record(1, 0, "host", "true"),
+    _raises_local_io(lambda: delivery.record(1, None, "host", "true"),
                      str(tmp_path / "out" / "index.tsv"))
     delivery.close()
 
