@@ -54,7 +54,7 @@ import socket
 import struct
 import time
 
-from .child import READ_SIZE
+from .child import READ_SIZE, OutputPipes
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -502,42 +502,32 @@ class MuxAttempt:
     def __init__(self, loop, control_path, command, on_output, on_exit, on_error,
                  on_opened=None, env=()):
         self._loop = loop
-        self._on_output = on_output
         self._on_exit = on_exit
         self._on_error = on_error
         self._on_opened = on_opened
-        self._fds = {}
-        self._paused = False
         self._result = None
         self._timer = None
         self._reported = False
-        self.stdin_fd = None
-        passed = []
+        self._pipes = OutputPipes(loop, on_output, self._maybe_finish)
         try:
             stdin_read, self.stdin_fd = os.pipe()
-            passed.append(stdin_read)
-            for stream in (1, 2):
-                read_end, write_end = os.pipe()
-                self._fds[stream] = read_end
-                passed.append(write_end)
-                os.set_blocking(read_end, False)
         except BaseException:
-            for fd in passed + list(self._fds.values()) + [self.stdin_fd]:
-                if fd is not None:
-                    os.close(fd)
+            self._pipes.close()
+            self._pipes.close_write_ends()
             raise
         # The session closes the ends it passes (even when it raises); from
         # here on only the master holds them.
+        passed = [stdin_read] + self._pipes.write_ends
+        self._pipes.write_ends = []
         try:
             self.session = MuxSession(loop, control_path, command, *passed,
                                       on_opened=self._opened, on_exit=self._session_exited,
                                       on_error=self._session_failed, env=env)
         except BaseException:
-            for fd in list(self._fds.values()) + [self.stdin_fd]:
-                os.close(fd)
+            self._pipes.close()
+            self._close_stdin()
             raise
-        for stream in self._fds:
-            self._watch(stream)
+        self._pipes.watch()
 
     @property
     def running(self):
@@ -562,21 +552,14 @@ class MuxAttempt:
         self._cancel_timer()
         self.session.close()
         self._close_stdin()
-        for stream in list(self._fds):
-            self._close(stream)
+        self._pipes.close()
 
     def pause(self):
-        if not self._paused:
-            self._paused = True
-            for fd in self._fds.values():
-                self._loop.remove_reader(fd)
+        self._pipes.pause()
 
     def resume(self):
-        if self._paused:
-            self._paused = False
-            for stream in self._fds:
-                self._watch(stream)
-            self._maybe_finish()
+        self._pipes.resume()
+        self._maybe_finish()
 
     # -- the session's news ------------------------------------------------------
 
@@ -599,43 +582,12 @@ class MuxAttempt:
         self._timer = None
         self.session.close()
         # The master may be hung: take what the pipes hold and go.
-        for stream in list(self._fds):
-            self._read(stream, drain=True)
-            self._close(stream)
+        self._pipes.drain()
         self._result = ("error", MuxError.ABANDONED,
                         "no exit status %gs after stdin was closed" % grace)
         self._maybe_finish()
 
-    # -- the pipes -----------------------------------------------------------
-
-    def _watch(self, stream):
-        self._loop.add_reader(self._fds[stream], lambda: self._read(stream))
-
-    def _read(self, stream, drain=False):
-        """Read from one pipe: once, or (``drain``) until it is empty.  At
-        EOF, close it and see whether the attempt is over."""
-        fd = self._fds.get(stream)
-        while fd is not None:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close(stream)
-                self._maybe_finish()
-                return
-            self._on_output(stream, data)
-            if not drain or self._reported:
-                return
-            fd = self._fds.get(stream)
-
-    def _close(self, stream):
-        fd = self._fds.pop(stream, None)
-        if fd is not None:
-            self._loop.remove_reader(fd)
-            os.close(fd)
+    # -- the end -------------------------------------------------------------
 
     def _close_stdin(self):
         if self.stdin_fd is not None:
@@ -650,10 +602,10 @@ class MuxAttempt:
     def _maybe_finish(self):
         if self._result is None or self._reported:
             return
-        if self._fds:
+        if self._pipes.open:
             # The master has closed its ends, so EOF is due; bound the wait
             # anyway, but never while the caller holds us paused.
-            if self._timer is None and not self._paused:
+            if self._timer is None and not self._pipes.paused:
                 self._timer = self._loop.call_later(PIPE_EOF_GRACE, self._give_up_on_eof)
             return
         self._reported = True
@@ -666,9 +618,7 @@ class MuxAttempt:
 
     def _give_up_on_eof(self):
         self._timer = None
-        if self._paused:
+        if self._pipes.paused:
             return
-        for stream in list(self._fds):
-            self._read(stream, drain=True)
-            self._close(stream)
+        self._pipes.drain()
         self._maybe_finish()
