@@ -4,7 +4,9 @@
 
 is checked by TEST here (the failure-report and joblog examples are run on
 the loopback cluster and compared after normalising ports and times; the
-list of failure kinds is compared with clstr.failures.Kind), so the docs
+list of failure kinds is compared with clstr.failures.Kind; the usage
+example runs on two loopback nodes; the status and active-nodes lines are
+what clstr.status prints for the numbers shown), so the docs
 cannot drift from what clstr prints.  Every marker names a test of this file
 and every such test has its marker."""
 
@@ -15,6 +17,7 @@ import shlex
 import pytest
 
 from clstr.failures import Kind
+from clstr.status import active_nodes_text, progress_fields
 from clstr_run import REPO, clstr
 
 README = os.path.join(REPO, "README.md")
@@ -121,3 +124,37 @@ def test_joblog_example(failure_report_run):
             assert re.fullmatch(r"\d+\.\d{3}", logged_row[column]), logged_row
         same = [0, 1, 4, 5, 6, 7, 8]
         assert [shown_row[c] for c in same] == [logged_row[c] for c in same]
+
+
+# -- the usage examples ---------------------------------------------------------
+
+def test_three_jobs_on_two_nodes_example(cluster):
+    words, output, status = _command_and_output(
+        checked_blocks()["test_three_jobs_on_two_nodes_example"])
+    assert status is None
+    # The README's nodes are a real cluster's; the same jobs run on two
+    # loopback nodes instead.
+    hosts = iter(cluster.nodes(2))
+    words = [next(hosts) if previous == "--node" else word
+             for previous, word in zip([None] + words, words)]
+    assert "node001" in words and "node002" in words
+    result = _run_readme_command(cluster, words)
+    assert result.returncode == 0, result.stderr
+    # "Lines come in no particular order".
+    printed = result.stdout.decode().splitlines()
+    assert sorted(printed) == sorted(output)
+
+
+def test_status_and_active_nodes_example():
+    lines = checked_blocks()["test_status_and_active_nodes_example"]
+    assert lines[0].startswith("$ clstr --status ")
+    completed, total, busy, slots, retired = 110, 556, 176, 176, 2
+    rate_per_minute = 52.4
+    elapsed = completed / rate_per_minute * 60
+    fields = progress_fields(completed, total, busy, slots, True, elapsed, retired)
+    assert "  ".join(fields) == lines[1]
+    assert lines[2].startswith("$ clstr --active-nodes /tmp/running_jobs ")
+    assert lines[3] == "$ head -2 /tmp/running_jobs"
+    entries = [("e-c07kilf3102", "my_very_exciting_experiment 1"),
+               ("e-c07kig2314", "my_very_exciting_experiment 2")]
+    assert active_nodes_text(entries).splitlines() == lines[4:]
