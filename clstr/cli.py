@@ -161,8 +161,8 @@ def build_parser():
 
     watching = parser.add_argument_group("watching")
     watching.add_argument("--dry-run", action="store_true",
-                          help="print the ssh command lines that would run, one per "
-                          "line, and start nothing")
+                          help="print the command lines (ssh, or --exec's) that would "
+                          "run, one per line, and start nothing")
     watching.add_argument("--verbose", "-v", action="count", default=0,
                           help="say each failed attempt and node retirement as it "
                           "happens, and print the failure report even when every job "
