@@ -26,6 +26,7 @@ import shlex
 
 from clstr.failures import Failure, Kind, job_exit
 from clstr.nodeset import NodeSpecError, expand
+from clstr.ssh import wrapper_argv
 
 HOST_FIELD = "{host}"
 
@@ -151,7 +152,6 @@ def wrapper_words(command):
     """The remote wrapper as argv words after an exec template: the start
     marker first, then the wrapper running ``command`` (bytes) as one
     argument (no quoting: no shell reads it as text)."""
-    from .ssh import wrapper_argv
     words = wrapper_argv(command)
     words[2] = marker_prefix().encode() + words[2]
     return words

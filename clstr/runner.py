@@ -138,7 +138,7 @@ class Runner:
         self._starved = False  # out of fds/processes: start nothing until a job ends
         self._limit_said = False
         self._master_tries = {}
-        self._direct = {}  # host -> why its connection could not be shared
+        self._direct = set()  # hosts whose connection could not be shared
         self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
         self._master_slots = {}  # (host, group) -> slots it serves, once started
         self._unstarted = self._unstarted_masters()
@@ -301,7 +301,7 @@ class Runner:
             return
         if failure is None:
             if unavailable and host not in self._direct:
-                self._direct[host] = unavailable
+                self._direct.add(host)
                 if self.plan.verbose:
                     self._message("%s: connection sharing unavailable (%s), using direct "
                                   "connections" % (host, unavailable))
