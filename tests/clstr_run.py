@@ -107,3 +107,19 @@ def read_until(stream, needle, timeout=60):
             raise AssertionError("end of output before %r: %r" % (needle, data))
         data += chunk
     return data
+
+
+def read_terminal(master):
+    """Everything written to a pseudo-terminal until every holder of its
+    other end has gone (EIO), then close ``master``."""
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every holder of the terminal has gone
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return drawn

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, node_args, wait_until
+from clstr_run import REPO, clstr, node_args, read_terminal, wait_until
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -112,17 +112,8 @@ def test_status_on_a_terminal_is_throttled_fits_the_width_and_ends_with_a_summar
          *node_args(cluster.nodes(4)), *(["-j", "sleep 0.1; echo x"] * 40)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: every writer of the terminal has gone
-            break
-        if not chunk:
-            break
-        drawn += chunk
+    drawn = read_terminal(master)
     elapsed = time.monotonic() - started
-    os.close(master)
     assert process.wait(timeout=60) == 0
     assert process.stdout.read() == b"x\n" * 40
     # Each redraw clears the line and writes the new state.

@@ -10,7 +10,7 @@ import sys
 import termios
 
 from clstr.status import fit_fields, progress_fields, summary_fields
-from clstr_run import REPO, node_args
+from clstr_run import REPO, node_args, read_terminal
 
 
 def test_fitting_drops_whole_fields_never_letters():
@@ -57,16 +57,7 @@ def test_status_is_drawn_on_the_controlling_terminal_when_stderr_is_redirected(
             cwd=REPO, stdin=slave, stdout=subprocess.PIPE, stderr=stderr,
             preexec_fn=_as_controlling_terminal(slave))
     os.close(slave)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: every holder of the terminal has gone
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    os.close(master)
+    drawn = read_terminal(master)
     assert process.wait(timeout=60) == 0
     assert process.stdout.read() == b"x\n" * 6
     assert b"jobs complete" not in log.read_bytes()

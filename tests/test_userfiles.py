@@ -55,6 +55,21 @@ def other_user_uid():
         pytest.skip("needs the clstrtest user (made by the cluster fixture)")
 
 
+def plant_foreign_links(tmp_path, *names):
+    """A sticky world-writable directory holding links ``names``, owned by
+    another user, to a file of ours: (directory, victim)."""
+    public = tmp_path / "public"
+    public.mkdir()
+    os.chmod(str(public), 0o1777)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"root's file\n")
+    for name in names:
+        planted = public / name
+        planted.symlink_to(victim)
+        os.lchown(str(planted), other_user_uid(), -1)
+    return public, victim
+
+
 def blocked_job(flag):
     """A job that runs until ``flag`` exists: the test decides when it ends."""
     return "while [ ! -e %s ]; do sleep 0.05; done; echo done" % flag
@@ -170,14 +185,8 @@ def test_active_nodes_through_the_users_links_updates_the_target_and_keeps_the_l
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
 @pytest.mark.parametrize("option", ["-A", "--joblog", "-o"])
 def test_refuses_another_users_link_in_a_sticky_world_writable_dir(tmp_path, option):
-    public = tmp_path / "public"
-    public.mkdir()
-    os.chmod(str(public), 0o1777)
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"root's file\n")
+    public, victim = plant_foreign_links(tmp_path, "active")
     planted = public / "active"
-    planted.symlink_to(victim)
-    os.lchown(str(planted), other_user_uid(), -1)
     marker = tmp_path / "ran"
     result = run(option, str(planted), "-n", "a", "-j", "touch %s" % marker)
     one_line_usage_error(result, "another user")
@@ -257,15 +266,7 @@ def test_a_new_active_nodes_file_gets_0666_minus_the_umask(cluster, tmp_path, um
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
 def test_output_dir_never_follows_a_planted_partial_file_link(cluster, tmp_path):
-    public = tmp_path / "public"
-    public.mkdir()
-    os.chmod(str(public), 0o1777)
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"root's file\n")
-    for name in (".1.out.partial", ".1.err.partial", "1.out"):
-        planted = public / name
-        planted.symlink_to(victim)
-        os.lchown(str(planted), other_user_uid(), -1)
+    public, victim = plant_foreign_links(tmp_path, ".1.out.partial", ".1.err.partial", "1.out")
     result = clstr(cluster, "--output-dir", str(public), *node_args(cluster.nodes(1)),
                    "-j", "echo hi")
     assert result.returncode == 0, result.stderr
@@ -276,14 +277,7 @@ def test_output_dir_never_follows_a_planted_partial_file_link(cluster, tmp_path)
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
 def test_output_dir_refuses_a_planted_index_link(cluster, tmp_path):
-    public = tmp_path / "public"
-    public.mkdir()
-    os.chmod(str(public), 0o1777)
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"root's file\n")
-    planted = public / "index.tsv"
-    planted.symlink_to(victim)
-    os.lchown(str(planted), other_user_uid(), -1)
+    public, victim = plant_foreign_links(tmp_path, "index.tsv")
     result = clstr(cluster, "--output-dir", str(public), *node_args(cluster.nodes(1)),
                    "-j", "echo hi")
     assert result.returncode == 3, result.stderr
