@@ -29,14 +29,12 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import clstr_run  # noqa: E402
-from clstr_run import node_args  # noqa: E402
+from clstr_run import FIND_SESSION_SSHD, node_args  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 # Each job: claim a fault token if one is left (mkdir is atomic), act on it,
-# then do its work and print its number.  The session's sshd process is the
-# parent of the wrapper, which is the parent of the job's shell.
-JOB = ("marker={marker}; n={n}; "
-       "session=$(ps -o ppid= -p $PPID | tr -d ' '); "
+# then do its work and print its number.
+JOB = ("marker={marker}; n={n}; " + FIND_SESSION_SSHD.replace("{", "{{").replace("}", "}}") +
        "if mkdir {tokens}/kill1 2>/dev/null || mkdir {tokens}/kill2 2>/dev/null; "
        "then sleep 0.5; kill -9 $session; sleep 30; fi; "
        "if [ $n -gt 20 ] && mkdir {tokens}/hang 2>/dev/null; "

@@ -18,6 +18,8 @@ import signal
 import time
 
 from .failures import Kind, classify
+from .muxclient import MuxAttempt
+from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
 
 # A master with no sessions for this long exits by itself: the safety net if
 # clstr is killed before it can stop its masters.  Jobs whose master has gone
@@ -35,6 +37,9 @@ START_GRACE = 15.0
 SOCKET_AFTER_AUTH = 2.0
 # How often a starting master's log and socket are looked at.
 WATCH_INTERVAL = 0.1
+# The most of the login shell probe's output that is kept: a chatty rc file
+# only makes the answer unusable.
+PROBE_OUTPUT_LIMIT = 4096
 # What ssh says at LogLevel VERBOSE once the user is authenticated.
 AUTHENTICATED = b"Authenticated to "
 # Failures that say the host cannot be reached or will not have us; any other
@@ -45,10 +50,11 @@ CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.CONNECT_TIMEOUT, Kind.AUTH, 
 
 
 class Master:
-    """One ControlMaster: its socket, and whether it is up."""
+    """One ControlMaster: its socket, whether it is up, and the host's login
+    shell as the master found it (None: not known)."""
 
     __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "watcher",
-                 "authenticated_at", "unavailable")
+                 "authenticated_at", "unavailable", "login_shell", "probe")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -62,6 +68,8 @@ class Master:
         self.authenticated_at = None
         # Why connection sharing cannot work for this master (None: it can).
         self.unavailable = None
+        self.login_shell = None
+        self.probe = None  # the MuxAttempt asking for the login shell
 
 
 class MasterSet:
@@ -111,6 +119,7 @@ class MasterSet:
             master.ready = False
             master.unavailable = None
             master.authenticated_at = None
+            master.login_shell = None
             try:
                 os.unlink(master.path)
             except FileNotFoundError:
@@ -181,7 +190,46 @@ class MasterSet:
         master.ready = failure is None and master.unavailable is None
         if master.unavailable and os.path.exists(master.path):
             self._ask_to_exit(master)
-        on_done(failure, master.unavailable)
+        if master.ready:
+            self._learn_login_shell(master, lambda: on_done(None, None))
+        else:
+            on_done(failure, master.unavailable)
+
+    def _learn_login_shell(self, master, then):
+        """Ask the host, through its new master, which login shell sshd runs
+        commands in (``ssh.LOGIN_SHELL_PROBE``), then call ``then()``.  A POSIX
+        login shell runs the remote wrapper itself, saving every job an exec;
+        any failure or odd answer leaves the shell unknown, and jobs get the
+        wrapper every shell can start (the jobs themselves find out whether
+        the host works)."""
+        stdout = []
+
+        def collect(stream, data):
+            if stream == 1 and sum(map(len, stdout)) < PROBE_OUTPUT_LIMIT:
+                stdout.append(data)
+
+        def finished(code=None, *error):
+            if master.probe is None:
+                return
+            master.probe = None
+            timer.cancel()
+            master.login_shell = login_shell_from_probe(code, b"".join(stdout))
+            then()
+
+        def give_up():
+            if master.probe is not None:
+                master.probe.close()
+                finished()
+
+        timer = self._loop.call_later(self._ssh.connect_timeout, give_up)
+        try:
+            master.probe = MuxAttempt(self._loop, master.path, LOGIN_SHELL_PROBE, collect,
+                                      finished, lambda kind, detail: finished())
+        except OSError:
+            timer.cancel()
+            then()
+            return
+        master.probe.close_stdin()
 
     def _ask_to_exit(self, master, on_exit=lambda code: None):
         """Ask the master at ``master.path`` to exit; False if ssh could not
@@ -197,12 +245,21 @@ class MasterSet:
         master = self._masters.get((host, self.group_of(slot_index)))
         return master.path if master is not None and master.ready else None
 
+    def login_shell(self, host, slot_index):
+        """The login shell the master of this slot found on ``host``, if it
+        knows it (a name such as "bash")."""
+        master = self._masters.get((host, self.group_of(slot_index)))
+        return master.login_shell if master is not None else None
+
     def shutdown(self):
         """Ask every master to exit and wait a bounded time (the run's private
         directory, sockets and logs, is removed by its owner).
         Runs its own loop iterations: the run is over by now."""
         pending = set()
         for master in self._masters.values():
+            if master.probe:
+                master.probe.close()
+                master.probe = None
             if master.starter:
                 # Still connecting: nobody needs it any more.
                 try:

@@ -395,8 +395,9 @@ class Runner:
         if self.masters:
             control_path = self.masters.control_path(host, attempt.slot.index)
         if control_path and control_path not in self._ssh_client_only:
-            return MuxSession(self.loop, control_path, wrapped_command(attempt.job.command),
-                              on_output, on_end,
+            remote = wrapped_command(attempt.job.command,
+                                     self.masters.login_shell(host, attempt.slot.index))
+            return MuxSession(self.loop, control_path, remote, on_output, on_end,
                               lambda error, detail, on_output, on_end: self._mux_fell_back(
                                   attempt, control_path, error, detail, on_output, on_end))
         return self._ssh_session(attempt, control_path, on_output, on_end)

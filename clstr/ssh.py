@@ -6,35 +6,73 @@ import os
 # ssh cannot stop a remote command: killing the local ssh only closes the
 # connection and the command runs on (``ssh -tt`` would hang it up, but merges
 # stderr into stdout and mangles bytes).  So, like GNU parallel, every job runs
-# under a small POSIX sh wrapper.  A job is its whole process group:
-# - the job runs in its own session (setsid), so the job and everything it
-#   starts can be signalled as one process group, with /dev/null as stdin;
-# - a watcher reads the wrapper's stdin, which clstr holds open and never
-#   writes to.  EOF means the connection or clstr is gone (Ctrl-C, timeout,
-#   clstr killed): the watcher sends TERM to the job's group, and KILL if it
-#   is still there 2 s later;
-# - the wrapper stays until the group is empty, not just until the job's
-#   shell exits: a background child (`cmd &`) keeps its job running, as its
-#   held output would with a plain ssh, and the watcher stays armed to stop it
-#   if the session ends early.  The group's id is the job shell's pid, and the
-#   kernel does not hand that number out again while the group has members, so
-#   `kill -0 -$job` cannot mistake a newcomer for the job.  No event tells sh
-#   that a group has emptied, so the wrapper polls, from 10 ms up to 1 s (as
-#   GNU parallel's wrapper polls its parent); a job without background
-#   children pays one `kill -0` and no process;
-# - the watcher must not outlive the wrapper: sshd closes the session's stdin
+# under a small POSIX sh wrapper.  sshd starts every session's shell in a
+# session of its own (setsid), so that session is the job's: the wrapper, its
+# watcher and everything the job starts, and nothing else.
+# - The job runs with /dev/null as stdin.  A watcher reads the wrapper's
+#   stdin, which clstr holds open and never writes to.  EOF means the
+#   connection or clstr is gone (Ctrl-C, timeout, clstr killed): the watcher
+#   sends TERM to the whole session's process group (ignoring it itself), and
+#   KILL 2 s later.
+# - The job ends when its shell *and* everything it left in the background
+#   have ended, so a background child (`cmd &`) keeps its job, as its held
+#   output would with a plain ssh, and the watcher stays armed to stop it.
+#   The job's processes are found without polling: the job runs inside a
+#   command substitution, whose pipe it holds as fd 8, and the shell reads
+#   that pipe until every holder has exited.  So a job is everything it
+#   started that still holds fd 8.
+# - The watcher must not outlive the wrapper: sshd closes the session's stdin
 #   just after the wrapper exits, and a watcher still reading would take that
-#   for an early end.  So the wrapper kills it, and reaps it (quietly: dash
-#   reports a killed job), before it exits;
-# - the job runs in the user's login shell ($SHELL), as a plain `ssh host cmd`
-#   would, and its shell's exit status is the wrapper's;
-# - a process meant to outlive its job leaves the group with `setsid`.
+#   for an early end.  So the wrapper kills it first ($!, its only
+#   background job).
+# - A process meant to outlive its job lets go of fd 8 (`8>&-`) and leaves
+#   the session with `setsid`, so that an early end does not stop it either.
+# - A signal to the wrapper's shell (a job's `kill 0` or `kill $$`) ends it
+#   with 128+N once the job has ended, as the job's own shell would.
+# - Neither a process nor an exec is added to a job: the wrapper needs only
+#   sh builtins (the watcher and the job are forks of the shell sshd starts),
+#   which is what makes a job through a ControlMaster cheap.
 # The watcher's output goes to /dev/null: sshd keeps a session open while
-# anything holds its stdout or stderr.  Without setsid on the node, the job
-# shares the wrapper's group, and only the job's own shell can be stopped.
-# The job's command is $1, one shell-quoted word, so no user command needs
-# extra quoting.  No names that zsh or bash reserve (status, _).
-REMOTE_WRAPPER = (
+# anything holds its stdout or stderr.  No single quotes (the wrapper is
+# quoted as is), no names that zsh or bash reserve (status, _).
+_WATCH = (
+    "trap \"exit 129\" HUP; trap \"exit 130\" INT; trap \"exit 143\" TERM; "
+    "exec 3<&0 </dev/null 4>&1; "
+    "{ while read -r line; do :; done; trap \"\" TERM; kill -TERM 0; "
+    "sleep 2; kill -KILL 0; } <&3 >/dev/null 2>&1 4>&- & "
+    "exec 3<&-; "
+)
+_JOB_START = "held=$( { "
+_JOB_END = "; } 8>&1 >&4 4>&- ); "
+_FINISH = "code=$?; kill $! 2>/dev/null; exit $code"
+
+# Login shells that run the wrapper themselves: the job then runs in the
+# login shell sshd started (as with a plain `ssh host cmd`: same $0, same
+# $$, same rc files), by `eval` in a forked subshell.  For any other shell
+# (csh, fish...) the wrapper runs under `exec sh -c`, which every shell can
+# parse, and the job under `$SHELL -c`.
+POSIX_LOGIN_SHELLS = ("sh", "dash", "bash")
+
+# Asked of a host once (multiplex.py) to learn whether its login shell is one
+# of those: $0 is the name sshd ran the shell under, and only a POSIX shell
+# can do the arithmetic (csh and fish fail, and so print no "42").
+LOGIN_SHELL_PROBE = b'echo "$0" $((6*7))'
+
+
+def login_shell_from_probe(code, output):
+    """The login shell's name from LOGIN_SHELL_PROBE's exit status and
+    stdout, or None if the answer is not one only a POSIX shell gives."""
+    words = output.split()
+    if code == 0 and len(words) == 2 and words[1] == b"42":
+        return os.fsdecode(words[0])
+    return None
+
+# The wrapper for transports whose command does not get a session of its own
+# (--exec: srun, docker exec): it makes one for the job with `setsid` and
+# keeps to that process group, polling for it to empty, from 10 ms up to 1 s.
+# Without setsid on the node, only the job's own shell can be stopped.
+# $1 is the job's command; the job runs in $SHELL.
+EXEC_WRAPPER = (
     "exec 3<&0 </dev/null; "
     "if command -v setsid >/dev/null 2>&1; "
     "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
@@ -51,11 +89,6 @@ REMOTE_WRAPPER = (
     "kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; exit $code"
 )
 
-# Login shells known to run the wrapper itself, saving the exec of a second
-# shell.  Anything else (csh, tcsh, fish...) gets the wrapper through
-# `exec sh -c`, which every shell can parse.
-POSIX_LOGIN_SHELLS = ("sh", "dash", "bash")
-
 
 def shell_quote(word):
     """``word`` (bytes) as one POSIX shell word, whatever bytes it holds."""
@@ -66,19 +99,28 @@ def wrapper_argv(command):
     """The wrapper as separate argv words for a transport that runs a program
     without a login shell in between: ``sh -c WRAPPER clstr-job COMMAND``.
     ``command`` is bytes and needs no quoting here."""
-    return [b"sh", b"-c", REMOTE_WRAPPER.encode(), b"clstr-job", command]
+    return [b"sh", b"-c", EXEC_WRAPPER.encode(), b"clstr-job", command]
+
+
+def is_posix_login_shell(name):
+    """Whether the login shell ``name`` (a path or sshd's argv[0]) runs the
+    wrapper itself."""
+    return bool(name) and os.path.basename(name) in POSIX_LOGIN_SHELLS
 
 
 def wrapped_command(command, login_shell=None):
     """The remote command line (bytes) that runs ``command`` (bytes) under
     the wrapper, for sshd to hand to the user's login shell.  If the caller
-    knows that shell (``login_shell``, a path) and it is one of
-    POSIX_LOGIN_SHELLS, the login shell runs the wrapper itself; otherwise it
-    execs ``sh``.  The wrapper has no single quotes, so it quotes as is."""
-    if login_shell and os.path.basename(login_shell) in POSIX_LOGIN_SHELLS:
-        return b"set -- " + shell_quote(command) + b"; " + REMOTE_WRAPPER.encode()
-    return (b"exec sh -c '" + REMOTE_WRAPPER.encode() + b"' clstr-job "
-            + shell_quote(command))
+    knows that shell (``login_shell``) and it is one of POSIX_LOGIN_SHELLS,
+    the login shell runs the wrapper and the job itself; otherwise it execs
+    ``sh`` for the wrapper, and the job runs in ``$SHELL -c``."""
+    if is_posix_login_shell(login_shell):
+        job = b"eval " + shell_quote(command)
+        return (_WATCH + _JOB_START).encode() + job + (_JOB_END + _FINISH).encode()
+    # $0 is the shell's name, as sshd gives it to a login shell.
+    job = "login=${SHELL:-sh}; \"$login\" -c \"$1\" \"${login##*/}\""
+    wrapper = _WATCH + _JOB_START + job + _JOB_END + _FINISH
+    return b"exec sh -c '" + wrapper.encode() + b"' clstr-job " + shell_quote(command)
 
 
 class SshSettings:

@@ -9,6 +9,15 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Shell code a job runs to set $session to the pid of the sshd process
+# serving its session: the first sshd among its ancestors (how many shells
+# are in between depends on the wrapper's form and the login shell).
+FIND_SESSION_SSHD = (
+    "session=$PPID; for i in 1 2 3 4; do "
+    "[ \"$(ps -o comm= -p $session)\" = sshd ] && break; "
+    "session=$(ps -o ppid= -p $session | tr -d ' '); done; ")
+
+
 def clstr_argv(cluster, *args):
     return [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command] + list(args)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from clstr_run import clstr, joblog_rows, node_args, read_lines, read_until, start_clstr, wait_until
+from clstr_run import FIND_SESSION_SSHD, clstr, joblog_rows, node_args, read_lines, read_until, start_clstr, wait_until
 from cluster import LoopbackCluster
 
 
@@ -76,8 +76,8 @@ def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
 def test_node_dying_mid_job_requeues_the_job(cluster, shared_dir, mode):
     flag = os.path.join(shared_dir, "died")
     # The first attempt kills the sshd process serving its connection.
-    job = ("if [ ! -e {f} ]; then touch {f}; kill -9 $(ps -o ppid= -p $PPID); sleep 5; fi; "
-           "echo finished").format(f=flag)
+    job = ("if [ ! -e {f} ]; then touch {f}; " + FIND_SESSION_SSHD + "kill -9 $session; "
+           "sleep 5; fi; echo finished").format(f=flag)
     result = clstr(cluster, mode, "-v", *node_args(cluster.nodes(2)), "-j", job)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"finished\n"
@@ -89,8 +89,8 @@ def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, share
     flag = os.path.join(shared_dir, "hung")
     # The first attempt freezes the sshd process serving it: TCP stays open,
     # nothing answers.
-    job = ("if [ ! -e {f} ]; then touch {f}; echo $(ps -o ppid= -p $PPID) > {f}; "
-           "kill -STOP $(ps -o ppid= -p $PPID); sleep 60; fi; echo finished").format(f=flag)
+    job = ("if [ ! -e {f} ]; then touch {f}; " + FIND_SESSION_SSHD + "echo $session > {f}; "
+           "kill -STOP $session; sleep 60; fi; echo finished").format(f=flag)
     try:
         started = time.monotonic()
         result = clstr(cluster, "--no-multiplex", "-v", "--alive-interval", "1",

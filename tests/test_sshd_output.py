@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, node_args, require_program
+from clstr_run import FIND_SESSION_SSHD, REPO, clstr, clstr_argv, node_args, require_program
 
 MODES = [[], ["--tag"], ["--group"]]
 
@@ -96,8 +96,8 @@ def test_group_prints_a_job_once_when_its_first_node_dies_mid_job(cluster, share
     flag = os.path.join(shared_dir, "died")
     # The first attempt prints, then kills its own ssh session: the node
     # "dies" mid-job, and the job reruns elsewhere.
-    job = ("echo partial output; if [ ! -e {f} ]; then touch {f}; "
-           "kill -9 $(ps -o ppid= -p $PPID); sleep 5; fi; echo complete output").format(f=flag)
+    job = ("echo partial output; if [ ! -e {f} ]; then touch {f}; " + FIND_SESSION_SSHD
+           + "kill -9 $session; sleep 5; fi; echo complete output").format(f=flag)
     result = clstr(cluster, "--group", "--no-multiplex", *node_args(cluster.nodes(2)),
                    "-j", job)
     assert result.returncode == 0, result.stderr

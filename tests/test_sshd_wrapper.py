@@ -1,7 +1,8 @@
-"""The remote wrapper over the real loopback sshd: a job is its whole process
-group, held while any member lives and stopped with it when the session ends
-early; a process started with setsid is the job's way to leave something
-running.
+"""The remote wrapper over the real loopback sshd: a job is everything it
+started that still holds its fd 8, held while any of it runs and stopped with
+it when the session ends early; `setsid cmd 8>&- &` is the job's way to
+leave something running.  The
+wrapper runs in the login shell itself (no exec) when clstr knows that shell.
 
 Markers are unusual sleep durations (``sleep 901.<pid>``): they stay on the
 sleep's own command line even when dash execs the last command of a job."""
@@ -117,18 +118,52 @@ def test_jobs_without_background_children_leave_nothing_behind(cluster, prefix, 
 
 
 @pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_the_watcher_ends_with_its_job(cluster, prefix, shell):
+    # The inline wrapper's watcher is a fork of the login shell, so the
+    # marker in the job's text is on its command line.  Were it left to see
+    # sshd close its stdin, it would linger 2 s after each job.
+    mark = marker(10)
+    result = clstr(cluster, "-n", host(cluster, prefix), "-j", "true # %s" % mark)
+    assert result.returncode == 0, result.stderr
+    assert cluster.remote_processes_left(mark, timeout=1.0) == []
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
+def test_jobs_through_the_master_run_in_the_login_shell_itself(cluster, prefix, shell):
+    # Through the master, clstr has asked the host for its login shell, and
+    # the job runs in that very shell: its process ($$) is the one sshd
+    # started, whose command line is the wrapper's.  Through a plain ssh
+    # (--no-multiplex) the login shell is unknown and the job gets a shell of
+    # its own.  $0 is the shell's name either way, as with a plain ssh.
+    job = ("echo $0 $#; tr '\\0' ' ' </proc/$$/cmdline | grep -c 'hel''d=\\$' || true")
+    inline = clstr(cluster, "-n", host(cluster, prefix), "-j", job)
+    assert (inline.returncode, inline.stdout) == (0, b"%s 0\n1\n" % shell_name(shell).encode()), \
+        inline.stderr
+    direct = clstr(cluster, "--no-multiplex", "-n", host(cluster, prefix), "-j", job)
+    assert (direct.returncode, direct.stdout) == (0, b"%s 0\n0\n" % shell_name(shell).encode()), \
+        direct.stderr
+
+
+def shell_name(shell):
+    """The name sshd runs a login shell under (the test users' is /bin/sh
+    for dash)."""
+    return "sh" if shell == "dash" else shell
+
+
+@pytest.mark.parametrize("prefix, shell", SHELLS)
 def test_a_process_started_with_setsid_outlives_its_job(cluster, prefix, shell):
     kept, kept_too, stopped = marker(5), marker(6), marker(8)
     process = start_clstr(
         cluster, "-n", host(cluster, prefix),
-        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null & echo first" % kept,
-        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null & sleep %s & "
+        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null 8>&- & echo first" % kept,
+        "-j", "setsid sleep %s >/dev/null 2>&1 </dev/null 8>&- & sleep %s & "
         # Ctrl-C only once the sleep runs: before its exec, setsid is still
         # in the job's group.
         "until pgrep -x -f 'sleep %s' >/dev/null; do sleep 0.05; done; echo second"
         % (kept_too, stopped, kept_too))
     try:
-        # The first job completes at once: the setsid'd sleep left its group.
+        # The first job completes at once: the setsid'd sleep left its
+        # session and let go of fd 8.
         assert read_line(process) == b"first\n"
         assert read_line(process) == b"second\n"
         process.send_signal(signal.SIGINT)
@@ -147,8 +182,8 @@ def test_a_process_started_with_setsid_outlives_its_job(cluster, prefix, shell):
 
 
 def test_wrapper_runs_inline_in_a_posix_login_shell(cluster, tmp_path):
-    """The inline form (no second shell) keeps the wrapper's guarantees;
-    clstr does not know login shells yet, so this drives ssh directly."""
+    """The inline form (no second shell) keeps the wrapper's guarantees,
+    driven here through a plain ssh."""
     mark = marker(7)
     for login in ("/bin/sh", "/bin/bash"):
         remote = wrapped_command(b"sleep 1.%s & echo \"it's $1\"; exit 5" % mark.encode(),

@@ -1,0 +1,150 @@
+"""The remote wrapper (ssh.py) run locally under dash and bash, with
+`setsid -w` standing in for sshd (which starts every session's shell in a
+session of its own), and the login shell probe's answers.  The same
+guarantees over the real sshd are in test_sshd_wrapper.py."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
+
+SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
+FORMS = ["inline", "universal"]
+
+
+def run_wrapped(shell, form, command, stop_after=None, timeout=60):
+    """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
+    as the login shell; close its stdin after ``stop_after`` seconds (None:
+    when it has ended).  Returns (status, stdout, stderr)."""
+    login = "/bin/" + shell
+    remote = wrapped_command(command, login if form == "inline" else None)
+    stdin_read, stdin_write = os.pipe()
+    env = dict(os.environ, SHELL=shutil.which(shell))
+    try:
+        process = subprocess.Popen(["setsid", "-w", shell, "-c", remote], stdin=stdin_read,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        os.close(stdin_read)
+        stdin_read = None
+        if stop_after is not None:
+            try:
+                process.wait(timeout=stop_after)
+            except subprocess.TimeoutExpired:
+                pass
+            os.close(stdin_write)
+            stdin_write = None
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        for fd in (stdin_read, stdin_write):
+            if fd is not None:
+                os.close(fd)
+    return process.returncode, out, err
+
+
+def processes_with(marker, timeout=10):
+    """Pids whose command line holds ``marker``, once there are none or after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % name, "rb") as handle:
+                    cmdline = handle.read()
+                with open("/proc/%s/stat" % name, "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in cmdline.split(b"\0") and state != b"Z":
+                found.append(int(name))
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
+def sleep_marker(n):
+    """A sleep duration no other test uses: its own argv word."""
+    return "8%02d.%d" % (n, os.getpid())
+
+
+pytestmark = pytest.mark.skipif(not shutil.which("setsid") or not os.path.isdir("/proc"),
+                                reason="needs util-linux setsid and /proc")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_status_and_both_streams_are_the_jobs(shell, form):
+    command = b"printf 'out\\0\\377'; echo \"it's\" err >&2; exit 7"
+    assert run_wrapped(shell, form, command) == (7, b"out\0\377", b"it's err\n")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_job_reads_eof_and_sees_no_arguments(shell, form):
+    status, out, err = run_wrapped(shell, form, b"cat; echo \"$0 $# [$1]\"")
+    assert (status, out, err) == (0, b"%s 0 []\n" % shell.encode(), b"")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_background_child_holds_its_job(shell, form):
+    command = b"(sleep 0.5; echo late) & echo early"
+    assert run_wrapped(shell, form, command) == (0, b"early\nlate\n", b"")
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_stdin_eof_stops_the_whole_job(shell, form):
+    mark = sleep_marker(1)
+    started = time.monotonic()
+    status, out, _ = run_wrapped(shell, form, b"sleep %s & sleep %s; echo never"
+                                 % (mark.encode(), mark.encode()), stop_after=1.0)
+    assert out == b"" and status in (143, -15), status
+    assert time.monotonic() - started < 30
+    assert processes_with(mark) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_job_ignoring_term_is_killed(shell, form):
+    mark = sleep_marker(2)
+    run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never" % mark.encode(),
+                stop_after=1.0)
+    assert processes_with(mark) == []
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_kill_0_in_a_job_ends_it_with_a_status(shell):
+    # `trap 'kill 0' EXIT` is a common way to clean up: the wrapper's shell
+    # is in the job's process group and must still say how it ended.
+    status, out, _ = run_wrapped(shell, "inline", b"trap 'kill 0' EXIT; echo x; exit 4")
+    assert (status, out) == (143, b"x\n")
+
+
+def test_probe_answer_names_only_posix_shells():
+    assert login_shell_from_probe(0, b"sh 42\n") == "sh"
+    assert login_shell_from_probe(0, b"bash 42\n") == "bash"
+    assert login_shell_from_probe(1, b"sh 42\n") is None
+    # csh and fish fail at $((...)); a Bourne shell echoes it as is.
+    assert login_shell_from_probe(1, b"") is None
+    assert login_shell_from_probe(0, b"sh $((6*7))\n") is None
+    # An rc file that prints something makes the answer unusable.
+    assert login_shell_from_probe(0, b"Welcome!\nbash 42\n") is None
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_probe_is_understood_when_a_posix_shell_answers(shell):
+    done = subprocess.run([shell, "-c", LOGIN_SHELL_PROBE], capture_output=True, timeout=30)
+    assert login_shell_from_probe(done.returncode, done.stdout) == shell
+
+
+def test_only_known_posix_login_shells_run_the_wrapper_themselves():
+    for login in ("sh", "dash", "/bin/bash"):
+        assert not wrapped_command(b"true", login).startswith(b"exec ")
+    for login in (None, "", "csh", "/usr/bin/fish", "zsh"):
+        assert wrapped_command(b"true", login).startswith(b"exec sh -c '")
