@@ -8,7 +8,16 @@ import time
 
 import pytest
 
-from clstr_run import FIND_SESSION_SSHD, clstr, joblog_rows, node_args, read_lines, read_until, start_clstr, wait_until
+from clstr_run import (
+    FIND_SESSION_SSHD,
+    clstr,
+    joblog_rows,
+    node_args,
+    read_lines,
+    read_until,
+    start_clstr,
+    wait_until,
+)
 from cluster import LoopbackCluster
 
 
