@@ -385,8 +385,10 @@ def many_short_jobs(tools, results, reps, jobs_count):
     # One login per connection: a job each, or a master each.
     direct = Expect(exactly(jobs_count), every_job)
     shared = Expect(shared_logins(hosts, 1), every_job)
+    # clstr's masters each run one command of their own: the login shell probe.
     run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps, env, jobs_count,
-            reference=True, expect=Expect(exactly(len(hosts)), every_job), **counted)
+            reference=True, expect=Expect(exactly(len(hosts)), exactly(jobs_count + len(hosts))),
+            **counted)
     run_one(results, scenario, "clstr --no-multiplex",
             tools.clstr("--no-multiplex", *nodes, "-J", jobs), reps, env, jobs_count,
             expect=direct, **counted)
@@ -489,7 +491,8 @@ def many_slots(tools, results, reps, jobs_count):
     memory = MemorySampler()
     result = run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps,
                      tools.env, jobs_count, reference=True, counter=tools.counter,
-                     expect=Expect(exactly(_masters(hosts, 4)), every_job), sampler=memory)
+                     expect=Expect(exactly(_masters(hosts, 4)),
+                                   exactly(jobs_count + _masters(hosts, 4))), sampler=memory)
     if result and result.times:
         result.extra = "clstr peak RSS %.1f MiB, its ssh processes %.1f MiB PSS" % (
             memory.peak_self / 1024, memory.peak_children / 1024)
