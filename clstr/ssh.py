@@ -27,8 +27,9 @@ import os
 #   background job).
 # - A process meant to outlive its job lets go of fd 8 (`8>&-`) and leaves
 #   the session with `setsid`, so that an early end does not stop it either.
-# - A signal to the wrapper's shell (a job's `kill 0` or `kill $$`) ends it
-#   with 128+N once the job has ended, as the job's own shell would.
+# - HUP, INT or TERM sent to the wrapper's shell (a job's `kill 0`, or
+#   `kill $$`: $$ is that shell, as with a plain ssh) end it with 128+N once
+#   the job has ended, so there always is an exit status.
 # - Neither a process nor an exec is added to a job: the wrapper needs only
 #   sh builtins (the watcher and the job are forks of the shell sshd starts),
 #   which is what makes a job through a ControlMaster cheap.
@@ -66,6 +67,7 @@ def login_shell_from_probe(code, output):
     if code == 0 and len(words) == 2 and words[1] == b"42":
         return os.fsdecode(words[0])
     return None
+
 
 # The wrapper for transports whose command does not get a session of its own
 # (--exec: srun, docker exec): it makes one for the job with `setsid` and
