@@ -487,7 +487,6 @@ def many_slots(tools, results, reps, jobs_count):
     hosts = tools.cluster.nodes(8)
     jobs = _job_file(tools, "true-jobs-32", jobs_count)
     nodes = [arg for host in hosts * 4 for arg in ("-n", host)]
-    every_job = exactly(jobs_count)
     memory = MemorySampler()
     result = run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps,
                      tools.env, jobs_count, reference=True, counter=tools.counter,
