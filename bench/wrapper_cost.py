@@ -1,6 +1,6 @@
 """What the remote wrapper costs a job, on the node, over the loopback sshd.
 
-    python3 bench/wrapper_cost.py [--jobs 300] [--rounds 5] [--user clstrtest|clstrbash]
+    python3 bench/wrapper_cost.py [--jobs 300] [--rounds 5] [--host node001|bashnode001]
 
 One ControlMaster to node001; jobs run one after another through it with
 `ssh -S`, each with a pipe as stdin that stays open (as clstr gives them), so
@@ -17,7 +17,7 @@ Reported per job:
   of its reaped children (utime+stime+cutime+cstime in /proc/PID/stat), over
   all jobs of a round; the median round.  That is the login shell, the
   wrapper, the job and everything they waited for (a child orphaned to init
-  would be missed: the wrapper reaps its watcher, so nothing is);
+  would be missed: only the watcher, killed while blocked in `read`);
 - wall time of one job through the master, seen by the local ssh (median
   round; it includes the local ssh client, the same for every variant);
 - processes and execs: counted by `strace -f` attached to the session's
