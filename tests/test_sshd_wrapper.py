@@ -8,6 +8,7 @@ Markers are unusual sleep durations (``sleep 901.<pid>``): they stay on the
 sleep's own command line even when dash execs the last command of a job."""
 
 import os
+import pwd
 import selectors
 import signal
 import subprocess
@@ -142,6 +143,34 @@ def test_jobs_through_the_master_run_in_the_login_shell_itself(cluster, prefix, 
     direct = clstr(cluster, "--no-multiplex", "-n", host(cluster, prefix), "-j", job)
     assert (direct.returncode, direct.stdout) == (0, b"%s 0\n0\n" % shell_name(shell).encode()), \
         direct.stderr
+
+
+def test_a_login_shell_whose_answer_is_unusable_gets_the_wrapper_every_shell_runs(cluster):
+    # bash sources ~/.bashrc in sessions sshd starts, and this one talks: the
+    # probe's answer is not "bash 42" alone, so clstr does not rely on it and
+    # jobs start `sh` for the wrapper (their own shell, not the login one).
+    node = host(cluster, "bashnode")  # skips without a bash login user
+    home = pwd.getpwnam(cluster.bash_user).pw_dir
+    bashrc = os.path.join(home, ".bashrc")
+    kept = None
+    if os.path.exists(bashrc):
+        with open(bashrc, "rb") as handle:
+            kept = handle.read()
+    try:
+        with open(bashrc, "w") as handle:
+            handle.write("echo hello from bashrc\n")
+        job = "tr '\\0' ' ' </proc/$$/cmdline | grep -c 'hel''d=\\$' || true"
+        result = clstr(cluster, "-n", node, "-j", job)
+    finally:
+        if kept is None:
+            os.unlink(bashrc)
+        else:
+            with open(bashrc, "wb") as handle:
+                handle.write(kept)
+    # (The job's own bash, in a session sshd started, sources it too.)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() in ([b"hello from bashrc", b"0"],
+                                          [b"hello from bashrc"] * 2 + [b"0"]), result.stdout
 
 
 def shell_name(shell):
