@@ -79,23 +79,31 @@ def require_program(name):
     return path
 
 
-def read_lines(stream, count, timeout=30):
-    """Read ``count`` lines from the pipe ``stream`` (a Popen's stdout)
-    within ``timeout`` seconds, without blocking past it; returns them (with
-    their newlines) and fails the test if they do not come."""
+def _read_until(stream, done, timeout, wanted):
+    """Read the pipe ``stream`` until ``done(data)``, without blocking past
+    ``timeout`` seconds; returns what was read, and fails the test (naming
+    ``wanted``) at the deadline or at end of output."""
     import select
     data = b""
     deadline = time.monotonic() + timeout
-    while data.count(b"\n") < count:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([stream], [], [], max(0, left))
+    while not done(data):
+        ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
         if not ready:
-            raise AssertionError("timed out after %gs waiting for %d lines, got %r"
-                                 % (timeout, count, data))
+            raise AssertionError("timed out after %gs waiting for %s, got %r"
+                                 % (timeout, wanted, data))
         chunk = os.read(stream.fileno(), 65536)
         if not chunk:
-            raise AssertionError("end of output after %r, wanted %d lines" % (data, count))
+            raise AssertionError("end of output before %s: %r" % (wanted, data))
         data += chunk
+    return data
+
+
+def read_lines(stream, count, timeout=30):
+    """Read ``count`` lines from the pipe ``stream`` (a Popen's stdout);
+    returns them (with their newlines) and fails the test if they do not
+    come in ``timeout`` seconds."""
+    data = _read_until(stream, lambda data: data.count(b"\n") >= count, timeout,
+                       "%d lines" % count)
     return data.splitlines(keepends=True)
 
 
@@ -103,19 +111,7 @@ def read_until(stream, needle, timeout=60):
     """Read the pipe ``stream`` (a running clstr's stderr, say) until
     ``needle`` (bytes) has appeared; returns everything read, so the caller
     can add it to what comes later.  Fails the test at the deadline."""
-    import select
-    data = b""
-    deadline = time.monotonic() + timeout
-    while needle not in data:
-        ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
-        if not ready:
-            raise AssertionError("timed out after %gs waiting for %r, got %r"
-                                 % (timeout, needle, data))
-        chunk = os.read(stream.fileno(), 65536)
-        if not chunk:
-            raise AssertionError("end of output before %r: %r" % (needle, data))
-        data += chunk
-    return data
+    return _read_until(stream, lambda data: needle in data, timeout, repr(needle))
 
 
 def read_terminal(master):
