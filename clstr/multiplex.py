@@ -54,7 +54,8 @@ class Master:
     shell as the master found it (None: not known)."""
 
     __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "watcher",
-                 "authenticated_at", "unavailable", "login_shell", "probe")
+                 "authenticated_at", "unavailable", "login_shell", "login_shell_unknown",
+                 "probe")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -69,6 +70,7 @@ class Master:
         # Why connection sharing cannot work for this master (None: it can).
         self.unavailable = None
         self.login_shell = None
+        self.login_shell_unknown = None  # why the probe found no login shell
         self.probe = None  # the MuxAttempt asking for the login shell
 
 
@@ -120,6 +122,7 @@ class MasterSet:
             master.unavailable = None
             master.authenticated_at = None
             master.login_shell = None
+            master.login_shell_unknown = None
             try:
                 os.unlink(master.path)
             except FileNotFoundError:
@@ -208,25 +211,30 @@ class MasterSet:
             if stream == 1 and sum(map(len, stdout)) < PROBE_OUTPUT_LIMIT:
                 stdout.append(data)
 
-        def finished(code=None, *error):
+        def finished(code=None, why=None):
             if master.probe is None:
                 return
             master.probe = None
             timer.cancel()
-            master.login_shell = login_shell_from_probe(code, b"".join(stdout))
+            answer = b"".join(stdout)
+            master.login_shell = login_shell_from_probe(code, answer)
+            if master.login_shell is None:
+                master.login_shell_unknown = why or "the probe answered %r, exit %s" % (
+                    answer[:60], code)
             then()
 
         def give_up():
             if master.probe is not None:
                 master.probe.close()
-                finished()
+                finished(why="no answer in %gs" % self._ssh.connect_timeout)
 
         timer = self._loop.call_later(self._ssh.connect_timeout, give_up)
         try:
             master.probe = MuxAttempt(self._loop, master.path, LOGIN_SHELL_PROBE, collect,
-                                      finished, lambda kind, detail: finished())
-        except OSError:
+                                      finished, lambda kind, detail: finished(why=detail))
+        except OSError as error:
             timer.cancel()
+            master.login_shell_unknown = "cannot ask: %s" % error.strerror
             then()
             return
         master.probe.close_stdin()
@@ -250,6 +258,12 @@ class MasterSet:
         knows it (a name such as "bash")."""
         master = self._masters.get((host, self.group_of(slot_index)))
         return master.login_shell if master is not None else None
+
+    def login_shell_unknown(self, host, group):
+        """Why the master of ``group`` on ``host`` does not know the login
+        shell (None: it knows it, or it is not up)."""
+        master = self._masters.get((host, group))
+        return master.login_shell_unknown if master is not None else None
 
     def shutdown(self):
         """Ask every master to exit and wait a bounded time (the run's private

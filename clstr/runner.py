@@ -305,6 +305,10 @@ class Runner:
                 if self.plan.verbose:
                     self._message("%s: connection sharing unavailable (%s), using direct "
                                   "connections" % (host, unavailable))
+            unknown = self.masters.login_shell_unknown(host, group)
+            if unknown and self.plan.verbose:
+                self._message("%s: login shell not known (%s); its jobs start through sh"
+                              % (host, unknown))
             self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
             self._back_in_service(host)
         elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:

@@ -160,7 +160,7 @@ def test_a_login_shell_whose_answer_is_unusable_gets_the_wrapper_every_shell_run
         with open(bashrc, "w") as handle:
             handle.write("echo hello from bashrc\n")
         job = "tr '\\0' ' ' </proc/$$/cmdline | grep -c 'hel''d=\\$' || true"
-        result = clstr(cluster, "-n", node, "-j", job)
+        result = clstr(cluster, "-v", "-n", node, "-j", job)
     finally:
         if kept is None:
             os.unlink(bashrc)
@@ -171,6 +171,9 @@ def test_a_login_shell_whose_answer_is_unusable_gets_the_wrapper_every_shell_run
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() in ([b"hello from bashrc", b"0"],
                                           [b"hello from bashrc"] * 2 + [b"0"]), result.stdout
+    # -v says why, once: the answer it could not use.
+    assert result.stderr.count(b"login shell not known") == 1, result.stderr
+    assert b"hello from bashrc" in result.stderr, result.stderr
 
 
 def shell_name(shell):
