@@ -279,6 +279,12 @@ class LoopbackCluster:
 
     # -- configuration ----------------------------------------------------
 
+    @property
+    def sshd_pid(self):
+        """The listening sshd's pid; each connection is served by processes
+        below it."""
+        return self._sshd.pid
+
     def path(self, name):
         return os.path.join(self.tmpdir, name)
 
