@@ -361,7 +361,7 @@ class MuxSession:
                 self._loop.add_writer(self._fd, self._flush)
             return
         except OSError as error:
-            self._lost("cannot write to the master: %s" % _describe(error))
+            self._write_failed("cannot write to the master: %s" % _describe(error))
             return
         if self._writing:
             self._writing = False
@@ -378,18 +378,25 @@ class MuxSession:
     # -- receiving -------------------------------------------------------------
 
     def _readable(self):
-        try:
-            data = self._sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data, reason = self._receive()
+        if data is None:
             return
-        except OSError as error:  # ECONNRESET: as good as EOF
-            data = b""
-            reason = _describe(error)
-        else:
-            reason = None
         if not data:
             self._closed_by_master(reason)
             return
+        self._take(data)
+
+    def _receive(self):
+        """(data, None); (b"", reason) at EOF or reset; (None, None) when
+        nothing is there yet."""
+        try:
+            return self._sock.recv(READ_SIZE), None
+        except (BlockingIOError, InterruptedError):
+            return None, None
+        except OSError as error:  # ECONNRESET: as good as EOF
+            return b"", _describe(error)
+
+    def _take(self, data):
         self._incoming += data
         try:
             for payload in split_packets(self._incoming):
@@ -398,6 +405,22 @@ class MuxSession:
                     return
         except MalformedMessage as error:
             self._misunderstood("malformed message from the master (%s)" % error)
+
+    def _write_failed(self, detail):
+        # A master that does not take our protocol may answer and close
+        # before reading what we sent: its answer, not our broken pipe,
+        # says what happened.
+        while not self._finished:
+            data, _ = self._receive()
+            if not data:
+                break
+            self._take(data)
+        if self._finished:
+            return
+        if self._state == "hello":
+            self._finish_error(MuxError.CONNECT_FAILED, detail)
+        else:
+            self._lost(detail)
 
     def _handle(self, fields):
         kind = fields.u32()

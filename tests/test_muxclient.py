@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from clstr import muxclient
 from clstr.loop import EventLoop
 from clstr.muxclient import (
     MUX_MSG_HELLO,
@@ -413,6 +414,37 @@ def test_a_master_that_closes_before_its_hello_is_unreachable(loop, tmp_path):
     finally:
         fake.close()
     assert outcome.result[0] is MuxError.CONNECT_FAILED
+
+
+@pytest.mark.parametrize("answer, result", [
+    (_packet(MUX_MSG_HELLO, 99), ProtocolMismatch),
+    (b"", MuxError.CONNECT_FAILED),
+], ids=["version-99", "no-hello"])
+def test_a_master_that_hangs_up_before_reading_our_hello_is_judged_by_its_answer(
+        loop, tmp_path, monkeypatch, answer, result):
+    # On a loaded machine the master can accept, answer and close between
+    # clstr's connect and its first write, which then fails (EPIPE): what
+    # the master said, not the broken pipe, tells what happened.  Nothing
+    # ran either way, so neither is a lost connection.
+    path = str(tmp_path / "s")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    real_hello_packet = muxclient.hello_packet
+
+    def master_answers_and_hangs_up_first():
+        connection, _ = server.accept()
+        connection.sendall(answer)
+        connection.close()
+        return real_hello_packet()
+
+    monkeypatch.setattr(muxclient, "hello_packet", master_answers_and_hangs_up_first)
+    try:
+        [outcome] = run_mux(loop, path, [b"true"])
+    finally:
+        server.close()
+    assert outcome.result[0] is result, outcome.result
+    assert not outcome.opened
 
 
 # -- the wire format ----------------------------------------------------------------
