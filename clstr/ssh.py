@@ -24,7 +24,9 @@ import os
 # - The watcher must not outlive the wrapper: sshd closes the session's stdin
 #   just after the wrapper exits, and a watcher still reading would take that
 #   for an early end.  So the wrapper kills it first ($!, its only
-#   background job).
+#   background job), with KILL: a TERM that arrives before the new watcher
+#   has reset the traps it inherited is lost (a quick job on a loaded node),
+#   and the watcher holds nothing that needs a clean exit.
 # - A process meant to outlive its job lets go of fd 8 (`8>&-`) and leaves
 #   the session with `setsid`, so that an early end does not stop it either.
 # - HUP, INT or TERM sent to the wrapper's shell (a job's `kill 0`, or
@@ -45,7 +47,7 @@ _WATCH = (
 )
 _JOB_START = "held=$( { "
 _JOB_END = "; } 8>&1 >&4 4>&- ); "
-_FINISH = "code=$?; kill $! 2>/dev/null; exit $code"
+_FINISH = "code=$?; kill -KILL $! 2>/dev/null; exit $code"
 
 # Login shells that run the wrapper themselves: the job then runs in the
 # login shell sshd started (as with a plain `ssh host cmd`: same $0, same
