@@ -58,6 +58,38 @@ def wait_until(predicate, timeout=30, interval=0.05, what="the event"):
         time.sleep(interval)
 
 
+def local_processes(marker, whole_word=False):
+    """Pids of live processes on this machine (not this one) whose command
+    line holds ``marker``: anywhere, or as one argument of its own."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                cmdline = handle.read()
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        words = cmdline.split(b"\0")
+        held = marker.encode() in (words if whole_word else b" ".join(words))
+        if held and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def local_processes_left(marker, timeout=10, whole_word=False):
+    """``local_processes(marker)`` once there are none, or after ``timeout``
+    seconds: what a stopped job left behind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = local_processes(marker, whole_word)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
+
+
 def joblog_rows(path):
     """The records of a joblog (header left out), each a list of 9 byte
     fields; none if the file is not there yet."""

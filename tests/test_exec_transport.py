@@ -9,11 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from clstr_run import REPO
+from clstr_run import REPO, local_processes_left
 
 # A stand-in for `docker exec -i CONTAINER CMD...`: containers named bad*
 # do not exist, containers named full* say what Slurm says at its step limit.
@@ -40,33 +39,6 @@ def clstr(*args, timeout=120, **kwargs):
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.run([sys.executable, "-m", "clstr", *args], cwd=REPO,
                           capture_output=True, timeout=timeout, **kwargs)
-
-
-def local_processes(marker):
-    """Pids of live processes whose command line holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ")
-            with open("/proc/%s/stat" % entry) as handle:
-                state = handle.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and state != "Z":
-            found.append(int(entry))
-    return found
-
-
-def processes_left(marker, timeout=10):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = local_processes(marker)
-        if not found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.1)
 
 
 def test_jobs_run_through_the_template_with_the_host_filled_in():
@@ -124,7 +96,7 @@ def test_timeout_stops_the_job_and_its_background_children():
     assert result.returncode == 1
     assert result.stdout == b"started\n"
     assert b"timeout: stopped after 2s" in result.stderr
-    assert processes_left("sleep " + marker) == []
+    assert local_processes_left("sleep " + marker) == []
 
 
 def test_ctrl_c_stops_every_job_tree():
@@ -138,7 +110,7 @@ def test_ctrl_c_stops_every_job_tree():
         assert process.stdout.readline() == b"started\n"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 130
-        assert processes_left("sleep " + marker) == []
+        assert local_processes_left("sleep " + marker) == []
     finally:
         if process.poll() is None:
             process.kill()

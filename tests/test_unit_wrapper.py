@@ -12,6 +12,7 @@ import time
 import pytest
 
 from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
+from clstr_run import local_processes_left
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 FORMS = ["inline", "universal"]
@@ -48,31 +49,6 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
             if fd is not None:
                 os.close(fd)
     return process.returncode, out, err
-
-
-def processes_with(marker, timeout=10, anywhere=False):
-    """Pids whose command line holds ``marker`` as a word of its own (or
-    ``anywhere``: a job's text is part of the wrapper's), once there are
-    none or after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == os.getpid():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % name, "rb") as handle:
-                    cmdline = handle.read()
-                with open("/proc/%s/stat" % name, "rb") as handle:
-                    state = handle.read().rsplit(b")", 1)[1].split()[0]
-            except OSError:
-                continue
-            held = marker.encode() in (cmdline if anywhere else cmdline.split(b"\0"))
-            if held and state != b"Z":
-                found.append(int(name))
-        if not found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.05)
 
 
 def sleep_marker(n):
@@ -119,7 +95,7 @@ def test_stdin_eof_stops_the_whole_job(shell, form):
                                  % (mark.encode(), mark.encode()), stop_after=1.0)
     assert out == b"" and status in (143, -15), status
     assert time.monotonic() - started < 30
-    assert processes_with(mark) == []
+    assert local_processes_left(mark, whole_word=True) == []
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -128,7 +104,7 @@ def test_a_job_ignoring_term_is_killed(shell, form):
     mark = sleep_marker(2)
     run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never" % mark.encode(),
                 stop_after=1.0)
-    assert processes_with(mark) == []
+    assert local_processes_left(mark, whole_word=True) == []
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -151,7 +127,7 @@ def test_the_watcher_is_gone_when_the_wrapper_ends_even_if_a_term_is_lost(shell,
     mark = "watcher-%d-%s" % (os.getpid(), form)
     left = []
     status, out, _ = run_wrapped(shell, form, b"true # %s" % mark.encode(), term_ignored=True,
-                                 after=lambda: left.extend(processes_with(mark, anywhere=True)))
+                                 after=lambda: left.extend(local_processes_left(mark)))
     assert (status, out) == (0, b"")
     assert left == []
 
