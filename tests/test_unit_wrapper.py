@@ -22,8 +22,10 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
                 after=lambda: None):
     """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
     as the login shell; close its stdin after ``stop_after`` seconds (None:
-    when it has ended, and after calling ``after()``).  ``term_ignored``:
-    start it with SIGTERM ignored.  Returns (status, stdout, stderr)."""
+    when it has ended).  ``after()`` is called once the wrapper has ended and
+    been reaped, while stdin is still open unless ``stop_after`` closed it.
+    ``term_ignored``: start it with SIGTERM ignored.  Returns (status,
+    stdout, stderr)."""
     login = "/bin/" + shell
     remote = wrapped_command(command, login if form == "inline" else None)
     stdin_read, stdin_write = os.pipe()
