@@ -565,13 +565,17 @@ def scheduler_overhead(tools, results, reps, jobs_count):
     print(scenario, flush=True)
     jobs = os.path.join(tools.work, "local-jobs")
     with open(jobs, "w") as handle:
-        handle.write("".join("job %d\n" % n for n in range(jobs_count)))
+        handle.write("".join(": job %d\n" % n for n in range(jobs_count)))
     slots = ["-n", "slot[01-32]"]
-    # `true` stands in for ssh: each job is one spawn of true, as for xargs.
-    run_one(results, scenario, "clstr (ssh = true)",
-            [sys.executable, tools.pyz, "--ssh-command", "true", "--no-multiplex", *slots,
+    # tests/fakessh stands in for ssh: it runs the remote command here with
+    # sh, so clstr's wrapper runs and reports each job's end.  xargs runs the
+    # same stand-in with `true` as the command: the same two execs a job.
+    fakessh = os.path.join(REPO, "tests", "fakessh")
+    run_one(results, scenario, "clstr (ssh = fakessh)",
+            [sys.executable, tools.pyz, "--ssh-command", fakessh, "--no-multiplex", *slots,
              "-J", jobs], reps, tools.env, jobs_count, reference=True)
-    run_one(results, scenario, "xargs -P 32 true", ["xargs", "-P", "32", "-n", "1", "true"],
+    run_one(results, scenario, "xargs -P 32 fakessh",
+            ["xargs", "-P", "32", "-I", "{}", fakessh, "--", "slot", "true"],
             reps, tools.env, jobs_count, stdin_path=jobs)
 
 

@@ -136,11 +136,16 @@ class ChildProcess:
     def resume(self):
         self._pipes.resume()
 
-    def kill(self, signum):
-        """Signal the process (ignored once it has exited and been reaped)."""
+    def kill(self, signum, group=False):
+        """Signal the process, or (``group``) its whole process group: it
+        was started in a session of its own (loop.spawn).  Ignored once it
+        has exited and been reaped (its pid may be another's by then)."""
         if self.exit_code is None:
             try:
-                os.kill(self.pid, signum)
+                if group:
+                    os.killpg(self.pid, signum)
+                else:
+                    os.kill(self.pid, signum)
             except ProcessLookupError:
                 pass
 

@@ -191,7 +191,9 @@ def build_parser():
                      help="jobs sharing one connection at most; match sshd's "
                      "MaxSessions (default 10)")
     ssh.add_argument("--connect-timeout", metavar="SECONDS", type=_seconds,
-                     help="give up on a node that has not answered in time (default 5)")
+                     help="give up on a node that has not answered in time (default 5); "
+                     "also with --exec and --slurm, where a job not started within this "
+                     "and 15 s more is given up on that node")
     ssh.add_argument("--alive-interval", metavar="SECONDS", type=_seconds,
                      help="probe a quiet connection this often; 3 probes unanswered "
                      "mean a hung node (default 5, so about 15 s)")
@@ -215,8 +217,12 @@ def build_parser():
 _SSH_ONLY = (("ssh_command", "ssh", "--ssh-command"), ("ssh_option", [], "--ssh-option"),
              ("multiplex", None, "--multiplex/--no-multiplex"),
              ("max_sessions", 10, "--max-sessions"),
-             ("connect_timeout", 5.0, "--connect-timeout"),
              ("alive_interval", 5.0, "--alive-interval"))
+# Programs that join their arguments into one string for a remote shell, so
+# the wrapper's words would arrive re-split; and wrappers that run the next
+# word as the program.
+_RESPLITTING = ("ssh",)
+_PROGRAM_RUNNERS = ("sudo", "env", "nice", "nohup", "ionice", "taskset", "stdbuf", "chrt")
 _SRUN_SHOWN = "srun --nodes=1 --ntasks=1 --overlap --quiet --job-name=clstr --nodelist={host}"
 
 
@@ -306,6 +312,8 @@ def _transport(args):
     for attribute, default, _ in _SSH_ONLY:
         if getattr(args, attribute) is None:
             setattr(args, attribute, default)
+    if args.connect_timeout is None:
+        args.connect_timeout = 5.0
     if template is None:
         return None
     how = "--exec" if args.exec_template is not None else "--slurm (which runs srun)"
@@ -317,7 +325,23 @@ def _transport(args):
         raise UsageError(str(error))
     if shutil.which(words[0]) is None:
         raise UsageError("%s: %s not found" % (how, words[0]))
+    if os.path.basename(_program_word(words)) in _RESPLITTING:
+        raise UsageError("--exec %r: ssh joins its arguments into one command line, so "
+                         "clstr's wrapper would arrive re-split; use --ssh-command "
+                         "instead (e.g. --ssh-command 'ssh -F ./config')" % template)
     return words
+
+
+def _program_word(words):
+    """The program a template really runs: the first word after sudo, env,
+    nice and the like, and their options and VAR=value words."""
+    index = 0
+    while index < len(words) - 1 and os.path.basename(words[index]) in _PROGRAM_RUNNERS:
+        index += 1
+        while index < len(words) - 1 and (words[index].startswith("-")
+                                          or "=" in words[index]):
+            index += 1
+    return words[index]
 
 
 def _ssh_settings(args):
@@ -397,6 +421,7 @@ def make_plan(argv):
         tag=args.tag, group=args.group, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
         retry_nodes=args.retry_nodes, exec_words=exec_words,
+        slurm=bool(args.slurm and args.exec_template is None),
         # Where output goes: paths, and the -A file resolved but untouched.
         stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,
         resume=args.resume, output_dir_path=args.output_dir,

@@ -9,22 +9,22 @@ name, followed by the remote wrapper as separate words::
     kubectl exec -i {host} --
 
 Unlike ssh (255 for its own errors), srun, docker and kubectl exit 1 when they
-fail, just as a job that exits 1.  So the wrapper first writes a start marker
-line to stderr (``marker_prefix``); ``StartMarkerFilter`` takes it out of the
-stream and notes that the job started, and ``classify_exec`` tells a node the
-transport could not reach from a job that failed, and both from a failure no
-node can cure (the run must stop).
+fail, just as a job that exits 1, and srun exits 0 when a node fails under a
+running step.  So their exit status is never taken for the job's: the wrapper
+reports the job's start and end on stderr (endreport.py), and
+``classify_exec`` names only what failed before the start: a node the
+transport could not reach, or a failure no node can cure (the run must stop).
 
 ``--slurm`` takes the nodes and their task slots from the allocation clstr
 runs in (``slurm_nodes``) and runs each attempt through ``SRUN_TEMPLATE``.
 
-Pure functions and one small stateful filter; no I/O.
+Pure functions; no I/O.
 """
 
 import re
 import shlex
 
-from clstr.failures import Failure, Kind, job_exit
+from clstr.failures import Failure, Kind
 from clstr.nodeset import NodeSpecError, expand
 from clstr.ssh import wrapper_argv
 
@@ -137,95 +137,11 @@ def slurm_nodes(environ):
     return slots
 
 
-# --- the start marker -----------------------------------------------------
-
-# One line no job plausibly writes: it starts with ASCII RS (0x1e, a control
-# character text never holds) and carries a fixed random tag.  The wrapper
-# writes it with printf, whose format turns \036 into that byte, so the shell
-# text holds no control character and no single quote (the ssh transport
-# puts the whole wrapper inside single quotes).
-START_MARKER = b"\x1eclstr-started-5c0f9a7e\n"
-_MARKER_PRINTF = "\\036clstr-started-5c0f9a7e\\n"
-
-
 def wrapper_words(command):
-    """The remote wrapper as argv words after an exec template: the start
-    marker first, then the wrapper running ``command`` (bytes) as one
-    argument (no quoting: no shell reads it as text)."""
-    words = wrapper_argv(command)
-    words[2] = marker_prefix().encode() + words[2]
-    return words
-
-
-def marker_prefix():
-    """Shell text to put first in the remote wrapper: it writes the start
-    marker to stderr before anything else runs."""
-    return 'printf "%s" >&2; ' % _MARKER_PRINTF
-
-
-class StartMarkerFilter:
-    """Takes the first start marker line out of a stderr stream fed in
-    chunks of any size, and says whether it has passed (``started``).
-
-    The marker counts only as a whole line at the start of a line; other
-    lines pass through at once.  At most the marker's length is held back,
-    and only while it may still be the marker; ``close`` returns it."""
-
-    def __init__(self, marker=START_MARKER, keep_before=True):
-        self.marker = marker
-        # False: what comes before the marker (the transport's own words)
-        # is dropped from the stream (the caller keeps it for classifying).
-        self.keep_before = keep_before
-        self.started = False
-        self._held = b""
-        self._at_line_start = True
-
-    def feed(self, data):
-        """The part of ``data`` (bytes) to pass on."""
-        if self.started:
-            return data
-        data = self._held + data
-        self._held = b""
-        out = []
-        pos = 0
-        while pos < len(data):
-            if not self._at_line_start:
-                newline = data.find(b"\n", pos)
-                end = len(data) if newline < 0 else newline + 1
-                out.append(data[pos:end])
-                pos = end
-                self._at_line_start = newline >= 0
-            elif data.startswith(self.marker, pos):
-                self.started = True
-                if not self.keep_before:
-                    out = []
-                out.append(data[pos + len(self.marker):])
-                break
-            elif self.marker.startswith(data[pos:]):
-                self._held = data[pos:]  # may yet be the marker
-                break
-            else:
-                self._at_line_start = False
-        if not self.started and not self.keep_before:
-            return b""
-        return b"".join(out)
-
-    def close(self):
-        """What is still held back, at the end of the stream."""
-        held, self._held = self._held, b""
-        return held if self.started or self.keep_before else b""
-
-
-# srun reports a task's non-zero end on its own stderr ("srun: error:
-# node1: task 0: Exited with exit code 3", "... task 0: Killed"), sometimes
-# ahead of the job's last stderr lines.  clstr reports the exit itself; this
-# tells that line from the job's output.
-_SRUN_TASK_REPORT = re.compile(rb"srun: error: [^\s:]+: task 0: [^\n]*\n?\Z")
-
-
-def is_srun_task_report(line):
-    """True if ``line`` (bytes) is srun's report of how its one task ended."""
-    return bool(_SRUN_TASK_REPORT.match(line))
+    """The remote wrapper as argv words after an exec template, running
+    ``command`` (bytes) as one argument (no quoting: no shell reads it as
+    text).  The wrapper reports the job's start and end (endreport.py)."""
+    return wrapper_argv(command)
 
 
 # --- what a failed attempt means ------------------------------------------
@@ -255,22 +171,19 @@ def _last_lines(stderr_tail, count):
     return lines[-count:]
 
 
-def classify_exec(code, started, stderr_tail):
-    """The Failure for an exec transport that exited with ``code`` (-N:
-    killed by signal N), or None if it succeeded.  ``started``: the start
-    marker came (StartMarkerFilter.started); ``stderr_tail``: the last few
-    KiB of its stderr (bytes).
+def classify_exec(code, stderr_tail):
+    """The transport's own failure, for an exec transport that exited with
+    ``code`` (-N: killed by signal N) before its job started (failures.judge
+    reads it only then), or None if it exited 0.  ``stderr_tail``: the last
+    few KiB of its stderr (bytes).
 
-    Before the start, a failure is the transport's: ``Kind.FATAL`` if no
-    node can cure it, else ``Kind.TRANSPORT`` (the node is at fault, like a
-    refused ssh), with the transport's last stderr line as the reason.
-    After it, the exit status is the job's."""
+    ``Kind.FATAL`` if no node can cure it, else ``Kind.TRANSPORT`` (the node
+    is at fault, like a refused ssh), with the transport's last stderr line
+    as the reason."""
     if code == 0:
         return None
     if code < 0:
         return Failure(Kind.INTERRUPTED, "transport killed by signal %d" % -code)
-    if started:
-        return job_exit(code)
     lines = _last_lines(stderr_tail, 4)
     for line in reversed(lines):
         if _NO_NODE_CAN_CURE.search(line):

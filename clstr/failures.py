@@ -150,3 +150,104 @@ def classify(code, stderr_tail, master_gone=False, log_tail=b""):
         return Failure(Kind.CONNECTION_LOST, "shared connection closed")
     last = (log_lines or stderr_lines)[-1:]
     return Failure(Kind.SSH_ERROR, _said(last[0]) if last else "ssh exited 255")
+
+
+# The joblog's Exitval of an attempt whose job's own status is not known (no
+# end report): what ssh says for a connection it lost.
+UNKNOWN_STATUS = 255
+# The joblog's Signal of a job clstr stopped (--timeout, Ctrl-C).
+STOPPED_SIGNAL = 15
+
+
+class Verdict:
+    """How an attempt ended, decided once (``judge``): ``failure`` (None for
+    success) and the joblog's Exitval and Signal."""
+
+    __slots__ = ("failure", "exitval", "signal")
+
+    def __init__(self, failure, exitval, signal=0):
+        self.failure = failure
+        self.exitval = exitval
+        self.signal = signal
+
+
+def judge(transport_failure, code, started, status, stopped=None):
+    """The Verdict on one attempt, from evidence clstr controls.
+
+    ``started`` and ``status``: the wrapper's start report came, and the
+    status in its end report (None: none came; see endreport.py).
+    ``transport_failure``: what the transport's own end says (a Failure from
+    ``classify`` or ``classify_exec``, or None), read only when the job did
+    not report its end.  ``code``: the transport's exit status (-N: killed by
+    signal N; None when there is none).  ``stopped``: clstr's own reason
+    when it stopped the attempt (a Failure: timeout, interrupted, or a start
+    deadline), else None.
+
+    - With an end report, the job's status is the result, whatever the
+      transport said (ssh's 255 after the job's own ``exit 255``, srun's 0):
+      a success, a job exit, or clstr's reason if clstr stopped it.
+    - Stopped by clstr without one: clstr's reason (the job's end was not
+      heard of in the grace, or it never started).
+    - Started without an end report: the connection was lost (the job may
+      have run in part; it runs again), unless the transport was killed
+      here by a signal (this machine's doing, not the node's) or says no
+      node can do better.
+    - Never started: the transport's failure (a refused ssh, an srun that
+      could not reach the node), or, if the transport thinks all went well,
+      a transport failure all the same: the wrapper never ran."""
+    if status is not None:
+        if stopped is not None:
+            return Verdict(stopped, status, STOPPED_SIGNAL)
+        return Verdict(None if status == 0 else job_exit(status), status)
+    if stopped is not None:
+        return Verdict(stopped, UNKNOWN_STATUS, STOPPED_SIGNAL)
+    if transport_failure is not None and transport_failure.kind is Kind.FATAL:
+        return Verdict(transport_failure, UNKNOWN_STATUS)
+    if code is not None and code < 0:
+        return Verdict(Failure(Kind.INTERRUPTED, "transport killed by signal %d" % -code),
+                       UNKNOWN_STATUS)
+    transport_said = transport_failure is not None and transport_failure.kind.transport
+    if started:
+        detail = (transport_failure.detail if transport_said and transport_failure.detail
+                  else "no end report from the job (transport exit %s)" % _code_text(code))
+        return Verdict(Failure(Kind.CONNECTION_LOST, detail), UNKNOWN_STATUS)
+    if transport_said:
+        return Verdict(transport_failure, UNKNOWN_STATUS)
+    return Verdict(Failure(Kind.SSH_ERROR, "the job never started (transport exit %s)"
+                           % _code_text(code)), UNKNOWN_STATUS)
+
+
+def _code_text(code):
+    return "status unknown" if code is None else "%d" % code
+
+
+# Before any job has started, the same words from this many distinct nodes'
+# transports mean that the transport is broken on this machine (a Docker
+# daemon that is down), not each node: the run stops instead of retiring
+# every node one by one.
+SAME_FAILURE_NODES = 3
+
+
+class FirstFailures:
+    """The --exec transports' failures seen before any job of the run has
+    started, by what they said."""
+
+    def __init__(self):
+        self._hosts = {}
+        self._job_started = False
+
+    def job_started(self):
+        self._job_started = True
+        self._hosts.clear()
+
+    def no_node_can_cure(self, host, failure):
+        """Note ``failure`` of ``host``; True once the same words came from
+        SAME_FAILURE_NODES distinct nodes before any job started.  Decided by
+        the words being the same, never by what they say (with ``docker -H
+        ssh://{host}`` a daemon that is down is one node's fault, and says
+        which)."""
+        if self._job_started or failure.kind is not Kind.TRANSPORT:
+            return False
+        hosts = self._hosts.setdefault(failure.detail, set())
+        hosts.add(host)
+        return len(hosts) >= SAME_FAILURE_NODES

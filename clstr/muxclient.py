@@ -80,9 +80,6 @@ CONNECT_TIMEOUT = 10.0
 # After the master has closed the connection its pipe ends are closed too,
 # so EOF is due at once; this bounds the wait should anything else hold them.
 PIPE_EOF_GRACE = 2.0
-# How long ``MuxAttempt.stop`` waits for the session to end after closing
-# stdin before it drops the session.
-STOP_GRACE = 2.0
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -560,7 +557,7 @@ class MuxAttempt:
         """EOF on the command's stdin, nothing more."""
         self._close_stdin()
 
-    def stop(self, grace=STOP_GRACE):
+    def stop(self, grace):
         """Stop the job: close stdin (EOF for the remote wrapper).  If the
         session has not ended ``grace`` seconds later (a hung link, a
         master that is not answering), drop it and end the attempt with

@@ -13,25 +13,40 @@ What a mux client's failure means for the node:
 
 from .failures import Failure, Kind, job_exit
 from .muxclient import MuxAttempt, MuxError
-from .transport import STOP_GRACE, Session
+from .transport import Session
 
 
 class MuxSession(Session):
     """Runs ``remote_command`` (bytes, the wrapped job) through the master
-    at ``control_path``.  ``fall_back(error, detail, on_output, on_end)``
-    starts and returns the Session that takes over when the mux client cannot
-    be used (nothing has run then)."""
+    at ``control_path``; its stderr passes through ``reports``
+    (endreport.ReportReader).  ``fall_back(error, detail, on_output,
+    on_end)`` starts and returns the Session that takes over when the mux
+    client cannot be used (nothing has run then)."""
 
-    def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back):
+    def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back,
+                 reports):
         self._on_end = on_end
         self._on_output = on_output
         self._fall_back = fall_back
+        self._reports = reports
         self._paused = False
         self._stopped = False
-        self._inner = MuxAttempt(loop, control_path, remote_command, on_output, self._exited,
-                                 self._failed)
+        self._inner = MuxAttempt(loop, control_path, remote_command, self._output,
+                                 self._exited, self._failed)
+
+    def _output(self, stream, data):
+        if stream == 2:
+            data = self._reports.feed(data)
+        if data:
+            self._on_output(stream, data)
+
+    def _flush_reports(self):
+        rest = self._reports.close()
+        if rest:
+            self._on_output(2, rest)
 
     def _exited(self, code):
+        self._flush_reports()
         failure = None if code == 0 else job_exit(code)
         self._on_end(code, failure)
 
@@ -41,6 +56,7 @@ class MuxSession(Session):
             if self._paused:
                 self._inner.pause()
             return
+        self._flush_reports()
         if error is MuxError.SESSION_REFUSED:
             failure = Failure(Kind.THROTTLED, "session refused: %s" % detail)
         elif error is MuxError.CONNECTION_LOST:
@@ -49,12 +65,9 @@ class MuxSession(Session):
             failure = Failure(Kind.INTERRUPTED, "stopped by clstr")
         self._on_end(None, failure)
 
-    def stop(self):
+    def stop(self, grace):
         self._stopped = True
-        if isinstance(self._inner, MuxAttempt):
-            self._inner.stop(grace=STOP_GRACE)
-        else:
-            self._inner.stop()
+        self._inner.stop(grace)
 
     def kill(self):
         self._stopped = True

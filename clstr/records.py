@@ -20,10 +20,9 @@ def _one_line(text):
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
-def joblog_line(seq, host, start, runtime, received, code, command):
-    """One joblog record.  ``code`` is ssh's exit code (-N: killed by signal
-    N, logged as Exitval 0 and Signal N, as parallel does)."""
-    exitval, signum = (0, -code) if code < 0 else (code, 0)
+def joblog_line(seq, host, start, runtime, received, exitval, signum, command):
+    """One joblog record: ``exitval`` and ``signum`` as failures.judge
+    decided them (Signal 15 for a job clstr stopped)."""
     return "%d\t%s\t%.3f\t%.3f\t0\t%d\t%d\t%d\t%s\n" % (
         seq, host, start, runtime, received, exitval, signum, _one_line(command))
 

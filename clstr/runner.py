@@ -12,10 +12,11 @@ import tempfile
 import time
 
 from .delivery import Delivery
+from .endreport import ReportReader
 from .errors import EXIT_LOCAL_IO, LocalIOError
 from .exectransport import exec_argv, wrapper_words
-from .failures import Failure, Kind
-from .localprocess import exec_session, ssh_session
+from .failures import Failure, FirstFailures, Kind, judge
+from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
 from .muxclient import MuxError
@@ -27,7 +28,7 @@ from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
 from .ssh import wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
-from .transport import NoSession
+from .transport import NoSession, stop_grace
 
 # Exit statuses.
 EXIT_OK = 0
@@ -51,6 +52,12 @@ FDS_SPARE = 8
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
 # ... and a master that could not start for want of them tries again after this.
 MASTER_RESOURCE_WAIT = 1.0
+# An attempt whose job has not started --connect-timeout plus this long
+# after it was started is given up (a transport that hangs before the job:
+# a silent host behind --exec, a login that never ends).  ssh's own
+# ConnectTimeout bounds only the TCP connection and the banner; this leaves
+# room for a slow key exchange, login and rc files.
+START_GRACE = 15.0
 
 
 class Attempt:
@@ -59,9 +66,9 @@ class Attempt:
     stopped it)."""
 
     __slots__ = ("job", "slot", "session", "out", "started", "received", "timer",
-                 "stopped_for")
+                 "start_timer", "stopped", "reports")
 
-    def __init__(self, job, slot, out):
+    def __init__(self, job, slot, out, reports):
         self.job = job
         self.slot = slot
         self.session = None
@@ -69,7 +76,11 @@ class Attempt:
         self.started = time.time()
         self.received = 0
         self.timer = None
-        self.stopped_for = None
+        self.start_timer = None
+        # clstr's own reason when it stopped the attempt (a Failure).
+        self.stopped = None
+        # The wrapper's start and end reports (endreport.py).
+        self.reports = reports
 
 
 def same_file(fd_a, fd_b):
@@ -145,6 +156,7 @@ class Runner:
         self._node_retries = {}  # host -> probes so far (--retry-nodes)
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
+        self._first_failures = FirstFailures()
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
@@ -368,7 +380,10 @@ class Runner:
     # -- attempts -----------------------------------------------------------
 
     def _start(self, job, slot):
-        attempt = Attempt(job, slot, None)
+        # An --exec transport's words before the job starts and after it
+        # ended are its own, not the job's stderr.
+        drop = "drop" if self.plan.exec_words else "pass"
+        attempt = Attempt(job, slot, None, ReportReader(before_start=drop, after_end=drop))
         try:
             attempt.out = self.delivery.open(job.seq, slot.host.name)
         except (OSError, LocalIOError) as error:
@@ -385,16 +400,44 @@ class Runner:
         self.attempts.add(attempt)
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
-                self.plan.timeout, lambda: self._kill(attempt, Kind.TIMEOUT))
+                self.plan.timeout, lambda: self._kill(
+                    attempt, Failure(Kind.TIMEOUT, "stopped after %gs" % self.plan.timeout)))
         if self._paused:
             attempt.session.pause()
+        else:
+            self._arm_start_deadline(attempt)
+
+    def _arm_start_deadline(self, attempt):
+        """Give the attempt's job until the deadline to start.  Not while
+        output is paused: a transport blocked writing to us cannot report."""
+        if attempt.reports.started or attempt.start_timer is not None:
+            return
+        attempt.start_timer = self.loop.call_later(
+            self.plan.ssh.connect_timeout + START_GRACE, lambda: self._start_overdue(attempt))
+
+    def _disarm_start_deadline(self, attempt):
+        if attempt.start_timer is not None:
+            attempt.start_timer.cancel()
+            attempt.start_timer = None
+
+    def _start_overdue(self, attempt):
+        """The job has not started in time: its node does not answer (under
+        Slurm, a step still pending: the controller is busy, no node is
+        dead), so the attempt is stopped and the job requeued."""
+        attempt.start_timer = None
+        if attempt.reports.started or attempt.stopped is not None:
+            return
+        waited = self.plan.ssh.connect_timeout + START_GRACE
+        kind = Kind.THROTTLED if self.plan.slurm else Kind.CONNECT_TIMEOUT
+        self._kill(attempt, Failure(kind, "the job had not started after %gs" % waited))
 
     def _open_session(self, attempt, on_output, on_end):
         """Start ``attempt`` through the transport its host uses."""
         host = attempt.slot.host.name
         if self.plan.exec_words:
             argv = exec_argv(self.plan.exec_words, host, wrapper_words(attempt.job.command))
-            return exec_session(self.loop, argv, on_output, on_end)
+            ask = self._ask_allocation if self.plan.slurm else None
+            return exec_session(self.loop, argv, on_output, on_end, attempt.reports, ask)
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(host, attempt.slot.index)
@@ -403,14 +446,19 @@ class Runner:
                                      self.masters.login_shell(host, attempt.slot.index))
             return MuxSession(self.loop, control_path, remote, on_output, on_end,
                               lambda error, detail, on_output, on_end: self._mux_fell_back(
-                                  attempt, control_path, error, detail, on_output, on_end))
+                                  attempt, control_path, error, detail, on_output, on_end),
+                              attempt.reports)
         return self._ssh_session(attempt, control_path, on_output, on_end)
+
+    def _ask_allocation(self, done):
+        ask_slurm_allocation(self.loop, os.environ.get("SLURM_JOB_ID", ""), done)
 
     def _ssh_session(self, attempt, control_path, on_output, on_end):
         host = attempt.slot.host.name
         log_path = self.private.new_path("attempt-", ".log")
         argv = self.plan.ssh.argv(host, attempt.job.command, control_path, log_path)
-        return ssh_session(self.loop, argv, on_output, on_end, control_path, log_path)
+        return ssh_session(self.loop, argv, on_output, on_end, attempt.reports, control_path,
+                           log_path)
 
     def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
         """clstr's mux client could not use the master: nothing ran, so the
@@ -490,33 +538,43 @@ class Runner:
         self._message("only %d of %d slots can run at once: %s" % (fit, self._slots_wanted(), why))
 
     def _kill(self, attempt, reason):
-        """Stop an attempt: the transport closes its stdin, and the remote
-        wrapper then stops the job and all it started."""
-        attempt.stopped_for = reason
-        attempt.session.stop()
+        """Stop an attempt (``reason``: a Failure): the transport closes its
+        stdin, and the remote wrapper then stops the job and all it started,
+        and reports how it ended."""
+        if attempt.stopped is None:
+            attempt.stopped = reason
+        self._disarm_start_deadline(attempt)
+        attempt.session.stop(stop_grace(attempt.reports.started))
 
     def _output(self, attempt, stream, data):
+        if attempt.reports.started:
+            self._disarm_start_deadline(attempt)
         attempt.received += len(data)
         # Sinks report their own errors; this catches --output-dir files
         # and --group's temporary files.
         self._guarded(self._delivery_files(), attempt.out.data, stream, data)
 
     def _ended(self, attempt, code, failure):
-        if code is None:
-            # No exit status (a shared connection lost): ssh would say 255.
-            code = 255
         self.attempts.discard(attempt)
         self._starved = False  # its fds are free again
         if attempt.timer:
             attempt.timer.cancel()
+        self._disarm_start_deadline(attempt)
         job = attempt.job
         host = attempt.slot.host.name
+        verdict = judge(failure, code, attempt.reports.started, attempt.reports.status,
+                        attempt.stopped)
+        failure = verdict.failure
         if self.joblog:
             self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
-                          time.time() - attempt.started, attempt.received, code, job.text)
-        failure = self._failure(attempt, failure)
+                          time.time() - attempt.started, attempt.received, verdict.exitval,
+                          verdict.signal, job.text)
         self._guarded(self._delivery_files(), attempt.out.close, failure is None)
-        if failure and failure.kind.stops_run and not self._stopping:
+        if attempt.reports.started:
+            self._first_failures.job_started()
+        cannot_cure = failure and (failure.kind.stops_run
+                                   or self._first_failures.no_node_can_cure(host, failure))
+        if cannot_cure and not self._stopping:
             # Every node would fail the same way (Slurm's step limit, say):
             # stop instead of retiring them one by one.
             self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
@@ -544,13 +602,6 @@ class Runner:
         if outcome.backoff is not None:
             self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
         self._dispatch()
-
-    def _failure(self, attempt, failure):
-        if attempt.stopped_for is Kind.TIMEOUT:
-            return Failure(Kind.TIMEOUT, "stopped after %gs" % self.plan.timeout)
-        if attempt.stopped_for is Kind.INTERRUPTED:
-            return Failure(Kind.INTERRUPTED, "stopped by clstr")
-        return failure
 
     def _delivery_files(self):
         """Where job output goes besides the sinks, for error messages."""
@@ -640,7 +691,7 @@ class Runner:
         self._stopping = True
         self.exit_status = status
         for attempt in list(self.attempts):
-            self._kill(attempt, Kind.INTERRUPTED)
+            self._kill(attempt, Failure(Kind.INTERRUPTED, "stopped by clstr"))
         self._maybe_finish_stop()
 
     def _maybe_finish_stop(self):
@@ -687,8 +738,10 @@ class Runner:
         for attempt in self.attempts:
             if pressed:
                 attempt.session.pause()
+                self._disarm_start_deadline(attempt)
             else:
                 attempt.session.resume()
+                self._arm_start_deadline(attempt)
 
     def _changed(self):
         if self.status:

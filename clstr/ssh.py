@@ -3,6 +3,9 @@ the remote wrapper that every job runs under."""
 
 import os
 
+from .endreport import RUN_TOKEN, report_printf
+
+
 # ssh cannot stop a remote command: killing the local ssh only closes the
 # connection and the command runs on (``ssh -tt`` would hang it up, but merges
 # stderr into stdout and mangles bytes).  So, like GNU parallel, every job runs
@@ -38,16 +41,28 @@ import os
 # The watcher's output goes to /dev/null: sshd keeps a session open while
 # anything holds its stdout or stderr.  No single quotes (the wrapper is
 # quoted as is), no names that zsh or bash reserve (status, _).
-_WATCH = (
-    "trap \"exit 129\" HUP; trap \"exit 130\" INT; trap \"exit 143\" TERM; "
-    "exec 3<&0 </dev/null 4>&1; "
-    "{ while read -r line; do :; done; trap \"\" TERM; kill -TERM 0; "
-    "sleep 2; kill -KILL 0; } <&3 >/dev/null 2>&1 4>&- & "
-    "exec 3<&-; "
-)
+def _report_end(token, exit_with):
+    """Shell text defining ``clstr_end STATUS``: stop the watcher ($!, the
+    wrapper's only background job), write the end report, exit with
+    ``exit_with``."""
+    return ("clstr_end() { kill -KILL $! 2>/dev/null; %s \"$1\" >&2; exit %s; }; "
+            % (report_printf(token, "e%d"), exit_with))
+
+
+def _watch(token):
+    return (
+        _report_end(token, "$1")
+        + "trap \"clstr_end 129\" HUP; trap \"clstr_end 130\" INT; "
+        "trap \"clstr_end 143\" TERM; "
+        "exec 3<&0 </dev/null 4>&1; "
+        "{ while read -r line; do :; done; trap \"\" TERM; kill -TERM 0; "
+        "sleep 2; kill -KILL 0; } <&3 >/dev/null 2>&1 4>&- & "
+        "exec 3<&-; " + report_printf(token, "s") + " >&2; ")
+
+
 _JOB_START = "held=$( { "
 _JOB_END = "; } 8>&1 >&4 4>&- ); "
-_FINISH = "code=$?; kill -KILL $! 2>/dev/null; exit $code"
+_FINISH = "clstr_end $?"
 
 # Login shells that run the wrapper themselves: the job then runs in the
 # login shell sshd started (as with a plain `ssh host cmd`: same $0, same
@@ -75,23 +90,31 @@ def login_shell_from_probe(code, output):
 # (--exec: srun, docker exec): it makes one for the job with `setsid` and
 # keeps to that process group, polling for it to empty, from 10 ms up to 1 s.
 # Without setsid on the node, only the job's own shell can be stopped.
-# $1 is the job's command; the job runs in $SHELL.
-EXEC_WRAPPER = (
-    "exec 3<&0 </dev/null; "
-    "if command -v setsid >/dev/null 2>&1; "
-    "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
-    "else \"${SHELL:-sh}\" -c \"$1\" 3<&- & fi; "
-    "job=$!; "
-    "{ while read -r line; do :; done; kill -TERM -$job $job; "
-    "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
-    "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 & "
-    "watcher=$!; exec 3<&-; "
-    "wait $job; code=$?; t=0.01; "
-    "while kill -0 -$job 2>/dev/null; do "
-    "sleep $t >/dev/null 2>&1 || sleep 1; "
-    "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
-    "kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; exit $code"
-)
+# $1 is the job's command; the job runs in $SHELL.  It exits 0 once its end
+# report is written, so the transport adds no words of its own about the
+# job's status (srun's "task 0: Exited with exit code N"); `wait` is
+# silenced so that a job stopped by clstr leaves no "Terminated" in its
+# stderr.
+def exec_wrapper(token=RUN_TOKEN):
+    """The --exec wrapper's shell text, reporting with ``token``."""
+    return (
+        "clstr_end() { kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; "
+        "%s \"$1\" >&2; exit 0; }; " % report_printf(token, "e%d")
+        + report_printf(token, "s") + " >&2; "
+        "exec 3<&0 </dev/null; "
+        "if command -v setsid >/dev/null 2>&1; "
+        "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
+        "else \"${SHELL:-sh}\" -c \"$1\" 3<&- & fi; "
+        "job=$!; "
+        "{ while read -r line; do :; done; kill -TERM -$job $job; "
+        "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
+        "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 & "
+        "watcher=$!; exec 3<&-; "
+        "wait $job 2>/dev/null; code=$?; t=0.01; "
+        "while kill -0 -$job 2>/dev/null; do "
+        "sleep $t >/dev/null 2>&1 || sleep 1; "
+        "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
+        "clstr_end $code")
 
 
 def shell_quote(word):
@@ -99,11 +122,11 @@ def shell_quote(word):
     return b"'" + word.replace(b"'", b"'\\''") + b"'"
 
 
-def wrapper_argv(command):
+def wrapper_argv(command, token=RUN_TOKEN):
     """The wrapper as separate argv words for a transport that runs a program
     without a login shell in between: ``sh -c WRAPPER clstr-job COMMAND``.
     ``command`` is bytes and needs no quoting here."""
-    return [b"sh", b"-c", EXEC_WRAPPER.encode(), b"clstr-job", command]
+    return [b"sh", b"-c", exec_wrapper(token).encode(), b"clstr-job", command]
 
 
 def is_posix_login_shell(name):
@@ -112,7 +135,7 @@ def is_posix_login_shell(name):
     return bool(name) and os.path.basename(name) in POSIX_LOGIN_SHELLS
 
 
-def wrapped_command(command, login_shell=None):
+def wrapped_command(command, login_shell=None, token=RUN_TOKEN):
     """The remote command line (bytes) that runs ``command`` (bytes) under
     the wrapper, for sshd to hand to the user's login shell.  If the caller
     knows that shell (``login_shell``) and it is one of POSIX_LOGIN_SHELLS,
@@ -120,10 +143,10 @@ def wrapped_command(command, login_shell=None):
     ``sh`` for the wrapper, and the job runs in ``$SHELL -c``."""
     if is_posix_login_shell(login_shell):
         job = b"eval " + shell_quote(command)
-        return (_WATCH + _JOB_START).encode() + job + (_JOB_END + _FINISH).encode()
+        return (_watch(token) + _JOB_START).encode() + job + (_JOB_END + _FINISH).encode()
     # $0 is the shell's name, as sshd gives it to a login shell.
     job = "login=${SHELL:-sh}; \"$login\" -c \"$1\" \"${login##*/}\""
-    wrapper = _WATCH + _JOB_START + job + _JOB_END + _FINISH
+    wrapper = _watch(token) + _JOB_START + job + _JOB_END + _FINISH
     return b"exec sh -c '" + wrapper.encode() + b"' clstr-job " + shell_quote(command)
 
 

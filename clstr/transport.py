@@ -13,16 +13,26 @@ Kinds:
 
 Every attempt gets its own stdin pipe whose write end only clstr holds and
 never writes.  Closing it is how clstr stops that attempt, whatever the
-transport: the remote wrapper takes EOF as "stop the job" (see ssh.py).  A
-local process that never passes the EOF on (an ssh still connecting, or on a
-hung link) is sent SIGTERM after ``STOP_GRACE`` seconds.
+transport: the remote wrapper takes EOF as "stop the job" (see ssh.py) and
+still reports how the job ended (endreport.py).  A transport that has not
+ended ``stop_grace(started)`` seconds later (an ssh still connecting, a hung
+link) is sent SIGTERM, or its mux session dropped.
 """
 
 import os
 
-# How long a stopped attempt's local process may take to pass the EOF on
-# before it is sent SIGTERM; short, so that Ctrl-C ends a run at once.
-STOP_GRACE = 0.2
+# How long a stopped attempt may take to end.  A job that has started gets
+# the time its wrapper takes to stop it (TERM, then KILL 2 s later) and to
+# send its end report back, so that its status is not lost; one that has
+# not started (a connection still being made) has nothing to report, and
+# is cut short so that Ctrl-C ends a run at once.
+STARTED_STOP_GRACE = 3.0
+UNSTARTED_STOP_GRACE = 0.2
+
+
+def stop_grace(started):
+    """The grace for stopping an attempt whose job has (not) started."""
+    return STARTED_STOP_GRACE if started else UNSTARTED_STOP_GRACE
 
 
 class StdinPipe:
@@ -62,8 +72,9 @@ class Session:
     a ``failures.Failure``.  Subclasses implement ``stop()``, ``kill()``,
     ``pause()`` and ``resume()``."""
 
-    def stop(self):
-        """Stop the job (on the node too); ``on_end`` follows."""
+    def stop(self, grace):
+        """Stop the job (on the node too); ``on_end`` follows, at the latest
+        about ``grace`` seconds later."""
         raise NotImplementedError
 
     def kill(self):
@@ -81,7 +92,7 @@ class Session:
 class NoSession(Session):
     """A session that never started (its end was already dealt with)."""
 
-    def stop(self):
+    def stop(self, grace):
         pass
 
     def kill(self):

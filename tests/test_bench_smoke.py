@@ -19,7 +19,7 @@ def test_benchmark_quick_run_produces_a_table(cluster, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = out.read_text()
     for row in ("| clstr |", "| clstr --no-multiplex |", "| clstr -E |",
-                "| clstr (ssh = true) |", "| clstr.pyz --version |"):
+                "| clstr (ssh = fakessh) |", "| clstr.pyz --version |"):
         line = next(line for line in table.splitlines() if row in line)
         median = line.split("|")[3].strip()
         assert float(median) > 0, line

@@ -143,7 +143,7 @@ def test_dry_run_shows_the_exec_command_lines():
 
 
 @pytest.mark.parametrize("option", [["--ssh-command", "ssh"], ["-O", "User=x"],
-                                    ["--connect-timeout", "3"], ["--alive-interval", "3"],
+                                    ["--alive-interval", "3"],
                                     ["--max-sessions", "4"], ["--multiplex"],
                                     ["--no-multiplex"]])
 def test_ssh_only_options_are_a_usage_error_with_exec(option):
@@ -181,3 +181,80 @@ def test_slurm_takes_nodes_and_task_slots_from_the_allocation(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 8
     assert {line.split(b": ")[0] for line in lines} <= {b"cn01", b"cn02"}
+
+
+# --- the job reports its own end (issue 18) ----------------------------------
+
+def test_a_transport_that_hangs_before_the_job_is_stopped_and_its_job_runs_elsewhere(
+        tmp_path):
+    # silent* nodes never start the wrapper: their transport sleeps.
+    mark = "7%d.5" % os.getpid()
+    template = "sh -c 'case $0 in silent*) sleep %s;; esac; exec \"$@\"' {host}" % mark
+    log = tmp_path / "log"
+    result = clstr("--exec", template, "--connect-timeout", "1", "-v", "--joblog", str(log),
+                   "-n", "silent1", "-n", "good1", *(["-j", "echo ran"] * 3), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ran\n" * 3
+    assert b"node silent1 retired: connect timeout: the job had not started after 16s" \
+        in result.stderr, result.stderr
+    # The transport's whole process group was stopped, its sleep too.
+    assert local_processes_left(mark) == []
+
+
+def test_a_job_that_kills_its_process_group_keeps_its_node_under_job_failure_job(runtime):
+    result = clstr("--exec", runtime, "--job-failure", "job", "-n", "k1", "-v",
+                   "-j", "kill -9 0", "-j", "echo after")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == b"after\n"
+    assert b"job exit 137" in result.stderr and b"retired" not in result.stderr, result.stderr
+
+
+def test_exit_255_is_the_jobs_own_status(runtime):
+    result = clstr("--exec", runtime, "--job-failure", "job", "-n", "e1", "-v",
+                   "-j", "exit 255", "-j", "echo after")
+    assert result.stdout == b"after\n"
+    assert b"job exit 255" in result.stderr and b"retired" not in result.stderr, result.stderr
+
+
+def test_a_transport_exit_0_without_the_end_report_is_a_lost_connection(tmp_path):
+    # Like srun on a node failure: the job started, then the transport exits
+    # 0 without passing the job's end on.  lost* nodes do that, once their
+    # job has said it runs.
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    template = ("sh -c 'CLSTR_NODE=$0; export CLSTR_NODE; case $0 in lost*) "
+                "exec 3<&0; \"$@\" <&3 3<&- & i=0; "
+                "while [ ! -e %s/$0 ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+                "kill -9 $!; exit 0;; esac; exec \"$@\"' {host}" % flags)
+    job = "touch %s/$CLSTR_NODE; sleep 1; echo done" % flags
+    log = tmp_path / "log"
+    result = clstr("--exec", template, "-v", "--joblog", str(log), "-n", "lost1", "-n", "ok1",
+                   "-j", job, "-j", job, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"done\n" * 2
+    assert b"node lost1 retired: connection lost" in result.stderr, result.stderr
+    rows = [line.split(b"\t") for line in log.read_bytes().splitlines()[1:]]
+    assert sorted((row[1], row[6]) for row in rows) == [
+        (b"lost1", b"255"), (b"ok1", b"0"), (b"ok1", b"0")]
+
+
+def test_no_terminated_line_reaches_job_stderr_when_clstr_stops_a_job(runtime):
+    result = clstr("--exec", runtime, "--timeout", "1", "-n", "t1", "-j", "sleep 30")
+    assert result.returncode == 1
+    assert b"Terminated" not in result.stderr, result.stderr
+
+
+def test_the_same_words_from_three_nodes_before_any_start_stop_the_run(tmp_path):
+    template = "sh -c 'echo Cannot connect to the daemon. >&2; exit 1' {host}"
+    result = clstr("--exec", template, "-n", "d[1-6]", *(["-j", "true"] * 6))
+    assert result.returncode == 1
+    assert b"Cannot connect to the daemon.: no node can run jobs, stopping" in result.stderr
+    assert b"retired" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("template", ["ssh {host}", "nice ssh -q {host}",
+                                      "env A=1 ssh {host}"])
+def test_an_ssh_exec_template_is_a_usage_error_pointing_to_ssh_command(template):
+    result = clstr("--exec", template, "-n", "a", "-j", "true")
+    assert result.returncode == 2
+    assert b"--ssh-command" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -37,14 +37,14 @@ def _joblog(tmp_path, text):
 
 
 def test_a_torn_last_joblog_line_is_ignored(tmp_path):
-    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, "one")
-    torn = joblog_line(2, "a", 1.0, 0.5, 3, 0, "two")[:-4]  # cut in the command
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one")
+    torn = joblog_line(2, "a", 1.0, 0.5, 3, 0, 0, "two")[:-4]  # cut in the command
     assert completed_in_joblog(_joblog(tmp_path, HEADER + whole + torn)) == {
         (1, "one"), ("a", "one")}
 
 
 def test_a_last_joblog_line_with_too_few_fields_is_ignored(tmp_path):
-    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, "one")
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one")
     assert completed_in_joblog(_joblog(tmp_path, HEADER + whole + "2\ta\t1.0\n")) == {
         (1, "one"), ("a", "one")}
 
@@ -56,12 +56,12 @@ def test_a_torn_header_alone_is_an_empty_joblog(tmp_path):
 @pytest.mark.parametrize("tail", ["2\ta\t1.0", "2\ta\t1.0\n", ""])
 def test_a_torn_last_line_is_cut_off_before_appending_so_the_next_resume_reads_it_all(
         tmp_path, tail):
-    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, "one")
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one")
     path = _joblog(tmp_path, HEADER + whole + tail)
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
         cut_torn_tail(fd)
-        os.write(fd, joblog_line(2, "a", 1.0, 0.5, 3, 0, "two").encode())
+        os.write(fd, joblog_line(2, "a", 1.0, 0.5, 3, 0, 0, "two").encode())
     finally:
         os.close(fd)
     assert completed_in_joblog(path) == {(1, "one"), ("a", "one"), (2, "two"), ("a", "two")}
@@ -73,7 +73,7 @@ def test_a_joblog_header_alone_is_not_torn():
 
 
 def test_a_malformed_joblog_line_in_the_middle_is_an_error_naming_file_and_line(tmp_path):
-    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, "one")
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one")
     path = _joblog(tmp_path, HEADER + whole + "2\ta\t1.0\n" + whole)
     with pytest.raises(JoblogError, match=r"%s:3: not a joblog line" % path):
         completed_in_joblog(path)
@@ -82,14 +82,14 @@ def test_a_malformed_joblog_line_in_the_middle_is_an_error_naming_file_and_line(
 def test_joblog_lines_are_split_on_newlines_only(tmp_path):
     # str.splitlines() would also break at CR, form feed, U+2028 ...
     command = "printf 'a\rb\x0cc\x1cd\u2028e\x85f'"
-    path = _joblog(tmp_path, HEADER + joblog_line(1, "a", 1.0, 0.5, 3, 0, command))
+    path = _joblog(tmp_path, HEADER + joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, command))
     job = Job(1, command.encode())
     assert job_key(job) in completed_in_joblog(path)
 
 
 def test_tabs_backslashes_and_newlines_in_commands_round_trip(tmp_path):
     commands = ["a\tb", "back\\slash", "one\ntwo", "lit\\nnot a newline", "\\t\t\\"]
-    text = HEADER + "".join(joblog_line(n, "h", 1.0, 0.5, 0, 0, c)
+    text = HEADER + "".join(joblog_line(n, "h", 1.0, 0.5, 0, 0, 0, c)
                             for n, c in enumerate(commands, 1))
     done = completed_in_joblog(_joblog(tmp_path, text))
     for n, command in enumerate(commands, 1):

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from clstr import muxclient
+from clstr.endreport import ReportReader
 from clstr.loop import EventLoop
 from clstr.muxclient import (
     MUX_MSG_HELLO,
@@ -261,7 +262,9 @@ def test_wrapped_job_gives_its_status_and_output(loop, master):
     [outcome] = run_mux(loop, master.path, [command], close_stdin=False)
     assert outcome.result == ("exit", 7)
     assert outcome.stdout == b"out\n"
-    assert outcome.stderr == b"its err\n"
+    reports = ReportReader()
+    assert reports.feed(outcome.stderr) + reports.close() == b"its err\n"
+    assert (reports.started, reports.status) == (True, 7)
 
 
 def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, cluster):
@@ -274,7 +277,7 @@ def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, clu
     # a master that does not answer is tested below).
     outcome.attempt.stop(grace=60)
     run_until(loop, lambda: outcome.result is not None)
-    assert outcome.result[0] == "exit"
+    assert outcome.result[0] == "exit", (outcome.result, outcome.stderr)
     assert outcome.result[1] != 0
     assert outcome.stdout == b""
     assert cluster.remote_processes_left(marker) == []

@@ -1,5 +1,5 @@
-"""The exec transport's pure parts: templates, Slurm's environment, the start
-marker and what a failed attempt means."""
+"""The exec transport's pure parts: templates, Slurm's environment and what a
+transport's failure before its job started means."""
 
 import subprocess
 
@@ -7,14 +7,10 @@ import pytest
 
 from clstr.exectransport import (
     SRUN_TEMPLATE,
-    START_MARKER,
     ExecTemplateError,
     SlurmEnvironmentError,
-    StartMarkerFilter,
     classify_exec,
     exec_argv,
-    is_srun_task_report,
-    marker_prefix,
     parse_exec_template,
     parse_tasks_per_node,
     slurm_nodes,
@@ -84,11 +80,10 @@ def test_a_host_that_could_be_an_option_is_refused(host):
 def test_local_template_runs_the_wrapper_with_the_node_name():
     # The CI stand-in for a transport: env sets NODE and runs the wrapper.
     words = parse_exec_template("env NODE={host}")
-    wrapper = ["sh", "-c", marker_prefix() + 'echo "$NODE: $1"', "clstr-job", b"job 'one'"]
+    wrapper = ["sh", "-c", 'echo "$NODE: $1"', "clstr-job", b"job 'one'"]
     result = subprocess.run(exec_argv(words, "node7", wrapper), capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=30)
     assert result.stdout == b"node7: job 'one'\n"
-    assert result.stderr == START_MARKER
 
 
 # --- Slurm ----------------------------------------------------------------
@@ -150,80 +145,14 @@ def test_srun_template_runs_one_task_on_the_named_node():
     assert {"--nodes=1", "--ntasks=1", "--overlap", "--nodelist=n01"} <= set(argv)
 
 
-# --- the start marker -----------------------------------------------------
-
-def _feed_all(chunks):
-    marker_filter = StartMarkerFilter()
-    out = b"".join(marker_filter.feed(chunk) for chunk in chunks) + marker_filter.close()
-    return out, marker_filter.started
-
-
-def test_marker_prefix_prints_exactly_the_marker_on_stderr():
-    result = subprocess.run(["sh", "-c", marker_prefix() + "echo out; echo err >&2"],
-                            capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
-    assert (result.stdout, result.stderr) == (b"out\n", START_MARKER + b"err\n")
-
-
-def test_marker_prefix_fits_inside_single_quotes():
-    assert "'" not in marker_prefix()
-
-
-def test_marker_is_removed_and_start_reported():
-    assert _feed_all([START_MARKER + b"job err\n"]) == (b"job err\n", True)
-
-
-def test_marker_is_found_across_every_chunk_boundary():
-    stream = b"srun: note\n" + START_MARKER + b"job err\npartial"
-    for size in range(1, len(stream) + 1):
-        chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
-        assert _feed_all(chunks) == (b"srun: note\njob err\npartial", True), size
-
-
-def test_no_marker_means_not_started_and_everything_passes():
-    stream = b"srun: error: Unable to create step\n"
-    assert _feed_all([stream[:7], stream[7:]]) == (stream, False)
-
-
-def test_a_partial_marker_at_the_end_is_given_back():
-    assert _feed_all([START_MARKER[:5]]) == (START_MARKER[:5], False)
-
-
-def test_only_the_first_marker_is_removed():
-    assert _feed_all([START_MARKER + START_MARKER]) == (START_MARKER, True)
-
-
-def test_marker_counts_only_at_the_start_of_a_line():
-    stream = b"say " + START_MARKER
-    for cut in range(len(stream) + 1):
-        assert _feed_all([stream[:cut], stream[cut:]]) == (stream, False), cut
-
-
-def test_ordinary_output_is_not_held_back():
-    marker_filter = StartMarkerFilter()
-    assert marker_filter.feed(b"progress 10%") == b"progress 10%"
-    assert marker_filter.feed(b" 20%\n") == b" 20%\n"
-
-
-def test_srun_task_report_is_recognised():
-    assert is_srun_task_report(b"srun: error: n01: task 0: Exited with exit code 3\n")
-    assert is_srun_task_report(b"srun: error: n01: task 0: Killed")
-    assert not is_srun_task_report(b"error: n01: task 0: Killed\n")
-    assert not is_srun_task_report(b"srun: error: Unable to create step for job 2: x\n")
-
-
 # --- classification -------------------------------------------------------
 
 def test_success_is_no_failure():
-    assert classify_exec(0, True, b"") is None
-
-
-def test_job_exit_after_start_is_the_jobs():
-    failure = classify_exec(1, True, b"srun: error: n1: task 0: Exited with exit code 1\n")
-    assert (failure.kind, failure.status, str(failure)) == (Kind.JOB_EXIT, 1, "job exit 1")
+    assert classify_exec(0, b"") is None
 
 
 def test_transport_failure_before_start_blames_the_node_in_its_own_words():
-    failure = classify_exec(1, False, b"srun: error: Unable to allocate resources: "
+    failure = classify_exec(1, b"srun: error: Unable to allocate resources: "
                                       b"Invalid node name specified\n")
     assert failure.kind is Kind.TRANSPORT
     assert failure.kind.transport and not failure.kind.stops_run
@@ -232,17 +161,17 @@ def test_transport_failure_before_start_blames_the_node_in_its_own_words():
 
 
 def test_docker_without_the_container_blames_the_node():
-    failure = classify_exec(1, False, b"Error response from daemon: No such container: web1\n")
+    failure = classify_exec(1, b"Error response from daemon: No such container: web1\n")
     assert failure.kind is Kind.TRANSPORT
 
 
 def test_silent_transport_failure_says_its_status():
-    failure = classify_exec(7, False, b"")
+    failure = classify_exec(7, b"")
     assert (failure.kind, failure.detail) == (Kind.TRANSPORT, "exited 7 before the job started")
 
 
 def test_transport_killed_by_a_signal_is_interrupted():
-    assert classify_exec(-15, False, b"").kind is Kind.INTERRUPTED
+    assert classify_exec(-15, b"").kind is Kind.INTERRUPTED
 
 
 @pytest.mark.parametrize("said", [
@@ -254,11 +183,6 @@ def test_transport_killed_by_a_signal_is_interrupted():
     b"unknown flag: --bogus\nSee 'docker exec --help'.",
 ])
 def test_failure_no_node_can_cure_stops_the_run(said):
-    failure = classify_exec(1, False, said + b"\n")
+    failure = classify_exec(1, said + b"\n")
     assert failure.kind is Kind.FATAL and failure.kind.stops_run
     assert "\n" not in failure.detail
-
-
-def test_job_output_that_looks_fatal_is_still_the_jobs():
-    failure = classify_exec(1, True, b"Step limit reached for this job\n")
-    assert failure.kind is Kind.JOB_EXIT

@@ -235,9 +235,9 @@ def test_requeued_jobs_come_before_new_ones():
 def test_joblog_round_trip_for_resume(tmp_path):
     path = tmp_path / "log"
     path.write_text("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
-                    + joblog_line(1, "a", 1.0, 0.5, 3, 0, "echo\tx")
-                    + joblog_line(2, "a", 1.0, 0.5, 0, 255, "y")
-                    + joblog_line(3, "a", 1.0, 0.5, 0, -15, "z"))
+                    + joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "echo\tx")
+                    + joblog_line(2, "a", 1.0, 0.5, 0, 255, 0, "y")
+                    + joblog_line(3, "a", 1.0, 0.5, 0, 0, 15, "z"))
     assert completed_in_joblog(str(path)) == {(1, "echo\\tx"), ("a", "echo\\tx")}
 
 

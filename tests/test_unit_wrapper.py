@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from clstr.endreport import ReportReader
 from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
 from clstr_run import local_processes_left
 
@@ -25,7 +26,8 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
     when it has ended).  ``after()`` is called once the wrapper has ended and
     been reaped, while stdin is still open unless ``stop_after`` closed it.
     ``term_ignored``: start it with SIGTERM ignored.  Returns (status,
-    stdout, stderr)."""
+    stdout, stderr), stderr without the wrapper's reports (endreport.py),
+    whose end status must be the wrapper's own exit status."""
     login = "/bin/" + shell
     remote = wrapped_command(command, login if form == "inline" else None)
     stdin_read, stdin_write = os.pipe()
@@ -50,6 +52,11 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
         for fd in (stdin_read, stdin_write):
             if fd is not None:
                 os.close(fd)
+    reports = ReportReader()
+    err = reports.feed(err) + reports.close()
+    assert reports.started
+    if reports.status is not None:
+        assert reports.status == process.returncode
     return process.returncode, out, err
 
 
