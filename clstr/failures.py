@@ -95,6 +95,19 @@ class Failure:
         return "Failure(%s, %r, %r)" % (self.kind, self.detail, self.status)
 
 
+class MasterKilled(Failure):
+    """A connection lost because clstr killed the ControlMaster carrying it
+    (it stopped answering, multiplex.py): whether the job ended, and how,
+    is unknown, whatever clstr had done to the attempt before (a --timeout
+    stop included), so it stays a lost connection: requeued, never a
+    ``timeout``."""
+
+    __slots__ = ()
+
+    def __init__(self, detail):
+        Failure.__init__(self, Kind.CONNECTION_LOST, detail)
+
+
 def job_exit(status):
     """The Failure of a job that exited with ``status`` (not 0)."""
     return Failure(Kind.JOB_EXIT, status=status)
