@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, node_args, read_lines, start_clstr, wait_until
+from clstr_run import (
+    REPO,
+    clstr,
+    clstr_argv,
+    joblog_rows,
+    node_args,
+    read_lines,
+    start_clstr,
+    wait_until,
+)
 
 # Every byte value on both streams, a non-zero status, and stdin at EOF
 # (cat returns at once: the job's stdin is /dev/null under the wrapper).
@@ -235,7 +244,8 @@ def test_a_frozen_master_is_killed_and_its_jobs_run_elsewhere(cluster, timeout):
 
 def _one_node_fed_by_a_pipe(cluster, tmp_path):
     ssh, counter = _counting_ssh(cluster, tmp_path)
-    argv = clstr_argv(cluster, "-v", "-n", "node001", "--job-file", "-")
+    argv = clstr_argv(cluster, "-v", "-n", "node001", "--job-file", "-",
+                      "--joblog", str(tmp_path / "joblog"))
     argv[argv.index("--ssh-command") + 1] = ssh
     process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
@@ -260,6 +270,8 @@ def test_a_master_gone_between_jobs_is_started_again(cluster, tmp_path, how):
     process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path)
     try:
         assert _feed(process, "echo one") == b"one\n"
+        # Once the job has ended, its master carries nothing.
+        wait_until(lambda: joblog_rows(tmp_path / "joblog"), what="the first job's end")
         first = wait_until(lambda: _new_master(before, "node001", cluster), what="the master")
         if how == "killed":
             os.kill(first, signal.SIGKILL)
