@@ -242,10 +242,10 @@ def test_a_frozen_master_is_killed_and_its_jobs_run_elsewhere(cluster, timeout):
     assert b"node %s retired: connection lost" % host.encode() in err, err
 
 
-def _one_node_fed_by_a_pipe(cluster, tmp_path):
+def _one_node_fed_by_a_pipe(cluster, tmp_path, *args):
     ssh, counter = _counting_ssh(cluster, tmp_path)
     argv = clstr_argv(cluster, "-v", "-n", "node001", "--job-file", "-",
-                      "--joblog", str(tmp_path / "joblog"))
+                      "--joblog", str(tmp_path / "joblog"), *args)
     argv[argv.index("--ssh-command") + 1] = ssh
     process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
@@ -264,10 +264,12 @@ def _control_path(pid):
     return [word for word in words if word.startswith(b"ControlPath=")][0][len(b"ControlPath="):]
 
 
-@pytest.mark.parametrize("how", ["killed", "socket-removed", "idle-expiry"])
+@pytest.mark.parametrize("how", ["killed", "socket-removed", "idle-expiry", "frozen"])
 def test_a_master_gone_between_jobs_is_started_again(cluster, tmp_path, how):
     before = {pid for pid, _ in _master_pids()}
-    process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path)
+    # --alive-interval 1: a master has 3 s to answer.
+    process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path, "--alive-interval", "1")
+    first = None
     try:
         assert _feed(process, "echo one") == b"one\n"
         # Once the job has ended, its master carries nothing.
@@ -277,9 +279,11 @@ def test_a_master_gone_between_jobs_is_started_again(cluster, tmp_path, how):
             os.kill(first, signal.SIGKILL)
         elif how == "socket-removed":
             os.unlink(_control_path(first))
+        elif how == "frozen":
+            os.kill(first, signal.SIGSTOP)
         # The job source pauses past the masters' ControlPersist (idle
         # expiry): the master leaves by itself.
-        wait_until(lambda: how == "socket-removed" or _gone(first), timeout=40,
+        wait_until(lambda: how in ("socket-removed", "frozen") or _gone(first), timeout=40,
                    what="the master's end")
         assert _feed(process, "echo two") == b"two\n"
         process.stdin.close()
@@ -289,7 +293,35 @@ def test_a_master_gone_between_jobs_is_started_again(cluster, tmp_path, how):
         if process.poll() is None:
             process.kill()
             process.wait()
+        if how == "frozen" and first and not _gone(first):
+            os.kill(first, signal.SIGKILL)
+            raise AssertionError("the frozen master was left behind")
     # The second job went through a new master, not a connection of its own.
     calls = counter.read_text().splitlines()
     assert len([call for call in calls if "ControlMaster=yes" in call]) == 2, calls
     assert not [call for call in calls if "clstr-job" in call], calls
+
+
+def test_a_host_whose_masters_keep_dying_goes_on_with_direct_connections(cluster, tmp_path):
+    before = {pid for pid, _ in _master_pids()}
+    process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path)
+    try:
+        for ended in range(1, 5):
+            assert _feed(process, "echo %d" % ended) == b"%d\n" % ended
+            wait_until(lambda ended=ended: len(joblog_rows(tmp_path / "joblog")) == ended,
+                       what="the job's end")
+            master = wait_until(lambda: _new_master(before, "node001", cluster), what="a master")
+            before.add(master)
+            os.kill(master, signal.SIGKILL)
+        assert _feed(process, "echo 5") == b"5\n"
+        process.stdin.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The first master and three restarts; the last job connects on its own.
+    calls = counter.read_text().splitlines()
+    assert len([call for call in calls if "ControlMaster=yes" in call]) == 4, calls
+    assert len([call for call in calls if "clstr-job" in call]) == 1, calls
