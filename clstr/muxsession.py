@@ -27,8 +27,9 @@ class MuxSession(Session):
     at ``control_path``.  ``fall_back(error, detail, on_output, on_end)``
     starts and returns the Session that takes over when the mux client cannot
     be used (nothing has run then).  ``reply_timeout``: how long the master
-    has to answer (muxclient.MuxSession).  ``verdict(then)``: has the master
-    judged (multiplex.py), then calls ``then()``."""
+    has to answer (muxclient.MuxSession).  ``verdict(then)`` has the
+    master's owner (multiplex.py) check that it answers, killing it if not,
+    then calls ``then()``."""
 
     def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back,
                  reply_timeout=None, verdict=None):
