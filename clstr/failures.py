@@ -95,6 +95,19 @@ class Failure:
         return "Failure(%s, %r, %r)" % (self.kind, self.detail, self.status)
 
 
+class MasterKilled(Failure):
+    """A connection lost because clstr killed the ControlMaster carrying it
+    (it stopped answering, multiplex.py): whether the job ended, and how,
+    is unknown, whatever clstr had done to the attempt before (a --timeout
+    stop included), so it stays a lost connection: requeued, never a
+    ``timeout``."""
+
+    __slots__ = ()
+
+    def __init__(self, detail):
+        Failure.__init__(self, Kind.CONNECTION_LOST, detail)
+
+
 def job_exit(status):
     """The Failure of a job that exited with ``status`` (not 0)."""
     return Failure(Kind.JOB_EXIT, status=status)
@@ -199,6 +212,10 @@ def judge(transport_failure, code, started, status, stopped=None):
         if stopped is not None:
             return Verdict(stopped, status, STOPPED_SIGNAL)
         return Verdict(None if status == 0 else job_exit(status), status)
+    if isinstance(transport_failure, MasterKilled):
+        # Its frozen master was killed: the job's fate is unknown, whatever
+        # clstr had done to the attempt (a --timeout stop included).
+        return Verdict(transport_failure, UNKNOWN_STATUS)
     if stopped is not None:
         return Verdict(stopped, UNKNOWN_STATUS, STOPPED_SIGNAL)
     if transport_failure is not None and transport_failure.kind is Kind.FATAL:

@@ -11,20 +11,38 @@ slots gets more masters.  Sockets live in the run's private directory
 about 100 bytes.  Masters write to a log file there, at LogLevel VERBOSE,
 never to clstr's pipes: a master lives on after the ssh that started it, and
 would hold a pipe open; and nothing a master says reaches the user's output.
+
+A master lives as long as the run needs it, no longer: it leaves by itself
+after MASTER_IDLE_EXIT seconds without sessions (also when clstr was killed),
+and one found gone when its host gets work (idle expiry, killed, socket
+removed) is started again, up to MASTER_RESTARTS times per host for exits
+that were not idle expiry.  While a master carries sessions, clstr checks
+every ``alive_interval`` seconds that it answers (MUX_C_ALIVE_CHECK on a
+connection of its own): one that does not within the alive budget
+(ServerAliveInterval * ServerAliveCountMax, what ssh allows a silent node) is
+stopped or hung, and is killed; its sessions end as lost connections.  Idle
+masters are not checked: a control connection counts as a session and would
+hold off the idle exit.  A hung network link is ssh's own ServerAlive's job.
 """
 
 import os
 import signal
+import socket
 import time
 
 from .failures import Kind, classify
-from .muxclient import MuxAttempt
+from .muxclient import AliveCheck, MuxAttempt
+from .muxsession import MuxSession
 from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
 
 # A master with no sessions for this long exits by itself: the safety net if
-# clstr is killed before it can stop its masters.  Jobs whose master has gone
-# fall back to a connection of their own.
-MASTER_IDLE_EXIT = 60
+# clstr is killed before it can stop its masters, short so that none outlives
+# clstr by much.  Its host's next job starts a new one.
+MASTER_IDLE_EXIT = 10
+# How many times a host's masters are started again after exits that were
+# not idle expiry (killed, socket removed, frozen); then the host uses direct
+# connections.
+MASTER_RESTARTS = 3
 # How long clstr waits for its masters to confirm they exit.
 EXIT_WAIT = 5.0
 # A master not up this long after its connect timeout is given up: ssh can
@@ -55,7 +73,7 @@ class Master:
 
     __slots__ = ("host", "group", "path", "log_path", "ready", "starter", "timer", "watcher",
                  "authenticated_at", "unavailable", "login_shell", "login_shell_unknown",
-                 "probe")
+                 "probe", "pid", "sessions", "check", "check_timer", "waiters", "idle_since")
 
     def __init__(self, host, group, path, log_path):
         self.host = host
@@ -72,6 +90,12 @@ class Master:
         self.login_shell = None
         self.login_shell_unknown = None  # why the probe found no login shell
         self.probe = None  # the MuxAttempt asking for the login shell
+        self.pid = None  # the master's own (it went to the background)
+        self.sessions = set()  # the MuxSessions it carries
+        self.check = None  # the AliveCheck under way
+        self.check_timer = None  # when the next one starts
+        self.waiters = []  # what waits for the check's verdict
+        self.idle_since = None  # when it last carried nothing
 
 
 class MasterSet:
@@ -95,6 +119,8 @@ class MasterSet:
         self._ssh = ssh
         self._per_master = max(1, sessions_per_master)
         self._masters = {}
+        self._restarts = {}  # host -> restarts that were not after idle expiry
+        self._alive_budget = ssh.alive_interval * ssh.alive_count
         self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
         # The run's private directory (privatedir.py); its owner removes it.
         self.directory = directory
@@ -115,14 +141,18 @@ class MasterSet:
                 host, group, os.path.join(self.directory, name),
                 os.path.join(self.directory, name + ".log"))
         else:
-            # Starting again (--retry-nodes): the old master is gone or
-            # useless.  A socket left by one killed outright would make the
-            # new ssh quietly skip being a master.
+            # Starting again (gone, or --retry-nodes): the old master is gone
+            # or useless.  A socket left by one killed outright would make
+            # the new ssh quietly skip being a master.  Sessions it still
+            # carries (its socket removed) are its own, not the new one's.
             master.ready = False
             master.unavailable = None
             master.authenticated_at = None
             master.login_shell = None
             master.login_shell_unknown = None
+            master.pid = None
+            master.sessions = set()
+            self._stop_checking(master)
             try:
                 os.unlink(master.path)
             except FileNotFoundError:
@@ -194,9 +224,23 @@ class MasterSet:
         if master.unavailable and os.path.exists(master.path):
             self._ask_to_exit(master)
         if master.ready:
-            self._learn_login_shell(master, lambda: on_done(None, None))
+            self._learn_pid(master, on_done)
         else:
             on_done(failure, master.unavailable)
+
+    def _learn_pid(self, master, on_done):
+        """Ask the new master for its pid (the one that went to the
+        background: the ssh clstr started has exited), so that it can be
+        killed should it stop answering; then learn the login shell.  A
+        master that does not tell (one clstr's mux client cannot talk to)
+        is used all the same."""
+        def answered(pid, why):
+            master.check = None
+            master.pid = pid
+            master.idle_since = time.monotonic()
+            self._learn_login_shell(master, lambda: on_done(None, None))
+
+        master.check = AliveCheck(self._loop, master.path, self._alive_budget, answered)
 
     def _learn_login_shell(self, master, then):
         """Ask the host, through its new master, which login shell sshd runs
@@ -249,6 +293,115 @@ class MasterSet:
             return False
         return True
 
+    # -- sessions and the masters' health ----------------------------------------
+
+    def session(self, host, slot_index, remote_command, on_output, on_end, fall_back, reports):
+        """A muxsession.MuxSession running ``remote_command`` through the
+        master of this slot, which carries it until it ends."""
+        master = self._masters[(host, self.group_of(slot_index))]
+        carried = master.sessions
+
+        def ended(code, failure):
+            self._drop(master, carried, session)
+            on_end(code, failure)
+
+        def fell_back(error, detail, on_output, on_end):
+            self._drop(master, carried, session)
+            return fall_back(error, detail, on_output, on_end)
+
+        session = MuxSession(self._loop, master.path, remote_command, on_output, ended, fell_back,
+                             reports, reply_timeout=self._alive_budget,
+                             verdict=lambda then: self._check_now(master, then))
+        carried.add(session)
+        self._keep_checking(master)
+        return session
+
+    def _drop(self, master, carried, session):
+        carried.discard(session)
+        if carried is master.sessions and not carried:
+            master.idle_since = time.monotonic()
+            if master.check_timer is not None:
+                master.check_timer.cancel()
+                master.check_timer = None
+
+    def _keep_checking(self, master):
+        if master.sessions and master.check is None and master.check_timer is None:
+            master.check_timer = self._loop.call_later(self._ssh.alive_interval,
+                                                       lambda: self._check_now(master))
+
+    def _check_now(self, master, then=None):
+        """Check that ``master`` answers, now or with the check under way;
+        ``then()`` runs once it is judged (killed, if it did not answer)."""
+        if master.check_timer is not None:
+            master.check_timer.cancel()
+            master.check_timer = None
+        if then is not None:
+            master.waiters.append(then)
+        if master.check is None:
+            master.check = AliveCheck(self._loop, master.path, self._alive_budget,
+                                      lambda pid, why: self._checked(master, pid, why))
+
+    def _checked(self, master, pid, why):
+        master.check = None
+        if pid is None and _listening(master.path):
+            self._kill(master, "the master did not answer for %gs (%s); killed"
+                       % (self._alive_budget, why))
+        waiters, master.waiters = master.waiters, []
+        for then in waiters:
+            then()
+        if pid is not None:
+            self._keep_checking(master)
+        # Otherwise it has gone (its sessions end by themselves) or is out of
+        # reach (its socket removed): nothing more to check.
+
+    def _kill(self, master, detail):
+        """Kill a master that still takes connections and does not answer:
+        stopped (SIGSTOP) or hung.  Its sessions' control connections close
+        as it dies, which ends them."""
+        for session in master.sessions:
+            session.master_killed(detail)
+        if master.pid is not None:
+            try:
+                os.kill(master.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _stop_checking(self, master):
+        if master.check_timer is not None:
+            master.check_timer.cancel()
+            master.check_timer = None
+        if master.check is not None:
+            master.check.close()
+            master.check = None
+        waiters, master.waiters = master.waiters, []
+        for then in waiters:
+            then()
+
+    def starting(self, host, group):
+        """True while the master of ``group`` on ``host`` is being started."""
+        return bool(self._masters[(host, group)].starter)
+
+    def master_gone(self, host, group):
+        """A session could not reach the master of ``group`` on ``host``
+        (nothing ran).  Returns whether a new master may be started now; if
+        not, connection sharing is over for that master (``control_path``
+        says None) and its jobs use direct connections.  A master found gone
+        after carrying nothing for MASTER_IDLE_EXIT has expired as it should;
+        other exits count against MASTER_RESTARTS.  One that still takes
+        connections without answering is killed first."""
+        master = self._masters[(host, group)]
+        if _listening(master.path):
+            self._kill(master, "the master did not answer for %gs; killed" % self._alive_budget)
+        expired = (not master.sessions and master.idle_since is not None
+                   and time.monotonic() - master.idle_since >= MASTER_IDLE_EXIT - 1)
+        master.ready = False
+        if not expired:
+            restarts = self._restarts[host] = self._restarts.get(host, 0) + 1
+            if restarts > MASTER_RESTARTS:
+                master.unavailable = "its master exited %d times" % restarts
+                return False
+        return True
+
     def control_path(self, host, slot_index):
         master = self._masters.get((host, self.group_of(slot_index)))
         return master.path if master is not None and master.ready else None
@@ -271,6 +424,7 @@ class MasterSet:
         Runs its own loop iterations: the run is over by now."""
         pending = set()
         for master in self._masters.values():
+            self._stop_checking(master)
             if master.probe:
                 master.probe.close()
                 master.probe = None
@@ -288,3 +442,20 @@ class MasterSet:
             self._loop.run_while(lambda: bool(pending))
             timer.cancel()
         os.close(self._devnull)
+
+
+def _listening(path):
+    """Whether a process still listens on the unix socket at ``path``: a
+    stopped or hung master does; a dead one leaves its socket file refusing
+    connections, and one may have been removed."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except (BlockingIOError, InterruptedError):
+        return True  # its backlog is full: listening, not accepting
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True

@@ -20,7 +20,10 @@ releases since 5.x; checked against 9.2p1's mux.c):
 - the master answers ``MUX_S_SESSION_OPENED`` (or ``MUX_S_FAILURE`` /
   ``MUX_S_PERMISSION_DENIED`` with a reason), later ``MUX_S_EXIT_MESSAGE``
   with the remote exit status, and closes the connection once the session's
-  channel is gone.
+  channel is gone;
+- ``MUX_C_ALIVE_CHECK`` (after the hellos, on a connection of its own) is
+  answered at once with ``MUX_S_ALIVE`` and the master's pid: the pid of the
+  master that went to the background, not of the ssh clstr started.
 
 Three things the protocol leaves to the client:
 
@@ -59,10 +62,12 @@ from .child import READ_SIZE, OutputPipes
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
 MUX_C_NEW_SESSION = 0x10000002
+MUX_C_ALIVE_CHECK = 0x10000004
 MUX_S_OK = 0x80000001
 MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
 MUX_S_EXIT_MESSAGE = 0x80000004
+MUX_S_ALIVE = 0x80000005
 MUX_S_SESSION_OPENED = 0x80000006
 MUX_S_TTY_ALLOC_FAIL = 0x80000008
 MUX_PROTOCOL_VERSION = 4
@@ -89,10 +94,10 @@ class MuxError(enum.Enum):
     each means for the node:
 
     - ``CONNECT_FAILED``: the master is not there (socket missing, refused:
-      a stale socket, not accepting) or dropped us before its hello.  Nothing
-      ran.  The master is gone, not necessarily the node: run the job another
-      way (a new master, or ``ssh``'s own connection, as ``ssh -S`` with
-      ``ControlMaster=no`` does today).
+      a stale socket, not accepting), dropped us before its hello, or did
+      not say hello within the reply timeout (a stopped or hung master).
+      Nothing ran.  The master is gone or useless, not necessarily the node:
+      run the job another way (a new master, or ``ssh``'s own connection).
     - ``SESSION_REFUSED``: the master answered MUX_S_FAILURE or
       MUX_S_PERMISSION_DENIED; the detail is its reason.  Nothing ran.  With
       9.2p1 the reasons are "Session open refused by peer" (sshd refused the
@@ -105,7 +110,8 @@ class MuxError(enum.Enum):
       supported" (a bug on our side).
     - ``CONNECTION_LOST``: the master closed the connection without an exit
       status after the request was sent (the master died, or its connection
-      to the node dropped).  The job may have run in part: a connection
+      to the node dropped), or did not answer the request within the reply
+      timeout.  The job may have run in part: a connection
       failure of the attempt, classified like ssh's "connection lost".
     - ``PROTOCOL_MISMATCH``: the master speaks a version or sends a message
       this module does not know, before the session opened.  Nothing ran (the
@@ -164,8 +170,14 @@ def new_session_packet(request_id, command, env=()):
     return _packet(payload)
 
 
+def alive_check_packet(request_id):
+    """MUX_C_ALIVE_CHECK: the master answers MUX_S_ALIVE with its pid."""
+    return _packet(_u32(MUX_C_ALIVE_CHECK) + _u32(request_id))
+
+
 class MalformedMessage(Exception):
-    """A message from the master that cannot be a mux message."""
+    """A message from the master that cannot be a mux message (or not the
+    one that was due)."""
 
 
 class _Fields:
@@ -197,6 +209,20 @@ class _Fields:
         return self._pos >= len(self._data)
 
 
+def alive_reply_pid(payload, request_id):
+    """The master's pid from ``payload``, its answer to
+    ``alive_check_packet(request_id)``.  Raises MalformedMessage for any
+    other message."""
+    fields = _Fields(payload)
+    kind = fields.u32()
+    if kind != MUX_S_ALIVE:
+        raise MalformedMessage("master answered the alive check with 0x%08x" % kind)
+    answered = fields.u32()
+    if answered != request_id:
+        raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
+    return fields.u32()
+
+
 def split_packets(buffer):
     """Complete payloads at the start of ``buffer`` (a bytearray, consumed
     as they are taken).  Raises MalformedMessage for a length no master sends."""
@@ -212,54 +238,41 @@ def split_packets(buffer):
     return payloads
 
 
-# -- one session ---------------------------------------------------------------
+# -- one control connection ------------------------------------------------------
 
-class MuxSession:
-    """One command run through the ControlMaster listening at
-    ``control_path``, driven by ``loop`` (clstr.loop.EventLoop).
+class _Connection:
+    """One control connection to the master at ``control_path``, driven by
+    ``loop`` (clstr.loop.EventLoop): it connects (retrying while the listen
+    backlog is full), exchanges hellos, sends the subclass's ``_request()``
+    followed by ``fds`` (each in a message of its own, see the module's
+    docstring; closed here once passed, or when it gives up), and hands every
+    later payload to ``_answer(payload)``.
 
-    ``stdin_fd``, ``stdout_fd`` and ``stderr_fd`` are handed to the master,
-    which reads and writes them directly; the session owns them from now on
-    and closes its copies as soon as the master holds them (or when it gives
-    up), so the caller's pipes see EOF when the master is done with them.
-    Pass ``os.dup(fd)`` to keep one.
-
-    Callbacks, always from the loop, never from the constructor:
-    ``on_opened()`` once the master has opened the session (the command is
-    starting on the node); then exactly one of ``on_exit(code)``, the
-    command's exit status (0-255; 255 is the command's own, never an ssh
-    error), once the master has closed the connection and so has finished
-    with the fds, or ``on_error(kind, detail)``, ``kind`` a ``MuxError``
-    and ``detail`` a short text.  Raises ValueError for a NUL byte in
-    ``command`` or ``env``."""
+    ``reply_timeout`` (seconds; None: no limit) bounds each wait for a reply
+    the master owes at once: its hello, then the answer to the request (the
+    subclass calls ``_replied()`` when it has it).  A stopped or hung master
+    still has its socket listening, so the connect succeeds and only its
+    silence tells.  No deadline ever applies to a session's exit message: a
+    job may run for days.  The subclass reports through ``_report_error``."""
 
     REQUEST_ID = 1
 
-    def __init__(self, loop, control_path, command, stdin_fd, stdout_fd, stderr_fd,
-                 on_opened, on_exit, on_error, env=(), connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, loop, control_path, fds, reply_timeout, connect_timeout):
         self._loop = loop
         self._path = control_path
-        self._on_opened = on_opened
-        self._on_exit = on_exit
-        self._on_error = on_error
-        self._fds_to_pass = [stdin_fd, stdout_fd, stderr_fd]
-        try:
-            self._request = new_session_packet(self.REQUEST_ID, command, env)
-        except ValueError:
-            self._close_fds_to_pass()
-            raise
+        self._fds_to_pass = list(fds)
         self._sock = None
         self._fd = None
         self._outgoing = bytearray()
         self._incoming = bytearray()
         self._writing = False
         self._pass_fds_now = False
-        # connecting -> hello (waiting for the master's) -> requested -> open
+        # connecting -> hello (waiting for the master's) -> requested, then
+        # the subclass's own states
         self._state = "connecting"
         self._finished = False
-        self._session_id = None
-        self._exit_code = None
-        self._timer = None
+        self._reply_timeout = reply_timeout
+        self._reply_timer = None
         self._connect_timeout = connect_timeout
         self._connect_started = time.monotonic()
         # Connect from the loop, so that no callback ever runs while the
@@ -267,29 +280,17 @@ class MuxSession:
         self._timer = loop.call_later(0, self._connect)
 
     @property
-    def opened(self):
-        """True once the master has opened the session."""
-        return self._session_id is not None
-
-    @property
-    def exit_code(self):
-        """The command's exit status once the master has sent it, else None.
-        The session is not over yet then: output may still be on its way."""
-        return self._exit_code
-
-    @property
     def finished(self):
-        """True once the session has ended or been closed: no callback follows."""
+        """True once the connection has ended or been closed: no callback follows."""
         return self._finished
 
     def close(self):
-        """Drop the session now, without another callback.  If it was open,
-        the master then closes its channel: the node sees EOF on the
-        command's stdin and a broken stdout, and the exit status is lost."""
+        """Drop the connection now, without another callback."""
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._reply_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._reply_timer = None
         if self._sock is not None:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
@@ -321,6 +322,7 @@ class MuxSession:
         self._fd = sock.fileno()
         self._state = "hello"
         self._loop.add_reader(self._fd, self._readable)
+        self._expect_reply()
         self._send(hello_packet())
 
     def _retry_connect(self):
@@ -329,6 +331,26 @@ class MuxSession:
                                "master not accepting connections for %gs" % self._connect_timeout)
             return
         self._timer = self._loop.call_later(CONNECT_RETRY, self._connect)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    def _expect_reply(self):
+        self._replied()
+        if self._reply_timeout is not None and not self._finished:
+            self._reply_timer = self._loop.call_later(self._reply_timeout, self._no_reply)
+
+    def _replied(self):
+        if self._reply_timer is not None:
+            self._reply_timer.cancel()
+            self._reply_timer = None
+
+    def _no_reply(self):
+        self._reply_timer = None
+        detail = "the master did not answer in %gs" % self._reply_timeout
+        if self._state == "hello":
+            self._finish_error(MuxError.CONNECT_FAILED, detail)
+        else:
+            self._lost(detail)
 
     # -- sending ---------------------------------------------------------------
 
@@ -397,7 +419,7 @@ class MuxSession:
         self._incoming += data
         try:
             for payload in split_packets(self._incoming):
-                self._handle(_Fields(payload))
+                self._handle(payload)
                 if self._finished:
                     return
         except MalformedMessage as error:
@@ -419,52 +441,30 @@ class MuxSession:
         else:
             self._lost(detail)
 
-    def _handle(self, fields):
+    def _handle(self, payload):
+        if self._state != "hello":
+            self._answer(payload)
+            return
+        fields = _Fields(payload)
         kind = fields.u32()
-        if self._state == "hello":
-            if kind != MUX_MSG_HELLO:
-                self._misunderstood("master sent message 0x%08x instead of hello" % kind)
-                return
-            version = fields.u32()
-            if version != MUX_PROTOCOL_VERSION:
-                self._misunderstood("master speaks mux protocol version %d, not %d"
-                                    % (version, MUX_PROTOCOL_VERSION))
-                return
-            # Extensions (name/value string pairs) may follow; none is
-            # defined, and the master ignores ours likewise.
-            self._state = "requested"
-            self._send(self._request, then_fds=True)
+        if kind != MUX_MSG_HELLO:
+            self._misunderstood("master sent message 0x%08x instead of hello" % kind)
             return
-        if self._state == "requested":
-            request_id = fields.u32()
-            if request_id != self.REQUEST_ID:
-                self._misunderstood("master answered request %d, not %d"
-                                    % (request_id, self.REQUEST_ID))
-                return
-            if kind == MUX_S_SESSION_OPENED:
-                self._session_id = fields.u32()
-                self._state = "open"
-                self._on_opened()
-            elif kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED):
-                reason = fields.string().decode("utf-8", "replace")
-                self._finish_error(MuxError.SESSION_REFUSED, reason)
-            else:
-                self._misunderstood("master answered the session request with 0x%08x" % kind)
+        version = fields.u32()
+        if version != MUX_PROTOCOL_VERSION:
+            self._misunderstood("master speaks mux protocol version %d, not %d"
+                                % (version, MUX_PROTOCOL_VERSION))
             return
-        if self._state == "open":
-            if kind == MUX_S_EXIT_MESSAGE:
-                session_id, code = fields.u32(), fields.u32()
-                if session_id == self._session_id and self._exit_code is None:
-                    self._exit_code = code
-            # Anything else once the command runs (MUX_S_TTY_ALLOC_FAIL,
-            # which we never provoke, or a notice of a later master) is no
-            # reason to lose a job that is running: the exit status and the
-            # close of the connection are all we wait for.
+        # Extensions (name/value string pairs) may follow (OpenSSH 9.8's
+        # "info"); we use none, and the master ignores ours likewise.
+        self._state = "requested"
+        self._expect_reply()
+        self._send(self._request(), then_fds=True)
 
     def _misunderstood(self, detail):
-        # Before the session opened nothing ran, and the caller may rerun
-        # the job the old way; after, the job may have run in part, and
-        # what ends the attempt is the lost connection.
+        # Before the request was answered nothing ran, and the caller may
+        # rerun the job the old way; after, the job may have run in part,
+        # and what ends the attempt is the lost connection.
         if self._state in ("hello", "requested"):
             self._finish_error(MuxError.PROTOCOL_MISMATCH, detail)
         else:
@@ -474,14 +474,8 @@ class MuxSession:
         if self._state == "hello":
             self._finish_error(MuxError.CONNECT_FAILED,
                                reason or "master closed the connection before its hello")
-        elif self._state == "open" and self._exit_code is not None:
-            code = self._exit_code
-            self.close()
-            self._on_exit(code)
-        elif self._state == "open":
-            self._lost(reason or "master closed the session without an exit status")
         else:
-            self._lost(reason or "master closed the connection before opening the session")
+            self._lost(reason or "master closed the connection before answering")
 
     def _lost(self, detail):
         self._finish_error(MuxError.CONNECTION_LOST, detail)
@@ -490,11 +484,143 @@ class MuxSession:
         if self._finished:
             return
         self.close()
-        self._on_error(kind, detail)
+        self._report_error(kind, detail)
 
 
 def _describe(error):
     return error.strerror or str(error)
+
+
+# -- one session ---------------------------------------------------------------
+
+class MuxSession(_Connection):
+    """One command run through the ControlMaster listening at
+    ``control_path``, driven by ``loop`` (clstr.loop.EventLoop).
+
+    ``stdin_fd``, ``stdout_fd`` and ``stderr_fd`` are handed to the master,
+    which reads and writes them directly; the session owns them from now on
+    and closes its copies as soon as the master holds them (or when it gives
+    up), so the caller's pipes see EOF when the master is done with them.
+    Pass ``os.dup(fd)`` to keep one.
+
+    Callbacks, always from the loop, never from the constructor:
+    ``on_opened()`` once the master has opened the session (the command is
+    starting on the node); then exactly one of ``on_exit(code)``, the
+    command's exit status (0-255; 255 is the command's own, never an ssh
+    error), once the master has closed the connection and so has finished
+    with the fds, or ``on_error(kind, detail)``, ``kind`` a ``MuxError``
+    and ``detail`` a short text.  ``reply_timeout``: see ``_Connection``
+    (no answer to the hello is ``CONNECT_FAILED``, to the session request
+    ``CONNECTION_LOST``).  Raises ValueError for a NUL byte in ``command``
+    or ``env``."""
+
+    def __init__(self, loop, control_path, command, stdin_fd, stdout_fd, stderr_fd,
+                 on_opened, on_exit, on_error, env=(), connect_timeout=CONNECT_TIMEOUT,
+                 reply_timeout=None):
+        fds = [stdin_fd, stdout_fd, stderr_fd]
+        try:
+            self._request_packet = new_session_packet(self.REQUEST_ID, command, env)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._on_opened = on_opened
+        self._on_exit = on_exit
+        self._on_error = on_error
+        self._session_id = None
+        self._exit_code = None
+        _Connection.__init__(self, loop, control_path, fds, reply_timeout, connect_timeout)
+
+    @property
+    def opened(self):
+        """True once the master has opened the session."""
+        return self._session_id is not None
+
+    @property
+    def exit_code(self):
+        """The command's exit status once the master has sent it, else None.
+        The session is not over yet then: output may still be on its way."""
+        return self._exit_code
+
+    def close(self):
+        """Drop the session now, without another callback.  If it was open,
+        the master then closes its channel: the node sees EOF on the
+        command's stdin and a broken stdout, and the exit status is lost."""
+        _Connection.close(self)
+
+    def _request(self):
+        return self._request_packet
+
+    def _answer(self, payload):
+        fields = _Fields(payload)
+        kind = fields.u32()
+        if self._state == "requested":
+            request_id = fields.u32()
+            if request_id != self.REQUEST_ID:
+                self._misunderstood("master answered request %d, not %d"
+                                    % (request_id, self.REQUEST_ID))
+                return
+            if kind == MUX_S_SESSION_OPENED:
+                self._replied()
+                self._session_id = fields.u32()
+                self._state = "open"
+                self._on_opened()
+            elif kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED):
+                reason = fields.string().decode("utf-8", "replace")
+                self._finish_error(MuxError.SESSION_REFUSED, reason)
+            else:
+                self._misunderstood("master answered the session request with 0x%08x" % kind)
+            return
+        if kind == MUX_S_EXIT_MESSAGE:
+            session_id, code = fields.u32(), fields.u32()
+            if session_id == self._session_id and self._exit_code is None:
+                self._exit_code = code
+        # Anything else once the command runs (MUX_S_TTY_ALLOC_FAIL, which
+        # we never provoke, or a notice of a later master) is no reason to
+        # lose a job that is running: the exit status and the close of the
+        # connection are all we wait for.
+
+    def _closed_by_master(self, reason):
+        if self._state == "open" and self._exit_code is not None:
+            code = self._exit_code
+            self.close()
+            self._on_exit(code)
+        elif self._state == "open":
+            self._lost(reason or "master closed the session without an exit status")
+        elif self._state == "requested":
+            self._lost(reason or "master closed the connection before opening the session")
+        else:
+            _Connection._closed_by_master(self, reason)
+
+    def _report_error(self, kind, detail):
+        self._on_error(kind, detail)
+
+
+# -- is the master answering? ----------------------------------------------------
+
+class AliveCheck(_Connection):
+    """Asks the master at ``control_path``, on a connection of its own,
+    whether it answers (MUX_C_ALIVE_CHECK, as ``ssh -O check`` does), and
+    calls ``on_done(pid, None)`` with the master's pid, or
+    ``on_done(None, why)`` if it did not answer within ``reply_timeout``
+    seconds (for each of its hello and its answer), cannot be reached or
+    answered otherwise.  Always from the loop."""
+
+    def __init__(self, loop, control_path, reply_timeout, on_done):
+        self._on_done = on_done
+        # A backlog that stays full is one more sign of a master not answering.
+        _Connection.__init__(self, loop, control_path, (), reply_timeout, reply_timeout)
+
+    def _request(self):
+        return alive_check_packet(self.REQUEST_ID)
+
+    def _answer(self, payload):
+        pid = alive_reply_pid(payload, self.REQUEST_ID)
+        self.close()
+        self._on_done(pid, None)
+
+    def _report_error(self, kind, detail):
+        self._on_done(None, "%s: %s" % (kind.value, detail))
 
 
 # -- one attempt: a session and its pipes ------------------------------------
@@ -510,6 +636,8 @@ class MuxAttempt:
     there), and only once the master has closed the connection *and* both
     output pipes have reached EOF: the exit status arrives before the output
     has drained.  ``on_opened()``, if given, runs when the command starts.
+    ``reply_timeout``: how long the master has to answer the hello and the
+    session request (``MuxSession``); None: as long as it takes.
 
     ``stop()`` is how a job is stopped: it closes the stdin pipe, the remote
     wrapper's watcher sees EOF and stops the job, and the attempt ends
@@ -520,7 +648,7 @@ class MuxAttempt:
     NUL byte in ``command``; either way nothing is left open."""
 
     def __init__(self, loop, control_path, command, on_output, on_exit, on_error,
-                 on_opened=None, env=()):
+                 on_opened=None, env=(), reply_timeout=None):
         self._loop = loop
         self._on_exit = on_exit
         self._on_error = on_error
@@ -542,7 +670,8 @@ class MuxAttempt:
         try:
             self.session = MuxSession(loop, control_path, command, *passed,
                                       on_opened=self._opened, on_exit=self._session_exited,
-                                      on_error=self._session_failed, env=env)
+                                      on_error=self._session_failed, env=env,
+                                      reply_timeout=reply_timeout)
         except BaseException:
             self._pipes.close()
             self._close_stdin()

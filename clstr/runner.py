@@ -20,7 +20,6 @@ from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
 from .muxclient import MuxError
-from .muxsession import MuxSession
 from .nodes import NodePool
 from .output import Sink
 from .privatedir import PrivateDirectory
@@ -62,7 +61,7 @@ START_GRACE = 15.0
 
 class Attempt:
     """One job running on one slot: its transport session, output delivery,
-    and what clstr itself did to it (``stopped_for``: a Kind if clstr
+    and what clstr itself did to it (``stopped``: a Failure if clstr
     stopped it)."""
 
     __slots__ = ("job", "slot", "session", "out", "started", "received", "timer",
@@ -444,10 +443,11 @@ class Runner:
         if control_path and control_path not in self._ssh_client_only:
             remote = wrapped_command(attempt.job.command,
                                      self.masters.login_shell(host, attempt.slot.index))
-            return MuxSession(self.loop, control_path, remote, on_output, on_end,
-                              lambda error, detail, on_output, on_end: self._mux_fell_back(
-                                  attempt, control_path, error, detail, on_output, on_end),
-                              attempt.reports)
+            return self.masters.session(
+                host, attempt.slot.index, remote, on_output, on_end,
+                lambda error, detail, on_output, on_end: self._mux_fell_back(
+                    attempt, control_path, error, detail, on_output, on_end),
+                attempt.reports)
         return self._ssh_session(attempt, control_path, on_output, on_end)
 
     def _ask_allocation(self, done):
@@ -461,9 +461,12 @@ class Runner:
                            log_path)
 
     def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
-        """clstr's mux client could not use the master: nothing ran, so the
-        attempt goes through the ssh client (which connects on its own if the
-        master has gone)."""
+        """clstr's mux client could not use the master: nothing ran.  A master
+        that has gone is started again, the job and its slot waiting for it;
+        otherwise the attempt goes through the ssh client (which connects on
+        its own if the master has gone)."""
+        if error is MuxError.CONNECT_FAILED and self._master_gone(attempt, detail):
+            return NoSession()
         if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
             self._ssh_client_only.add(control_path)
             if self.plan.verbose:
@@ -473,12 +476,37 @@ class Runner:
             return self._ssh_session(attempt, control_path, on_output, on_end)
         except OSError as error:
             # Out of fds or processes: the attempt never started after all.
-            self.attempts.discard(attempt)
-            if attempt.timer:
-                attempt.timer.cancel()
-            attempt.job.attempts -= 1
+            self._unstart(attempt)
             self._not_started(attempt, error, None)
             return NoSession()
+
+    def _master_gone(self, attempt, detail):
+        """The attempt's master has gone (idle expiry, killed, its socket
+        removed) or does not answer: start a new one, unless the host's
+        restarts are used up (False).  The job goes back to the queue and
+        the slot waits for the new master."""
+        host, group = attempt.slot.host.name, self.masters.group_of(attempt.slot.index)
+        if not self.masters.starting(host, group):
+            if not self.masters.master_gone(host, group):
+                return False
+            if self.plan.verbose:
+                self._message("%s: master gone (%s), starting another" % (host, detail))
+            self._start_master(host, group)
+        self._unstart(attempt)
+        self._guarded(self._delivery_files(), attempt.out.close, False)
+        self.feed.requeue(attempt.job)
+        attempt.slot.uses -= 1
+        self.pool.hold(attempt.slot)
+        self.loop.call_later(0, self._dispatch)
+        return True
+
+    def _unstart(self, attempt):
+        """Forget an attempt that turned out never to have started."""
+        self.attempts.discard(attempt)
+        if attempt.timer:
+            attempt.timer.cancel()
+        self._disarm_start_deadline(attempt)
+        attempt.job.attempts -= 1
 
     def _not_started(self, attempt, error, what):
         """An attempt could not start for a local reason (``what``: the file

@@ -21,10 +21,13 @@ from clstr.endreport import ReportReader
 from clstr.loop import EventLoop
 from clstr.muxclient import (
     MUX_MSG_HELLO,
+    AliveCheck,
     MalformedMessage,
     MuxAttempt,
     MuxError,
     ProtocolMismatch,
+    alive_check_packet,
+    alive_reply_pid,
     hello_packet,
     new_session_packet,
     split_packets,
@@ -115,14 +118,15 @@ class Outcome:
         return bytes(self.out[2])
 
 
-def start(loop, control_path, command, stdin=b"", close_stdin=True):
+def start(loop, control_path, command, stdin=b"", close_stdin=True, reply_timeout=None):
     outcome = Outcome()
 
     def opened():
         outcome.opened = True
 
     outcome.attempt = MuxAttempt(loop, control_path, command, outcome.on_output,
-                                 outcome.on_exit, outcome.on_error, on_opened=opened)
+                                 outcome.on_exit, outcome.on_error, on_opened=opened,
+                                 reply_timeout=reply_timeout)
     if stdin:
         os.write(outcome.attempt.stdin_fd, stdin)
     if close_stdin:
@@ -317,6 +321,30 @@ def test_stop_gives_up_on_a_master_that_does_not_answer(loop, own_master, cluste
     assert cluster.remote_processes_left(marker) == []
 
 
+def check_alive(loop, path, reply_timeout):
+    said = []
+    AliveCheck(loop, path, reply_timeout, lambda pid, why: said.append((pid, why)))
+    run_until(loop, lambda: said)
+    return said[0]
+
+
+def test_alive_check_gives_the_pid_ssh_check_shows(loop, master):
+    assert check_alive(loop, master.path, 10) == (master.pid, None)
+
+
+def test_a_stopped_master_fails_the_alive_check_and_new_attempts_in_time(loop, own_master):
+    pid = own_master.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Its socket still takes connections; only the silence tells.
+        said = check_alive(loop, own_master.path, 0.5)
+        [attempt] = run_mux(loop, own_master.path, [b"true"], reply_timeout=0.5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert said == (None, "master unreachable: the master did not answer in 0.5s")
+    assert attempt.result == (MuxError.CONNECT_FAILED, "the master did not answer in 0.5s")
+
+
 def test_missing_socket_is_a_connect_failure(loop, tmp_path):
     [outcome] = run_mux(loop, str(tmp_path / "no-such-socket"), [b"true"])
     assert outcome.result[0] is MuxError.CONNECT_FAILED
@@ -413,6 +441,28 @@ def test_a_master_speaking_otherwise_is_a_protocol_mismatch(loop, tmp_path, repl
     assert (len(fake.received) > len(hello_packet())) == sends_request
 
 
+def test_an_unanswered_session_request_is_a_lost_connection_after_the_reply_timeout(
+        loop, tmp_path):
+    # The request and its fds have gone: the job may have started.
+    fake = FakeMaster(loop, str(tmp_path / "s"), _packet(MUX_MSG_HELLO, 4))
+    try:
+        [outcome] = run_mux(loop, str(tmp_path / "s"), [b"true"], reply_timeout=0.3)
+    finally:
+        fake.close()
+    assert outcome.result == (MuxError.CONNECTION_LOST, "the master did not answer in 0.3s")
+
+
+def test_a_master_that_answers_the_alive_check_otherwise_is_not_alive(loop, tmp_path):
+    fake = FakeMaster(loop, str(tmp_path / "s"),
+                      _packet(MUX_MSG_HELLO, 4) + _packet(0x80000003, 1, tail=b"\0\0\0\0"))
+    try:
+        pid, why = check_alive(loop, str(tmp_path / "s"), 10)
+    finally:
+        fake.close()
+    assert pid is None and why.startswith("protocol mismatch: ")
+    assert bytes(fake.received) == hello_packet() + alive_check_packet(1)
+
+
 def test_a_master_that_closes_before_its_hello_is_unreachable(loop, tmp_path):
     fake = FakeMaster(loop, str(tmp_path / "s"), None)
     try:
@@ -462,6 +512,19 @@ def test_new_session_request_has_protocol_mux_layout():
     assert struct.unpack(">IIIII", packet[16:36]) == (0, 0, 0, 0, 0xFFFFFFFF)
     assert packet[36:] == (struct.pack(">I", 0) + struct.pack(">I", 7) + b"echo hi"
                            + struct.pack(">I", 6) + b"LANG=C")
+
+
+def test_alive_check_has_protocol_mux_layout():
+    assert alive_check_packet(7) == struct.pack(">III", 8, 0x10000004, 7)
+
+
+def test_alive_reply_gives_the_masters_pid_and_nothing_else_does():
+    assert alive_reply_pid(struct.pack(">III", 0x80000005, 7, 4242), 7) == 4242
+    for payload in (struct.pack(">III", 0x80000005, 8, 4242),     # another request's
+                    struct.pack(">II", 0x80000005, 7),            # no pid
+                    struct.pack(">III", 0x80000003, 7, 0)):       # a failure
+        with pytest.raises(MalformedMessage):
+            alive_reply_pid(payload, 7)
 
 
 def test_nul_in_a_command_is_refused_before_anything_is_sent(loop, tmp_path):

@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, node_args, start_clstr
+from clstr_run import (
+    REPO,
+    clstr,
+    clstr_argv,
+    joblog_rows,
+    node_args,
+    read_lines,
+    start_clstr,
+    wait_until,
+)
 
 # Every byte value on both streams, a non-zero status, and stdin at EOF
 # (cat returns at once: the job's stdin is /dev/null under the wrapper).
@@ -184,3 +193,135 @@ def test_masters_are_started_only_for_slots_that_run(cluster, tmp_path, args, ma
     assert result.stdout.count(b"x\n") == args.count("echo x")
     calls = counter.read_text().splitlines()
     assert len([call for call in calls if "ControlMaster=yes" in call]) == masters, calls
+
+
+# -- masters that freeze, die or expire (issue 18) ------------------------------
+
+def _new_master(before, host, cluster):
+    """The pid of the one master for ``host`` that was not in ``before``."""
+    ours = [pid for pid, words in _master_pids() if pid not in before
+            and cluster.ssh_config.encode() in words and words[-2] == host.encode()]
+    return ours[0] if len(ours) == 1 else None
+
+
+def _gone(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("timeout", [[], ["--timeout", "8"]], ids=["no-timeout", "timeout-8"])
+def test_a_frozen_master_is_killed_and_its_jobs_run_elsewhere(cluster, timeout):
+    before = {pid for pid, _ in _master_pids()}
+    jobs = ["sleep 2; echo job-%d" % number for number in range(8)]
+    process = start_clstr(cluster, "-v", "--group", "--tag", *timeout, *node_args(cluster.nodes(2)),
+                          *[arg for job in jobs for arg in ("-j", job)])
+    frozen = None
+    try:
+        first = b"".join(read_lines(process.stdout, 1, timeout=60))
+        host = first.split(b": ")[0].decode()
+        # That host's master goes on with its next job: freeze it mid-job.
+        frozen = wait_until(lambda: _new_master(before, host, cluster), what="its master")
+        os.kill(frozen, signal.SIGSTOP)
+        out, err = process.communicate(timeout=120)
+        out = first + out
+        killed = wait_until(lambda: _gone(frozen), timeout=10, what="the frozen master's end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if frozen and not _gone(frozen):
+            os.kill(frozen, signal.SIGKILL)
+    assert process.returncode == 0, err
+    said = [line.split(b": ", 1)[1] for line in out.splitlines()]
+    assert sorted(said) == sorted(("job-%d" % n).encode() for n in range(8)), out
+    assert killed
+    assert b"did not answer" in err and b"timeout" not in err, err
+    assert b"node %s retired: connection lost" % host.encode() in err, err
+
+
+def _one_node_fed_by_a_pipe(cluster, tmp_path, *args):
+    ssh, counter = _counting_ssh(cluster, tmp_path)
+    argv = clstr_argv(cluster, "-v", "-n", "node001", "--job-file", "-",
+                      "--joblog", str(tmp_path / "joblog"), *args)
+    argv[argv.index("--ssh-command") + 1] = ssh
+    process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    return process, counter
+
+
+def _feed(process, line):
+    process.stdin.write(line.encode() + b"\n")
+    process.stdin.flush()
+    return read_lines(process.stdout, 1, timeout=60)[0]
+
+
+def _control_path(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as handle:
+        words = handle.read().split(b"\0")
+    return [word for word in words if word.startswith(b"ControlPath=")][0][len(b"ControlPath="):]
+
+
+@pytest.mark.parametrize("how", ["killed", "socket-removed", "idle-expiry", "frozen"])
+def test_a_master_gone_between_jobs_is_started_again(cluster, tmp_path, how):
+    before = {pid for pid, _ in _master_pids()}
+    # --alive-interval 1: a master has 3 s to answer.
+    process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path, "--alive-interval", "1")
+    first = None
+    try:
+        assert _feed(process, "echo one") == b"one\n"
+        # Once the job has ended, its master carries nothing.
+        wait_until(lambda: joblog_rows(tmp_path / "joblog"), what="the first job's end")
+        first = wait_until(lambda: _new_master(before, "node001", cluster), what="the master")
+        if how == "killed":
+            os.kill(first, signal.SIGKILL)
+        elif how == "socket-removed":
+            os.unlink(_control_path(first))
+        elif how == "frozen":
+            os.kill(first, signal.SIGSTOP)
+        # The job source pauses past the masters' ControlPersist (idle
+        # expiry): the master leaves by itself.
+        wait_until(lambda: how in ("socket-removed", "frozen") or _gone(first), timeout=40,
+                   what="the master's end")
+        assert _feed(process, "echo two") == b"two\n"
+        process.stdin.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if how == "frozen" and first and not _gone(first):
+            os.kill(first, signal.SIGKILL)
+            raise AssertionError("the frozen master was left behind")
+    # The second job went through a new master, not a connection of its own.
+    calls = counter.read_text().splitlines()
+    assert len([call for call in calls if "ControlMaster=yes" in call]) == 2, calls
+    assert not [call for call in calls if "clstr-job" in call], calls
+
+
+def test_a_host_whose_masters_keep_dying_goes_on_with_direct_connections(cluster, tmp_path):
+    before = {pid for pid, _ in _master_pids()}
+    process, counter = _one_node_fed_by_a_pipe(cluster, tmp_path)
+    try:
+        for ended in range(1, 5):
+            assert _feed(process, "echo %d" % ended) == b"%d\n" % ended
+            wait_until(lambda ended=ended: len(joblog_rows(tmp_path / "joblog")) == ended,
+                       what="the job's end")
+            master = wait_until(lambda: _new_master(before, "node001", cluster), what="a master")
+            before.add(master)
+            os.kill(master, signal.SIGKILL)
+        assert _feed(process, "echo 5") == b"5\n"
+        process.stdin.close()
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The first master and three restarts; the last job connects on its own.
+    calls = counter.read_text().splitlines()
+    assert len([call for call in calls if "ControlMaster=yes" in call]) == 4, calls
+    assert len([call for call in calls if "clstr-job" in call]) == 1, calls
