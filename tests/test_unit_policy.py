@@ -23,6 +23,13 @@ def test_ranges_keep_zero_padding_and_lists():
     assert expand("e-c07kilf[901-903]") == ["e-c07kilf901", "e-c07kilf902", "e-c07kilf903"]
 
 
+def test_padding_comes_from_the_low_bound_and_grows_past_it():
+    names = expand("node[08-100]")
+    assert names[:3] == ["node08", "node09", "node10"]
+    assert names[-2:] == ["node99", "node100"]
+    assert len(names) == 93
+
+
 def test_several_groups_expand_in_order_and_user_is_kept():
     assert expand("r[1-2]n[1,3]") == ["r1n1", "r1n3", "r2n1", "r2n3"]
     assert expand("me@h[1-2]") == ["me@h1", "me@h2"]
