@@ -207,6 +207,22 @@ def test_throttled_alone_too_often_is_retired():
     assert outcome.retired == "a" and not pool.usable
 
 
+def test_a_success_starts_the_throttle_count_afresh():
+    # A busy host throttles now and then, its jobs succeeding in between:
+    # only throttling in a row says it is more than busy.
+    pool = NodePool(["a"])
+    scheduler = Scheduler(pool, feed_of(*["x"] * 40), rng=random.Random(0))
+    for _ in range(4):
+        for _ in range(MAX_THROTTLED - 1):
+            job, slot = scheduler.next_assignment()
+            outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
+            assert not outcome.retired
+            pool.admit("a")
+        job, slot = scheduler.next_assignment()
+        assert not scheduler.attempt_finished(job, slot, None).retired
+    assert not pool.hosts["a"].retired and scheduler.completed == 4
+
+
 def test_max_running_caps_jobs_at_once():
     scheduler = Scheduler(NodePool(["a", "b", "c"]), feed_of("x", "y", "z"), max_running=2)
     assert scheduler.next_assignment() and scheduler.next_assignment()
