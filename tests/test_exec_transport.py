@@ -15,13 +15,16 @@ import pytest
 from clstr_run import REPO, local_processes_left
 
 # A stand-in for `docker exec -i CONTAINER CMD...`: containers named bad*
-# do not exist, containers named full* say what Slurm says at its step limit.
+# do not exist, containers named full* say what Slurm says at its step limit,
+# and the runtime of containers named dies* is killed by a signal once the
+# job has run.
 RUNTIME = r'''#!/bin/sh
 container=$1; shift
 case $container in
     bad*) echo "Error: No such container: $container" >&2; exit 1 ;;
     full*) echo "srun: error: Unable to create step for job 42: Step limit reached for this job" >&2
            exit 1 ;;
+    dies*) CLSTR_NODE=$container "$@"; kill -TERM $$ ;;
 esac
 CLSTR_NODE=$container exec "$@"
 '''
@@ -77,6 +80,18 @@ def test_a_job_failing_after_it_started_retires_its_node_as_with_ssh(runtime):
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"done\n" * 4
     assert b"node c1 retired: job exit 1" in result.stderr
+
+
+def test_a_transport_killed_after_the_job_started_is_interrupted_and_the_job_runs_elsewhere(
+        runtime):
+    # Not the job's exit status (-15 is none): with --job-failure job a job
+    # exit would be given up; an interrupted attempt runs again elsewhere.
+    result = clstr("--exec", runtime, "-v", "--job-failure", "job", "-n", "dies1", "-n", "c1",
+                   *(["-j", 'echo "ran on $CLSTR_NODE"'] * 2))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"ran on c1"] * 2 + [b"ran on dies1"], \
+        result.stderr
+    assert b"node dies1 retired: interrupted" in result.stderr, result.stderr
 
 
 def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
