@@ -117,6 +117,27 @@ def test_stderr_on_a_full_disk_exits_with_the_local_io_status(cluster):
     assert cluster.remote_processes_left(marker) == []
 
 
+def test_a_write_error_after_ctrl_c_still_exits_with_the_local_io_status(cluster, tmp_path):
+    # The job writes to stdout only once stopped: the disk is full by then,
+    # and a lost write outranks the interrupt (exit 3, not 130).
+    marker = sleep_marker()
+    errors = tmp_path / "stderr"
+    job = ("trap 'echo stopped; exit 1' TERM; echo started >&2; sleep %s & wait" % marker)
+    with open("/dev/full", "wb") as full, open(str(errors), "wb") as stderr:
+        process = start_clstr(cluster, "-n", "node001", "-j", job, stdout=full, stderr=stderr)
+    try:
+        assert wait_for(lambda: b"started" in errors.read_bytes()
+                        and cluster.remote_processes(marker))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == EXIT_LOCAL_IO, errors.read_bytes()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"clstr: cannot write stdout: No space left on device" in errors.read_bytes()
+    assert cluster.remote_processes_left(marker) == []
+
+
 def test_a_sink_reports_a_write_error_other_than_a_closed_reader():
     loop = EventLoop()
     errors = []
