@@ -5,7 +5,6 @@ Every "node" here is this machine: the template runs the remote wrapper
 locally, with the node's name in the environment (``env CLSTR_NODE={host}``)
 or as an argument to a small stand-in for a container runtime."""
 
-import binascii
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import sys
 
 import pytest
 
-from clstr_run import REPO, local_processes, local_processes_left, read_lines
+from clstr_run import REPO, RUN_ID, local_processes, local_processes_left, read_lines
 
 # A stand-in for `docker exec -i CONTAINER CMD...`: containers named bad*
 # do not exist, containers named full* say what Slurm says at its step limit,
@@ -105,10 +104,6 @@ def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
     assert "retired" not in said[0]
 
 
-def _token():
-    return "%d%s" % (os.getpid(), binascii.hexlify(os.urandom(4)).decode())
-
-
 def _shell_leaves_a_trapping_child(marker, flags):
     """A job whose shell starts a background child and ends at once.  The
     child says "started", then runs until TERM, when it leaves a flag named
@@ -135,7 +130,7 @@ def test_a_background_child_keeps_its_job_and_its_late_output_comes():
 
 
 def test_timeout_stops_background_children_the_shell_left_running(tmp_path):
-    marker = "clstr-exec-timeout-" + _token()
+    marker = "clstr-exec-timeout-" + RUN_ID
     try:
         result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "t1", "--timeout", "2",
                        "-j", _shell_leaves_a_trapping_child(marker, tmp_path))
@@ -150,7 +145,7 @@ def test_timeout_stops_background_children_the_shell_left_running(tmp_path):
 def test_ctrl_c_sends_term_to_every_process_of_every_job(tmp_path):
     # TERM, not only KILL, reaches the job's background children: their
     # traps run (KILL follows only for what ignores TERM).
-    marker = "clstr-exec-ctrl-c-" + _token()
+    marker = "clstr-exec-ctrl-c-" + RUN_ID
     process = subprocess.Popen(
         [sys.executable, "-m", "clstr", "--exec", "env CLSTR_NODE={host}", "-n", "i1", "-n", "i2",
          *(["-j", _shell_leaves_a_trapping_child(marker, tmp_path)] * 2)],

@@ -20,7 +20,7 @@ import pytest
 from clstr.errors import EXIT_LOCAL_IO, LocalIOError
 from clstr.loop import EventLoop
 from clstr.output import Sink
-from clstr_run import REPO, clstr, clstr_argv, node_args, start_clstr
+from clstr_run import REPO, RUN_ID, clstr, clstr_argv, node_args, start_clstr
 
 _serial = itertools.count(1)
 
@@ -30,7 +30,7 @@ def sleep_marker():
     ``sleep`` itself carries it in its command line, whether or not the job's
     shell execs it (dash execs a job's last command, so a ``# comment``
     marker would vanish from the process that matters)."""
-    return "3000.%d%03d" % (os.getpid(), next(_serial))
+    return "3000.%s%03d" % (RUN_ID, next(_serial))
 
 
 def after_sleeps(marker, count, command):

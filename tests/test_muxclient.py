@@ -30,6 +30,7 @@ from clstr.muxclient import (
     split_packets,
 )
 from clstr.ssh import wrapped_command
+from clstr_run import RUN_ID
 from cluster import LoopbackCluster
 
 HOST = "node001"
@@ -158,7 +159,7 @@ _serial = itertools.count(1)
 def sleep_marker():
     """``sleep N`` with an N of fixed width unique to this run and test:
     another run's job never matches it, nor one marker another."""
-    return "sleep 3011.%07d%03d" % (os.getpid(), next(_serial))
+    return "sleep 3011.%s%03d" % (RUN_ID, next(_serial))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, node_args, read_terminal, wait_until
+from clstr_run import REPO, RUN_ID, clstr, node_args, read_terminal, wait_until
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -191,7 +191,7 @@ def test_control_persist_in_ssh_config_does_not_hold_up_the_run(cluster, mode):
 
 
 def test_interrupt_stops_remote_jobs_and_exits_130(cluster):
-    marker = "clstr-marker-%d" % os.getpid()
+    marker = "clstr-marker-" + RUN_ID
     argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
             *node_args(cluster.nodes(3)),
             *(["-j", "export CLSTR_TEST_MARK=%s; "

@@ -10,6 +10,7 @@ import pytest
 
 from clstr_run import (
     FIND_SESSION_SSHD,
+    RUN_ID,
     clstr,
     joblog_rows,
     node_args,
@@ -138,7 +139,7 @@ def test_job_failure_job_keeps_the_node(cluster):
 
 
 def test_timeout_kills_the_job_on_the_node_too(cluster):
-    marker = "clstr-timeout-%d" % os.getpid()
+    marker = "clstr-timeout-" + RUN_ID
     started = time.monotonic()
     # The marker is in the environment of the job's sleep, which dash execs.
     result = clstr(cluster, "--timeout", "1", "-n", "node001",
@@ -210,7 +211,7 @@ def test_maxstartups_throttling_does_not_retire_a_host_listed_32_times(throttled
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, signum, status):
-    marker = "clstr-signal-%d-%d" % (os.getpid(), signum)
+    marker = "clstr-signal-%s-%02d" % (RUN_ID, signum)
     process = start_clstr(cluster, *node_args(cluster.nodes(2)),
                           *(["-j", "CLSTR_TEST_MARK=%s sleep 60" % marker] * 2))
     try:
@@ -225,7 +226,7 @@ def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, si
 
 
 def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
-    marker = "clstr-kill9-%d" % os.getpid()
+    marker = "clstr-kill9-" + RUN_ID
     process = start_clstr(cluster, "--no-multiplex", "-n", "node001",
                           "-j", "export CLSTR_TEST_MARK=%s; sleep 60 & sleep 61" % marker)
     wait_until(lambda: len(sleeping(cluster, marker)) == 2, what="the job's two sleeps")
@@ -280,7 +281,7 @@ def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
 def test_ctrl_c_stops_whole_job_trees_under_dash_and_bash_login_shells(cluster, prefix, shell):
     if prefix == "bashnode" and not cluster.bash_user:
         pytest.skip("a second login user (with bash) can only be made as root")
-    marker = "clstr-shell-%d-%s" % (os.getpid(), prefix)
+    marker = "clstr-shell-%s-%s" % (RUN_ID, prefix)
     # "$m-child" is spelled out only in the grandchild's command line, which
     # starts after the echo: two of them mean both jobs have spoken.
     job = ('m=%s; echo "[${BASH_VERSION:-dash}]"; sh -c "sleep 60; : $m-child" & sleep 61; : $m'

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, joblog_rows, node_args, start_clstr
+from clstr_run import REPO, RUN_ID, clstr, clstr_argv, joblog_rows, node_args, start_clstr
 
 # Every byte value on both streams, a non-zero status, and stdin at EOF
 # (cat returns at once: the job's stdin is /dev/null under the wrapper).
@@ -113,7 +113,7 @@ def test_master_killed_mid_job_requeues_the_job(cluster, shared_dir, tmp_path):
 
 @pytest.mark.parametrize("how", ["timeout", "ctrl-c"])
 def test_stopping_through_the_mux_client_leaves_no_remote_process(cluster, how):
-    marker = "901.%d%d" % (os.getpid(), len(how))
+    marker = "901.%s%d" % (RUN_ID, len(how))
     job = "sleep %s & echo started; wait" % marker
     args = ["--timeout", "3"] if how == "timeout" else []
     process = start_clstr(cluster, *args, *node_args(cluster.nodes(2)), *(["-j", job] * 2))

@@ -4,7 +4,7 @@ it when the session ends early; `setsid cmd 8>&- &` is the job's way to
 leave something running.  The
 wrapper runs in the login shell itself (no exec) when clstr knows that shell.
 
-Markers are unusual sleep durations (``sleep 901.<pid>``): they stay on the
+Markers are unusual sleep durations (``sleep 901.<RUN_ID>``): they stay on the
 sleep's own command line even when dash execs the last command of a job."""
 
 import os
@@ -17,7 +17,7 @@ import time
 import pytest
 
 from clstr.ssh import wrapped_command
-from clstr_run import clstr, start_clstr
+from clstr_run import RUN_ID, clstr, start_clstr
 
 SHELLS = [("node", "dash"), ("bashnode", "bash")]
 
@@ -29,8 +29,8 @@ def host(cluster, prefix):
 
 
 def marker(n):
-    """A sleep duration no other test uses: ``9NN.<pid>``."""
-    return "9%02d.%d" % (n, os.getpid())
+    """A sleep duration no other test or run uses: ``9NN.<RUN_ID>``."""
+    return "9%02d.%s" % (n, RUN_ID)
 
 
 def read_line(process, timeout=60):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
-from clstr_run import local_processes_left
+from clstr_run import RUN_ID, local_processes_left
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 FORMS = ["inline", "universal"]
@@ -55,7 +55,7 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
 
 def sleep_marker(n):
     """A sleep duration no other test uses: its own argv word."""
-    return "8%02d.%d" % (n, os.getpid())
+    return "8%02d.%s" % (n, RUN_ID)
 
 
 pytestmark = pytest.mark.skipif(not shutil.which("setsid") or not os.path.isdir("/proc"),
@@ -126,7 +126,7 @@ def test_the_watcher_is_gone_when_the_wrapper_ends_even_if_a_term_is_lost(shell,
     # and stopped the session).  Under a shell started with TERM ignored
     # every TERM is lost; stdin stays open throughout, so only the wrapper's
     # own kill can end the watcher.
-    mark = "watcher-%d-%s" % (os.getpid(), form)
+    mark = "watcher-%s-%s" % (RUN_ID, form)
     left = []
     status, out, _ = run_wrapped(shell, form, b"true # %s" % mark.encode(), term_ignored=True,
                                  after=lambda: left.extend(local_processes_left(mark)))
