@@ -4,7 +4,6 @@ the real loopback sshd."""
 import os
 import re
 import signal
-import time
 
 import pytest
 
@@ -45,7 +44,6 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
     # it said), so the run cannot end before its failure is noticed.
     go = os.path.join(shared_dir, "go")
     wait = "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % go
-    started = time.monotonic()
     process = start_clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad,
                           "-n", "node001", "-j", wait + "echo a", "-j", wait + "echo b",
                           "-j", wait + "echo c")
@@ -57,29 +55,25 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
         if process.poll() is None:
             process.kill()
             process.wait()
-    elapsed = time.monotonic() - started
     assert process.returncode == 0, said + err
     assert sorted(out.splitlines()) == [b"a", b"b", b"c"]
     retired = retired_lines(said + err)
     assert [name for name, _ in retired] == [bad.encode()]
+    # ssh's own reason: a fast failure, never the 60 s connect timeout.
     assert re.match(expected, retired[0][1]), retired
-    assert elapsed < 30, elapsed  # a fast failure, never the 60 s connect timeout
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
 def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
-    started = time.monotonic()
+    # Without the connect timeout ssh would wait for the banner for ever, and
+    # clstr() would give up after 120 s.
     result = clstr(cluster, mode, "-v", "--connect-timeout", "2", "-n", "silent001",
                    "-n", "node001", "-j", "echo a", "-j", "sleep 3; echo b")
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [b"a", b"b"]
     retired = retired_lines(result.stderr)
     assert retired and retired[0][0] == b"silent001"
     assert retired[0][1].startswith(b"connect timeout: "), retired
-    # Without the connect timeout ssh would wait for the banner for ever
-    # (clstr() gives up after 120 s); the bound leaves room for a loaded machine.
-    assert elapsed < 60, elapsed
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
@@ -98,14 +92,12 @@ def test_node_dying_mid_job_requeues_the_job(cluster, shared_dir, mode):
 def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, shared_dir):
     flag = os.path.join(shared_dir, "hung")
     # The first attempt freezes the sshd process serving it: TCP stays open,
-    # nothing answers.
+    # nothing answers (for longer than clstr() waits: only keepalives end it).
     job = ("if [ ! -e {f} ]; then touch {f}; " + FIND_SESSION_SSHD + "echo $session > {f}; "
-           "kill -STOP $session; sleep 60; fi; echo finished").format(f=flag)
+           "kill -STOP $session; sleep 600; fi; echo finished").format(f=flag)
     try:
-        started = time.monotonic()
         result = clstr(cluster, "--no-multiplex", "-v", "--alive-interval", "1",
                        *node_args(cluster.nodes(2)), "-j", job)
-        elapsed = time.monotonic() - started
     finally:
         with open(flag) as frozen:
             pid = int(frozen.read().strip() or 0)
@@ -115,7 +107,7 @@ def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, share
     assert result.stdout == b"finished\n"
     retired = retired_lines(result.stderr)
     assert len(retired) == 1 and retired[0][1].startswith(b"connection lost"), result.stderr
-    assert elapsed < 45, elapsed  # keepalives, not the frozen job's 60 s sleep
+    assert b"not responding" in retired[0][1], retired  # ssh's keepalives said so
 
 
 def test_max_attempts_gives_a_poison_job_up_instead_of_draining_the_cluster(cluster):
@@ -140,11 +132,10 @@ def test_job_failure_job_keeps_the_node(cluster):
 
 def test_timeout_kills_the_job_on_the_node_too(cluster):
     marker = "clstr-timeout-" + RUN_ID
-    started = time.monotonic()
     # The marker is in the environment of the job's sleep, which dash execs.
+    # The sleep outlasts clstr()'s 120 s: only the timeout ends the run.
     result = clstr(cluster, "--timeout", "1", "-n", "node001",
-                   "-j", "CLSTR_TEST_MARK=%s sleep 30" % marker, "-j", "echo quick")
-    assert time.monotonic() - started < 25  # not the job's 30 s
+                   "-j", "CLSTR_TEST_MARK=%s sleep 600" % marker, "-j", "echo quick")
     assert result.returncode == 1
     assert result.stdout == b"quick\n"
     assert "timeout: stopped after 1s" in result.stderr.decode()
@@ -271,10 +262,9 @@ def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, shar
 
 
 def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
-    started = time.monotonic()
-    result = clstr(cluster, "--retry-nodes", "30", "-n", "dead001", "-j", "true")
+    # A retry due after clstr()'s 120 s: the run must end without it.
+    result = clstr(cluster, "--retry-nodes", "600", "-n", "dead001", "-j", "true")
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - started < 25  # not the 30 s retry
 
 
 @pytest.mark.parametrize("prefix, shell", [("node", b"dash"), ("bashnode", b"bash")])
