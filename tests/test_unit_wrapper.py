@@ -7,23 +7,22 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
 from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
-from clstr_run import RUN_ID, local_processes_left
+from clstr_run import RUN_ID, local_processes, local_processes_left, wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 FORMS = ["inline", "universal"]
 
 
-def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=False,
+def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=False,
                 after=lambda: None):
     """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
-    as the login shell; close its stdin after ``stop_after`` seconds (None:
+    as the login shell; close its stdin once ``stop_when()`` holds (None:
     when it has ended).  ``after()`` is called once the wrapper has ended and
-    been reaped, while stdin is still open unless ``stop_after`` closed it.
+    been reaped, while stdin is still open unless ``stop_when`` closed it.
     ``term_ignored``: start it with SIGTERM ignored.  Returns (status,
     stdout, stderr)."""
     login = "/bin/" + shell
@@ -37,11 +36,9 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
                                    preexec_fn=ignore_term)
         os.close(stdin_read)
         stdin_read = None
-        if stop_after is not None:
-            try:
-                process.wait(timeout=stop_after)
-            except subprocess.TimeoutExpired:
-                pass
+        if stop_when is not None:
+            wait_until(lambda: stop_when() or process.poll() is not None, timeout=timeout,
+                       what="the job to be ready to stop")
             os.close(stdin_write)
             stdin_write = None
         out, err = process.communicate(timeout=timeout)
@@ -91,22 +88,31 @@ def test_background_child_holds_its_job(shell, form, tmp_path):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shell", SHELLS)
 def test_stdin_eof_stops_the_whole_job(shell, form):
+    # The sleeps outlast run_wrapped's 60 s: only the wrapper can end them.
     mark = sleep_marker(1)
-    started = time.monotonic()
     status, out, _ = run_wrapped(shell, form, b"sleep %s & sleep %s; echo never"
-                                 % (mark.encode(), mark.encode()), stop_after=1.0)
+                                 % (mark.encode(), mark.encode()),
+                                 stop_when=lambda: len(local_processes(mark, True)) == 2)
     assert out == b"" and status in (143, -15), status
-    assert time.monotonic() - started < 30
     assert local_processes_left(mark, whole_word=True) == []
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_job_ignoring_term_is_killed(shell, form):
+    # Stopped only once its sleep runs, so TERM is ignored by then (the
+    # sleep inherits that): only the watcher's KILL can end it, and it ends
+    # the whole session, wrapper included.
     mark = sleep_marker(2)
-    run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never" % mark.encode(),
-                stop_after=1.0)
-    assert local_processes_left(mark, whole_word=True) == []
+    try:
+        status, out, _ = run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never"
+                                     % mark.encode(),
+                                     stop_when=lambda: local_processes(mark, True))
+        assert out == b"" and status == -signal.SIGKILL, status
+        assert local_processes_left(mark, whole_word=True) == []
+    finally:
+        for pid in local_processes(mark, whole_word=True):  # left by a failed test only
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("shell", SHELLS)
