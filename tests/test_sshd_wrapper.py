@@ -119,13 +119,22 @@ def test_jobs_without_background_children_leave_nothing_behind(cluster, prefix, 
 
 @pytest.mark.parametrize("prefix, shell", SHELLS)
 def test_the_watcher_ends_with_its_job(cluster, prefix, shell):
-    # The inline wrapper's watcher is a fork of the login shell, so the
-    # marker in the job's text is on its command line.  Were it left to see
-    # sshd close its stdin, it would linger 2 s after each job.
-    mark = marker(10)
-    result = clstr(cluster, "-n", host(cluster, prefix), "-j", "true # %s" % mark)
-    assert result.returncode == 0, result.stderr
-    assert cluster.remote_processes_left(mark, timeout=1.0) == []
+    # The wrapper kills its watcher as it ends.  A watcher left to see sshd
+    # close its stdin would stop the session's process group, and with it
+    # this sleep: it let go of fd 8 (so the job ended) but stayed in the
+    # group.  The inline wrapper's watcher is a fork of the login shell, so
+    # the marker in the job's text is on its command line.
+    mark, left = marker(10), marker(11)
+    result = clstr(cluster, "-n", host(cluster, prefix),
+                   "-j", "sleep %s 8>&- >/dev/null 2>&1 </dev/null & true # %s" % (left, mark))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert cluster.remote_processes_left(mark, timeout=60) == []
+        assert [cmdline.split() for _, cmdline in cluster.remote_processes(left)] == [
+            ["sleep", left]]
+    finally:
+        for pid, _ in cluster.remote_processes(left):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("prefix, shell", SHELLS)
