@@ -134,12 +134,16 @@ def test_timeout_kills_the_job_on_the_node_too(cluster):
     marker = "clstr-timeout-" + RUN_ID
     # The marker is in the environment of the job's sleep, which dash execs.
     # The sleep outlasts clstr()'s 120 s: only the timeout ends the run.
-    result = clstr(cluster, "--timeout", "1", "-n", "node001",
-                   "-j", "CLSTR_TEST_MARK=%s sleep 600" % marker, "-j", "echo quick")
-    assert result.returncode == 1
-    assert result.stdout == b"quick\n"
-    assert "timeout: stopped after 1s" in result.stderr.decode()
-    assert cluster.remote_processes_left(marker) == []
+    try:
+        result = clstr(cluster, "--timeout", "1", "-n", "node001",
+                       "-j", "CLSTR_TEST_MARK=%s sleep 600" % marker, "-j", "echo quick")
+        assert result.returncode == 1
+        assert result.stdout == b"quick\n"
+        assert "timeout: stopped after 1s" in result.stderr.decode()
+        assert cluster.remote_processes_left(marker) == []
+    finally:
+        for pid, _ in cluster.remote_processes(marker):  # left by a failed test only
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_joblog_has_gnu_parallel_columns_and_ssh_failures_show_as_255(cluster, tmp_path):
