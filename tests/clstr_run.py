@@ -1,12 +1,18 @@
 """Running clstr from the source tree in tests."""
 
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Digits of this test run alone, for markers (a sleep duration, a word in a
+# job's environment): the pid, at a fixed width so that no run's marker is
+# part of another's, and a random part against a reused pid.
+RUN_ID = "%07d%04d" % (os.getpid(), random.SystemRandom().randrange(10000))
 
 
 # Shell code a job runs to set $session to the pid of the sshd process

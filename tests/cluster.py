@@ -11,6 +11,10 @@ names onto it:
 - ``silent001``... point at a listener that accepts and never sends a banner;
 - ``badkey001``... offer a key the sshd does not accept;
 - ``wronghost001``... expect a different host key;
+- ``bashnode001``... log in as a user whose login shell is bash (``clstrbash``);
+- ``rcnode001``... log in as a bash user whose ``~/.bashrc`` talks
+  (``clstrrc``: it prints "hello from bashrc"); tests never edit either
+  user's files, as concurrent runs share them;
 - ``envnode001``... to ``envnode016`` log in like ``node*`` and set
   ``CLSTR_TEST_NODE`` to their own name in the session, so a job can act
   differently on one node (all nodes are this one machine).
@@ -39,6 +43,11 @@ TEST_USER = "clstrtest"
 # A second login user whose shell is bash: the remote wrapper must work under
 # bash as well as dash.
 BASH_USER = "clstrbash"
+# A bash login user whose ~/.bashrc prints a line, as some sites' do: what
+# clstr learns from a chatty login shell.  Its own user, so that no test
+# edits a shared account's files while another run uses them.
+RC_USER = "clstrrc"
+RC_BASHRC = b"echo hello from bashrc\n"
 # How many envnode names the client config spells out (ssh_config's SetEnv
 # takes no %n token, so each name needs a block of its own).
 ENV_NODES = 16
@@ -71,6 +80,30 @@ def ensure_test_user(name=TEST_USER, shell="/bin/sh"):
     # still has no password.
     subprocess.run(["usermod", "-p", "*", name], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return name
+
+
+def ensure_rc_user():
+    """RC_USER, with RC_BASHRC as its ~/.bashrc (None when not root).  The
+    file is put in place whole (a rename), and only when it differs, so a
+    concurrent run never reads half of it."""
+    name = ensure_test_user(RC_USER, "/bin/bash")
+    if name is None:
+        return None
+    entry = pwd.getpwnam(name)
+    bashrc = os.path.join(entry.pw_dir, ".bashrc")
+    try:
+        with open(bashrc, "rb") as handle:
+            if handle.read() == RC_BASHRC:
+                return name
+    except OSError:
+        pass
+    fd, partial = tempfile.mkstemp(dir=entry.pw_dir, prefix=".bashrc.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(RC_BASHRC)
+    os.chown(partial, entry.pw_uid, entry.pw_gid)
+    os.chmod(partial, 0o644)
+    os.replace(partial, bashrc)
     return name
 
 
@@ -166,6 +199,7 @@ class LoopbackCluster:
         self.port = None
         self.user = None
         self.bash_user = None
+        self.rc_user = None
         self._sshd = None
         self._silent = None
         self._forwarders = []
@@ -185,6 +219,7 @@ class LoopbackCluster:
                                "(apt-get install openssh-server)" % SSHD)
         self.user = ensure_test_user()
         self.bash_user = ensure_test_user(BASH_USER, "/bin/bash")
+        self.rc_user = ensure_rc_user()
         self.tmpdir = tempfile.mkdtemp(prefix="clstr-cluster-")
         # sshd (StrictModes) and the login user must be able to read the
         # authorized keys; the directory holds no secret of the user's.
@@ -265,9 +300,12 @@ class LoopbackCluster:
                 ours.append(pid)
         return ours
 
+    def _login_users(self):
+        return [user for user in (self.user, self.bash_user, self.rc_user) if user]
+
     def _login_user_pids(self):
         """Pids of processes run by the cluster's login users."""
-        uids = {pwd.getpwnam(user).pw_uid for user in (self.user, self.bash_user) if user}
+        uids = {pwd.getpwnam(user).pw_uid for user in self._login_users()}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -295,7 +333,7 @@ class LoopbackCluster:
             "HostKey %s" % self.path("host_key"),
             "PidFile %s" % self.path("sshd.pid"),
             "AuthorizedKeysFile %s" % self.path("authorized_keys"),
-            "AllowUsers %s" % " ".join(filter(None, (self.user, self.bash_user))),
+            "AllowUsers %s" % " ".join(self._login_users()),
             "UsePAM no",
             "PasswordAuthentication %s" % ("yes" if self.password_authentication else "no"),
             "KbdInteractiveAuthentication no",
@@ -340,6 +378,8 @@ class LoopbackCluster:
             config.write(block("node*", self.port))
             if self.bash_user:
                 config.write(block("bashnode*", self.port, user=self.bash_user))
+            if self.rc_user:
+                config.write(block("rcnode*", self.port, user=self.rc_user))
             config.write(block("dead*", self.dead_port))
             config.write(block("late*", self.late_port))
             config.write(block("silent*", self._silent.port))

@@ -12,16 +12,19 @@ import sys
 
 import pytest
 
-from clstr_run import REPO, local_processes_left
+from clstr_run import REPO, RUN_ID, local_processes, local_processes_left, read_lines
 
 # A stand-in for `docker exec -i CONTAINER CMD...`: containers named bad*
-# do not exist, containers named full* say what Slurm says at its step limit.
+# do not exist, containers named full* say what Slurm says at its step limit,
+# and the runtime of containers named dies* is killed by a signal once the
+# job has run.
 RUNTIME = r'''#!/bin/sh
 container=$1; shift
 case $container in
     bad*) echo "Error: No such container: $container" >&2; exit 1 ;;
     full*) echo "srun: error: Unable to create step for job 42: Step limit reached for this job" >&2
            exit 1 ;;
+    dies*) CLSTR_NODE=$container "$@"; kill -TERM $$ ;;
 esac
 CLSTR_NODE=$container exec "$@"
 '''
@@ -79,6 +82,18 @@ def test_a_job_failing_after_it_started_retires_its_node_as_with_ssh(runtime):
     assert b"node c1 retired: job exit 1" in result.stderr
 
 
+def test_a_transport_killed_after_the_job_started_is_interrupted_and_the_job_runs_elsewhere(
+        runtime):
+    # Not the job's exit status (-15 is none): with --job-failure job a job
+    # exit would be given up; an interrupted attempt runs again elsewhere.
+    result = clstr("--exec", runtime, "-v", "--job-failure", "job", "-n", "dies1", "-n", "c1",
+                   *(["-j", 'echo "ran on $CLSTR_NODE"'] * 2))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"ran on c1"] * 2 + [b"ran on dies1"], \
+        result.stderr
+    assert b"node dies1 retired: interrupted" in result.stderr, result.stderr
+
+
 def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
     result = clstr("--exec", runtime, "-n", "full1", "-n", "full2", "-n", "full3",
                    *(["-j", "true"] * 6))
@@ -89,32 +104,63 @@ def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
     assert "retired" not in said[0]
 
 
-def test_timeout_stops_the_job_and_its_background_children():
-    marker = "900.%d1" % os.getpid()
-    result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "t1", "--timeout", "2",
-                   "-j", "sleep %s & echo started; wait" % marker)
-    assert result.returncode == 1
-    assert result.stdout == b"started\n"
-    assert b"timeout: stopped after 2s" in result.stderr
-    assert local_processes_left("sleep " + marker) == []
+def _shell_leaves_a_trapping_child(marker, flags):
+    """A job whose shell starts a background child and ends at once.  The
+    child says "started", then runs until TERM, when it leaves a flag named
+    after its node in ``flags``; ``marker`` is in its command line."""
+    return ("m=%s; (trap 'touch %s/term-$CLSTR_NODE; exit 0' TERM; echo started; "
+            "while :; do sleep 0.05; done) &" % (marker, flags))
 
 
-def test_ctrl_c_stops_every_job_tree():
-    marker = "900.%d2" % os.getpid()
+def _kill_left(marker):
+    """Kill what this test's jobs left running (only when the test failed)."""
+    for pid in local_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_background_child_keeps_its_job_and_its_late_output_comes():
+    # The wrapper waits for the job's process group, not its shell alone.
+    result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "w1",
+                   "-j", "(sleep 0.5; echo late) & echo early")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"early\nlate\n"
+
+
+def test_timeout_stops_background_children_the_shell_left_running(tmp_path):
+    marker = "clstr-exec-timeout-" + RUN_ID
+    try:
+        result = clstr("--exec", "env CLSTR_NODE={host}", "-n", "t1", "--timeout", "2",
+                       "-j", _shell_leaves_a_trapping_child(marker, tmp_path))
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == b"started\n"
+        assert b"timeout: stopped after 2s" in result.stderr
+        assert local_processes_left(marker) == []
+    finally:
+        _kill_left(marker)
+
+
+def test_ctrl_c_sends_term_to_every_process_of_every_job(tmp_path):
+    # TERM, not only KILL, reaches the job's background children: their
+    # traps run (KILL follows only for what ignores TERM).
+    marker = "clstr-exec-ctrl-c-" + RUN_ID
     process = subprocess.Popen(
         [sys.executable, "-m", "clstr", "--exec", "env CLSTR_NODE={host}", "-n", "i1", "-n", "i2",
-         *(["-j", "sleep %s & echo started; wait" % marker] * 2)],
+         *(["-j", _shell_leaves_a_trapping_child(marker, tmp_path)] * 2)],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert process.stdout.readline() == b"started\n"
-        assert process.stdout.readline() == b"started\n"
+        assert read_lines(process.stdout, 2) == [b"started\n"] * 2
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 130
-        assert local_processes_left("sleep " + marker) == []
+        assert process.wait(timeout=60) == 130
+        assert local_processes_left(marker) == []
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        _kill_left(marker)
+    assert sorted(os.listdir(str(tmp_path))) == ["term-i1", "term-i2"]
 
 
 @pytest.mark.parametrize("mode", [["--group"], ["--tag"], ["--output-dir", "OUT"]])

@@ -20,7 +20,7 @@ import pytest
 from clstr.errors import EXIT_LOCAL_IO, LocalIOError
 from clstr.loop import EventLoop
 from clstr.output import Sink
-from clstr_run import REPO, clstr, clstr_argv, node_args, start_clstr
+from clstr_run import REPO, RUN_ID, clstr, clstr_argv, node_args, start_clstr
 
 _serial = itertools.count(1)
 
@@ -30,7 +30,7 @@ def sleep_marker():
     ``sleep`` itself carries it in its command line, whether or not the job's
     shell execs it (dash execs a job's last command, so a ``# comment``
     marker would vanish from the process that matters)."""
-    return "3000.%d%03d" % (os.getpid(), next(_serial))
+    return "3000.%s%03d" % (RUN_ID, next(_serial))
 
 
 def after_sleeps(marker, count, command):
@@ -114,6 +114,27 @@ def test_stderr_on_a_full_disk_exits_with_the_local_io_status(cluster):
                        "-j", after_sleeps(marker, 1, "echo oops >&2"),
                        "-j", "sleep %s" % marker, stderr=full)
     assert result.returncode == EXIT_LOCAL_IO
+    assert cluster.remote_processes_left(marker) == []
+
+
+def test_a_write_error_after_ctrl_c_still_exits_with_the_local_io_status(cluster, tmp_path):
+    # The job writes to stdout only once stopped: the disk is full by then,
+    # and a lost write outranks the interrupt (exit 3, not 130).
+    marker = sleep_marker()
+    errors = tmp_path / "stderr"
+    job = ("trap 'echo stopped; exit 1' TERM; echo started >&2; sleep %s & wait" % marker)
+    with open("/dev/full", "wb") as full, open(str(errors), "wb") as stderr:
+        process = start_clstr(cluster, "-n", "node001", "-j", job, stdout=full, stderr=stderr)
+    try:
+        assert wait_for(lambda: b"started" in errors.read_bytes()
+                        and cluster.remote_processes(marker))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == EXIT_LOCAL_IO, errors.read_bytes()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"clstr: cannot write stdout: No space left on device" in errors.read_bytes()
     assert cluster.remote_processes_left(marker) == []
 
 

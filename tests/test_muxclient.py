@@ -4,6 +4,7 @@ the loopback sshd, and against fake masters for what a real one never says.
 What a job gives through MuxAttempt must be what ``ssh -S socket host cmd``
 gives: exit status, stdout and stderr bytes, stdin EOF."""
 
+import itertools
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from clstr.muxclient import (
     split_packets,
 )
 from clstr.ssh import wrapped_command
+from clstr_run import RUN_ID
 from cluster import LoopbackCluster
 
 HOST = "node001"
@@ -144,9 +146,25 @@ def run_until(loop, condition, timeout=60):
     def tick():
         ticker[:] = [loop.call_later(0.05, tick)]
     tick()
-    loop.run_while(lambda: not condition() and time.monotonic() < deadline)
+    held = []
+
+    def holds():
+        # Asked once per turn, and the answer kept: asking again after the
+        # loop could find a passing state already gone.
+        held[:] = [condition()]
+        return held[0]
+    loop.run_while(lambda: not holds() and time.monotonic() < deadline)
     ticker[0].cancel()
-    assert condition(), "gave up after %gs" % timeout
+    assert held and held[0], "gave up after %gs" % timeout
+
+
+_serial = itertools.count(1)
+
+
+def sleep_marker():
+    """``sleep N`` with an N of fixed width unique to this run and test:
+    another run's job never matches it, nor one marker another."""
+    return "sleep 3011.%s%03d" % (RUN_ID, next(_serial))
 
 
 @pytest.fixture
@@ -272,7 +290,7 @@ def test_wrapped_job_gives_its_status_and_output(loop, master):
 
 
 def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, cluster):
-    marker = "sleep 3011"
+    marker = sleep_marker()
     outcome = start(loop, master.path, wrapped_command(b"(%s); echo never" % marker.encode()),
                     close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
@@ -290,7 +308,7 @@ def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, clu
 # -- when the master fails ------------------------------------------------------
 
 def test_master_killed_mid_job_is_a_lost_connection(loop, own_master, cluster):
-    marker = "sleep 3012"
+    marker = sleep_marker()
     outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
     os.kill(own_master.pid, signal.SIGKILL)
@@ -305,7 +323,7 @@ def test_master_killed_mid_job_is_a_lost_connection(loop, own_master, cluster):
 
 
 def test_stop_gives_up_on_a_master_that_does_not_answer(loop, own_master, cluster):
-    marker = "sleep 3013"
+    marker = sleep_marker()
     outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
     pid = own_master.pid

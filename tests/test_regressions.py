@@ -157,10 +157,28 @@ def test_throttled_masters_back_off_and_every_host_finishes_without_retiring():
         result = clstr(cluster, "--multiplex", "-v", *node_args(cluster.nodes(32)),
                        *(["-j", "echo ok"] * 64), timeout=300)
         throttled = cluster.throttled_connections()
+        logins = cluster.accepted_logins()
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [b"ok"] * 64
     assert retired_lines(result.stderr) == []
     assert throttled > 0, "sshd never throttled: the test proves nothing"
+    # A throttled master is tried again, not given up for direct logins:
+    # every job ran through its host's one master.
+    assert b"connection sharing unavailable" not in result.stderr, result.stderr
+    assert len(logins) <= 32, logins
+
+
+def test_a_refused_mux_session_is_throttling_and_the_node_does_all_its_jobs():
+    # sshd allows 2 sessions per connection, clstr is told 4: the master
+    # refuses every session past 2.  That says "busy", not "broken".
+    with dedicated_cluster(max_sessions=2) as cluster:
+        result = clstr(cluster, "--multiplex", "-v", "--max-sessions", "4",
+                       *node_args(["node001"] * 4),
+                       *(["-j", "sleep 0.2; echo ok"] * 16), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"ok"] * 16
+    assert retired_lines(result.stderr) == []
+    assert b"throttled" in result.stderr, "no session was refused: the test proves nothing"
 
 
 # -- host names ---------------------------------------------------------------------

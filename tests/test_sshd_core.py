@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, clstr, node_args, read_terminal, wait_until
+from clstr_run import REPO, RUN_ID, clstr, node_args, read_terminal, wait_until
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -66,17 +66,14 @@ def test_400_jobs_over_16_slots_each_complete_exactly_once(cluster, tmp_path):
 
 @pytest.mark.parametrize("mode", ["--no-multiplex", "--multiplex"])
 def test_refused_node_is_retired_and_its_job_reruns_elsewhere(cluster, mode):
-    started = time.monotonic()
-    result = clstr(cluster, mode, "-v", "--connect-timeout", "60",
+    # Refusal is immediate, never a wait for the connect timeout: that would
+    # outlast clstr()'s 120 s.
+    result = clstr(cluster, mode, "-v", "--connect-timeout", "600",
                    "-n", cluster.dead_nodes(1)[0], "-n", cluster.nodes(1)[0],
                    "-j", "echo one", "-j", "echo two", "-j", "echo three")
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [b"one", b"three", b"two"]
     assert result.stderr.count(b"node dead001 retired: refused") == 1, result.stderr
-    # Refusal is immediate, never a wait for the connect timeout (the bound
-    # is far from both, so a loaded machine cannot fail it).
-    assert elapsed < 30, elapsed
 
 
 def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, shared_dir):
@@ -191,7 +188,7 @@ def test_control_persist_in_ssh_config_does_not_hold_up_the_run(cluster, mode):
 
 
 def test_interrupt_stops_remote_jobs_and_exits_130(cluster):
-    marker = "clstr-marker-%d" % os.getpid()
+    marker = "clstr-marker-" + RUN_ID
     argv = [sys.executable, "-m", "clstr", "--ssh-command", cluster.ssh_command,
             *node_args(cluster.nodes(3)),
             *(["-j", "export CLSTR_TEST_MARK=%s; "

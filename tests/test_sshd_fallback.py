@@ -4,7 +4,6 @@ over direct connections, over the real sshd."""
 
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -59,10 +58,8 @@ def _run(cluster, front_end, *args, timeout=120):
     argv = clstr_argv(cluster, *args)
     argv[argv.index("--ssh-command") + 1] = front_end
     env = dict(os.environ, CLSTR_TEST_SSH_CONFIG=cluster.ssh_config)
-    started = time.monotonic()
-    result = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=timeout, env=env,
-                            stdin=subprocess.DEVNULL)
-    return result, time.monotonic() - started
+    return subprocess.run(argv, cwd=REPO, capture_output=True, timeout=timeout, env=env,
+                          stdin=subprocess.DEVNULL)
 
 
 def _jobs(count):
@@ -76,23 +73,23 @@ def _jobs(count):
                          ids=["drops-control-options", "master-exits-without-socket",
                               "master-rejected"])
 def test_front_end_without_connection_sharing_runs_every_job(cluster, tmp_path, body):
-    # A connect timeout of 30 s: giving up on the masters by time alone would
-    # take 45 s, so finishing well before that shows the decision came from
-    # evidence (the master's log, its exit, its socket).
-    result, elapsed = _run(cluster, _front_end(tmp_path, body), "-v", "--connect-timeout", "30",
-                           *node_args(cluster.nodes(2)), *_jobs(6))
+    # A connect timeout of 200 s: giving up on the masters by time alone
+    # would take longer than _run waits, so finishing at all shows the
+    # decision came from evidence (the master's log, its exit, its socket).
+    result = _run(cluster, _front_end(tmp_path, body), "-v", "--connect-timeout", "200",
+                  *node_args(cluster.nodes(2)), *_jobs(6))
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == sorted(b"job %d" % n for n in range(6))
     said = result.stderr.decode()
     for node in cluster.nodes(2):
         assert said.count("%s: connection sharing unavailable" % node) == 1, said
     assert "retired" not in said
-    assert elapsed < 30, said
+    assert "not up after" not in said, said
 
 
 def test_front_end_without_sharing_still_retires_a_dead_host(cluster, tmp_path):
-    result, _ = _run(cluster, _front_end(tmp_path, DROPS_CONTROL), "-v",
-                     *node_args(cluster.nodes(1) + cluster.dead_nodes(1)), *_jobs(4))
+    result = _run(cluster, _front_end(tmp_path, DROPS_CONTROL), "-v",
+                  *node_args(cluster.nodes(1) + cluster.dead_nodes(1)), *_jobs(4))
     assert result.returncode == 0, result.stderr
     said = result.stderr.decode()
     assert "node dead001 retired: refused" in said, said

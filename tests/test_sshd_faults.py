@@ -4,12 +4,12 @@ the real loopback sshd."""
 import os
 import re
 import signal
-import time
 
 import pytest
 
 from clstr_run import (
     FIND_SESSION_SSHD,
+    RUN_ID,
     clstr,
     joblog_rows,
     node_args,
@@ -44,7 +44,6 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
     # it said), so the run cannot end before its failure is noticed.
     go = os.path.join(shared_dir, "go")
     wait = "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % go
-    started = time.monotonic()
     process = start_clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad,
                           "-n", "node001", "-j", wait + "echo a", "-j", wait + "echo b",
                           "-j", wait + "echo c")
@@ -56,29 +55,25 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
         if process.poll() is None:
             process.kill()
             process.wait()
-    elapsed = time.monotonic() - started
     assert process.returncode == 0, said + err
     assert sorted(out.splitlines()) == [b"a", b"b", b"c"]
     retired = retired_lines(said + err)
     assert [name for name, _ in retired] == [bad.encode()]
+    # ssh's own reason: a fast failure, never the 60 s connect timeout.
     assert re.match(expected, retired[0][1]), retired
-    assert elapsed < 30, elapsed  # a fast failure, never the 60 s connect timeout
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
 def test_silent_node_is_retired_within_the_connect_timeout(cluster, mode):
-    started = time.monotonic()
+    # Without the connect timeout ssh would wait for the banner for ever, and
+    # clstr() would give up after 120 s.
     result = clstr(cluster, mode, "-v", "--connect-timeout", "2", "-n", "silent001",
                    "-n", "node001", "-j", "echo a", "-j", "sleep 3; echo b")
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [b"a", b"b"]
     retired = retired_lines(result.stderr)
     assert retired and retired[0][0] == b"silent001"
     assert retired[0][1].startswith(b"connect timeout: "), retired
-    # Without the connect timeout ssh would wait for the banner for ever
-    # (clstr() gives up after 120 s); the bound leaves room for a loaded machine.
-    assert elapsed < 60, elapsed
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
@@ -97,14 +92,12 @@ def test_node_dying_mid_job_requeues_the_job(cluster, shared_dir, mode):
 def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, shared_dir):
     flag = os.path.join(shared_dir, "hung")
     # The first attempt freezes the sshd process serving it: TCP stays open,
-    # nothing answers.
+    # nothing answers (for longer than clstr() waits: only keepalives end it).
     job = ("if [ ! -e {f} ]; then touch {f}; " + FIND_SESSION_SSHD + "echo $session > {f}; "
-           "kill -STOP $session; sleep 60; fi; echo finished").format(f=flag)
+           "kill -STOP $session; sleep 600; fi; echo finished").format(f=flag)
     try:
-        started = time.monotonic()
         result = clstr(cluster, "--no-multiplex", "-v", "--alive-interval", "1",
                        *node_args(cluster.nodes(2)), "-j", job)
-        elapsed = time.monotonic() - started
     finally:
         with open(flag) as frozen:
             pid = int(frozen.read().strip() or 0)
@@ -114,7 +107,7 @@ def test_hung_node_is_detected_by_keepalives_and_its_job_requeued(cluster, share
     assert result.stdout == b"finished\n"
     retired = retired_lines(result.stderr)
     assert len(retired) == 1 and retired[0][1].startswith(b"connection lost"), result.stderr
-    assert elapsed < 45, elapsed  # keepalives, not the frozen job's 60 s sleep
+    assert b"not responding" in retired[0][1], retired  # ssh's keepalives said so
 
 
 def test_max_attempts_gives_a_poison_job_up_instead_of_draining_the_cluster(cluster):
@@ -138,16 +131,19 @@ def test_job_failure_job_keeps_the_node(cluster):
 
 
 def test_timeout_kills_the_job_on_the_node_too(cluster):
-    marker = "clstr-timeout-%d" % os.getpid()
-    started = time.monotonic()
+    marker = "clstr-timeout-" + RUN_ID
     # The marker is in the environment of the job's sleep, which dash execs.
-    result = clstr(cluster, "--timeout", "1", "-n", "node001",
-                   "-j", "CLSTR_TEST_MARK=%s sleep 30" % marker, "-j", "echo quick")
-    assert time.monotonic() - started < 25  # not the job's 30 s
-    assert result.returncode == 1
-    assert result.stdout == b"quick\n"
-    assert "timeout: stopped after 1s" in result.stderr.decode()
-    assert cluster.remote_processes_left(marker) == []
+    # The sleep outlasts clstr()'s 120 s: only the timeout ends the run.
+    try:
+        result = clstr(cluster, "--timeout", "1", "-n", "node001",
+                       "-j", "CLSTR_TEST_MARK=%s sleep 600" % marker, "-j", "echo quick")
+        assert result.returncode == 1
+        assert result.stdout == b"quick\n"
+        assert "timeout: stopped after 1s" in result.stderr.decode()
+        assert cluster.remote_processes_left(marker) == []
+    finally:
+        for pid, _ in cluster.remote_processes(marker):  # left by a failed test only
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_joblog_has_gnu_parallel_columns_and_ssh_failures_show_as_255(cluster, tmp_path):
@@ -210,7 +206,7 @@ def test_maxstartups_throttling_does_not_retire_a_host_listed_32_times(throttled
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, signum, status):
-    marker = "clstr-signal-%d-%d" % (os.getpid(), signum)
+    marker = "clstr-signal-%s-%02d" % (RUN_ID, signum)
     process = start_clstr(cluster, *node_args(cluster.nodes(2)),
                           *(["-j", "CLSTR_TEST_MARK=%s sleep 60" % marker] * 2))
     try:
@@ -225,7 +221,7 @@ def test_termination_signals_stop_remote_jobs_with_shell_exit_status(cluster, si
 
 
 def test_clstr_killed_outright_still_leaves_no_remote_jobs(cluster):
-    marker = "clstr-kill9-%d" % os.getpid()
+    marker = "clstr-kill9-" + RUN_ID
     process = start_clstr(cluster, "--no-multiplex", "-n", "node001",
                           "-j", "export CLSTR_TEST_MARK=%s; sleep 60 & sleep 61" % marker)
     wait_until(lambda: len(sleeping(cluster, marker)) == 2, what="the job's two sleeps")
@@ -270,17 +266,16 @@ def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, shar
 
 
 def test_pending_retries_do_not_keep_a_dead_cluster_waiting(cluster):
-    started = time.monotonic()
-    result = clstr(cluster, "--retry-nodes", "30", "-n", "dead001", "-j", "true")
+    # A retry due after clstr()'s 120 s: the run must end without it.
+    result = clstr(cluster, "--retry-nodes", "600", "-n", "dead001", "-j", "true")
     assert result.returncode == 1, result.stderr
-    assert time.monotonic() - started < 25  # not the 30 s retry
 
 
 @pytest.mark.parametrize("prefix, shell", [("node", b"dash"), ("bashnode", b"bash")])
 def test_ctrl_c_stops_whole_job_trees_under_dash_and_bash_login_shells(cluster, prefix, shell):
     if prefix == "bashnode" and not cluster.bash_user:
         pytest.skip("a second login user (with bash) can only be made as root")
-    marker = "clstr-shell-%d-%s" % (os.getpid(), prefix)
+    marker = "clstr-shell-%s-%s" % (RUN_ID, prefix)
     # "$m-child" is spelled out only in the grandchild's command line, which
     # starts after the echo: two of them mean both jobs have spoken.
     job = ('m=%s; echo "[${BASH_VERSION:-dash}]"; sh -c "sleep 60; : $m-child" & sleep 61; : $m'

@@ -10,6 +10,7 @@ import pytest
 
 from clstr_run import (
     REPO,
+    RUN_ID,
     clstr,
     clstr_argv,
     joblog_rows,
@@ -89,11 +90,13 @@ def _master_pids(marker_dir_prefix="/tmp/clstr-"):
     return pids
 
 
-def test_master_killed_mid_job_requeues_the_job(cluster, shared_dir):
+def test_master_killed_mid_job_requeues_the_job(cluster, shared_dir, tmp_path):
     flag = os.path.join(shared_dir, "first")
+    joblog = tmp_path / "joblog"
     # The first attempt says it started, then waits; the rerun succeeds.
     job = ("if mkdir %s 2>/dev/null; then echo started; sleep 60; else echo rerun; fi" % flag)
-    process = start_clstr(cluster, "-v", "--tag", *node_args(cluster.nodes(2)), "-j", job)
+    process = start_clstr(cluster, "-v", "--tag", "--joblog", str(joblog),
+                          *node_args(cluster.nodes(2)), "-j", job)
     try:
         host, said = process.stdout.readline().rstrip(b"\n").split(b": ")
         assert said == b"started"
@@ -112,11 +115,15 @@ def test_master_killed_mid_job_requeues_the_job(cluster, shared_dir):
     other = [name for name in cluster.nodes(2) if name.encode() != host][0]
     assert out == other.encode() + b": rerun\n"
     assert b"node %s retired: connection lost" % host in err, err
+    assert b"Traceback" not in err, err
+    # The lost attempt has no exit status of its own: logged as ssh's 255.
+    assert [(row[1], row[6]) for row in joblog_rows(joblog)] == [
+        (host, b"255"), (other.encode(), b"0")], joblog.read_bytes()
 
 
 @pytest.mark.parametrize("how", ["timeout", "ctrl-c"])
 def test_stopping_through_the_mux_client_leaves_no_remote_process(cluster, how):
-    marker = "901.%d%d" % (os.getpid(), len(how))
+    marker = "901.%s%d" % (RUN_ID, len(how))
     job = "sleep %s & echo started; wait" % marker
     args = ["--timeout", "3"] if how == "timeout" else []
     process = start_clstr(cluster, *args, *node_args(cluster.nodes(2)), *(["-j", job] * 2))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from clstr_run import FIND_SESSION_SSHD, REPO, clstr, clstr_argv, node_args, require_program
+from clstr_run import FIND_SESSION_SSHD, REPO, RUN_ID, clstr, clstr_argv, node_args, require_program
 
 MODES = [[], ["--tag"], ["--group"]]
 
@@ -173,7 +173,7 @@ def test_slow_reader_gets_exact_bytes_while_memory_stays_bounded(cluster):
 
 
 def test_closed_stdout_stops_the_run_cleanly(cluster):
-    marker = "clstr-head-%d" % os.getpid()
+    marker = "clstr-head-" + RUN_ID
     script = ('"$0" -m clstr --ssh-command "$1" -n node001 -n node002 '
               '-j "CLSTR_TEST_MARK=$2 yes line" -j "CLSTR_TEST_MARK=$2 yes line" '
               '-j "CLSTR_TEST_MARK=$2 sleep 60" | head -1; '

@@ -4,11 +4,10 @@ it when the session ends early; `setsid cmd 8>&- &` is the job's way to
 leave something running.  The
 wrapper runs in the login shell itself (no exec) when clstr knows that shell.
 
-Markers are unusual sleep durations (``sleep 901.<pid>``): they stay on the
+Markers are unusual sleep durations (``sleep 901.<RUN_ID>``): they stay on the
 sleep's own command line even when dash execs the last command of a job."""
 
 import os
-import pwd
 import selectors
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import time
 import pytest
 
 from clstr.ssh import wrapped_command
-from clstr_run import clstr, start_clstr
+from clstr_run import RUN_ID, clstr, start_clstr
 
 SHELLS = [("node", "dash"), ("bashnode", "bash")]
 
@@ -29,8 +28,8 @@ def host(cluster, prefix):
 
 
 def marker(n):
-    """A sleep duration no other test uses: ``9NN.<pid>``."""
-    return "9%02d.%d" % (n, os.getpid())
+    """A sleep duration no other test or run uses: ``9NN.<RUN_ID>``."""
+    return "9%02d.%s" % (n, RUN_ID)
 
 
 def read_line(process, timeout=60):
@@ -120,13 +119,22 @@ def test_jobs_without_background_children_leave_nothing_behind(cluster, prefix, 
 
 @pytest.mark.parametrize("prefix, shell", SHELLS)
 def test_the_watcher_ends_with_its_job(cluster, prefix, shell):
-    # The inline wrapper's watcher is a fork of the login shell, so the
-    # marker in the job's text is on its command line.  Were it left to see
-    # sshd close its stdin, it would linger 2 s after each job.
-    mark = marker(10)
-    result = clstr(cluster, "-n", host(cluster, prefix), "-j", "true # %s" % mark)
-    assert result.returncode == 0, result.stderr
-    assert cluster.remote_processes_left(mark, timeout=1.0) == []
+    # The wrapper kills its watcher as it ends.  A watcher left to see sshd
+    # close its stdin would stop the session's process group, and with it
+    # this sleep: it let go of fd 8 (so the job ended) but stayed in the
+    # group.  The inline wrapper's watcher is a fork of the login shell, so
+    # the marker in the job's text is on its command line.
+    mark, left = marker(10), marker(11)
+    result = clstr(cluster, "-n", host(cluster, prefix),
+                   "-j", "sleep %s 8>&- >/dev/null 2>&1 </dev/null & true # %s" % (left, mark))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert cluster.remote_processes_left(mark, timeout=60) == []
+        assert [cmdline.split() for _, cmdline in cluster.remote_processes(left)] == [
+            ["sleep", left]]
+    finally:
+        for pid, _ in cluster.remote_processes(left):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("prefix, shell", SHELLS)
@@ -146,27 +154,13 @@ def test_jobs_through_the_master_run_in_the_login_shell_itself(cluster, prefix, 
 
 
 def test_a_login_shell_whose_answer_is_unusable_gets_the_wrapper_every_shell_runs(cluster):
-    # bash sources ~/.bashrc in sessions sshd starts, and this one talks: the
+    # bash sources ~/.bashrc in sessions sshd starts, and rcnode's talks: the
     # probe's answer is not "bash 42" alone, so clstr does not rely on it and
     # jobs start `sh` for the wrapper (their own shell, not the login one).
-    node = host(cluster, "bashnode")  # skips without a bash login user
-    home = pwd.getpwnam(cluster.bash_user).pw_dir
-    bashrc = os.path.join(home, ".bashrc")
-    kept = None
-    if os.path.exists(bashrc):
-        with open(bashrc, "rb") as handle:
-            kept = handle.read()
-    try:
-        with open(bashrc, "w") as handle:
-            handle.write("echo hello from bashrc\n")
-        job = "tr '\\0' ' ' </proc/$$/cmdline | grep -c 'hel''d=\\$' || true"
-        result = clstr(cluster, "-v", "-n", node, "-j", job)
-    finally:
-        if kept is None:
-            os.unlink(bashrc)
-        else:
-            with open(bashrc, "wb") as handle:
-                handle.write(kept)
+    if not cluster.rc_user:
+        pytest.skip("a login user with a talking ~/.bashrc can only be made as root")
+    job = "tr '\\0' ' ' </proc/$$/cmdline | grep -c 'hel''d=\\$' || true"
+    result = clstr(cluster, "-v", "-n", "rcnode001", "-j", job)
     # (The job's own bash, in a session sshd started, sources it too.)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() in ([b"hello from bashrc", b"0"],

@@ -94,6 +94,8 @@ def test_local_template_runs_the_wrapper_with_the_node_name():
     ("2(x3),1", [2, 2, 2, 1]),
     ("1,3(x2)", [1, 3, 3]),
     ("16(x2)", [16, 16]),
+    ("2(x12)", [2] * 12),
+    ("1(x100),4", [1] * 100 + [4]),
 ])
 def test_tasks_per_node_expand(text, counts):
     assert parse_tasks_per_node(text) == counts
@@ -112,6 +114,11 @@ def _allocation(nodelist, tasks):
 def test_slurm_nodes_list_each_node_once_per_task():
     assert slurm_nodes(_allocation("n[01-03],gpu7", "2(x3),1")) == [
         "n01", "n01", "n02", "n02", "n03", "n03", "gpu7"]
+
+
+def test_slurm_nodes_with_a_two_digit_repeat_count():
+    assert slurm_nodes(_allocation("cn[01-12]", "2(x12)")) == [
+        "cn%02d" % n for n in range(1, 13) for _ in range(2)]
 
 
 def test_slurm_nodes_single_node():

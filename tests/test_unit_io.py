@@ -61,13 +61,12 @@ def test_300_children_at_once_are_all_reaped():
 
 def test_a_grandchild_holding_stderr_does_not_delay_the_exit(tmp_path):
     # Models ssh's ControlPersist master, which inherits the client's stderr.
+    # The grandchild outlives run_children's 30 s: an exit held until it
+    # let go of stderr would come too late (no status).
     grandchild = tmp_path / "grandchild"
-    started = time.monotonic()
-    results = run_children(["sleep 20 & echo $! > %s; echo done" % grandchild])
-    elapsed = time.monotonic() - started
+    results = run_children(["sleep 600 & echo $! > %s; echo done" % grandchild])
     os.kill(int(grandchild.read_text()), signal.SIGKILL)  # this run's own, no other
     assert results == [(0, b"done\n", b"")]
-    assert elapsed < 10
 
 
 def test_the_loop_delivers_signals_to_its_callbacks():

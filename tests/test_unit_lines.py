@@ -199,6 +199,12 @@ def test_tag_puts_the_prefix_before_a_spilled_line_which_stays_on_disk():
                           ("bytes", b"node001: next\n"), ("bytes", b"node001: last")]
 
 
+def test_tag_keeps_cr_lf_whole_when_it_ends_a_spilled_line_in_the_same_read():
+    sink = RecordingSink()
+    run_delivery(sink, LONG_CHUNKS + [b"LLL\r\nnext\n"], tag=True)
+    assert sink.output() == b"node001: " + LONG + b"LLL\r\nnode001: next\n"
+
+
 def test_an_unterminated_long_final_line_is_delivered_whole_at_the_end():
     sink = RecordingSink()
     run_delivery(sink, LONG_CHUNKS)

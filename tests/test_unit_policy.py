@@ -23,6 +23,13 @@ def test_ranges_keep_zero_padding_and_lists():
     assert expand("e-c07kilf[901-903]") == ["e-c07kilf901", "e-c07kilf902", "e-c07kilf903"]
 
 
+def test_padding_comes_from_the_low_bound_and_grows_past_it():
+    names = expand("node[08-100]")
+    assert names[:3] == ["node08", "node09", "node10"]
+    assert names[-2:] == ["node99", "node100"]
+    assert len(names) == 93
+
+
 def test_several_groups_expand_in_order_and_user_is_kept():
     assert expand("r[1-2]n[1,3]") == ["r1n1", "r1n3", "r2n1", "r2n3"]
     assert expand("me@h[1-2]") == ["me@h1", "me@h2"]
@@ -198,6 +205,22 @@ def test_throttled_alone_too_often_is_retired():
         outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
         pool.admit("a")
     assert outcome.retired == "a" and not pool.usable
+
+
+def test_a_success_starts_the_throttle_count_afresh():
+    # A busy host throttles now and then, its jobs succeeding in between:
+    # only throttling in a row says it is more than busy.
+    pool = NodePool(["a"])
+    scheduler = Scheduler(pool, feed_of(*["x"] * 40), rng=random.Random(0))
+    for _ in range(4):
+        for _ in range(MAX_THROTTLED - 1):
+            job, slot = scheduler.next_assignment()
+            outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
+            assert not outcome.retired
+            pool.admit("a")
+        job, slot = scheduler.next_assignment()
+        assert not scheduler.attempt_finished(job, slot, None).retired
+    assert not pool.hosts["a"].retired and scheduler.completed == 4
 
 
 def test_max_running_caps_jobs_at_once():

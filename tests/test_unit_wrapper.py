@@ -7,24 +7,23 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
 from clstr.endreport import ReportReader
 from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
-from clstr_run import local_processes_left
+from clstr_run import RUN_ID, local_processes, local_processes_left, wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
 FORMS = ["inline", "universal"]
 
 
-def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=False,
+def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=False,
                 after=lambda: None):
     """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
-    as the login shell; close its stdin after ``stop_after`` seconds (None:
+    as the login shell; close its stdin once ``stop_when()`` holds (None:
     when it has ended).  ``after()`` is called once the wrapper has ended and
-    been reaped, while stdin is still open unless ``stop_after`` closed it.
+    been reaped, while stdin is still open unless ``stop_when`` closed it.
     ``term_ignored``: start it with SIGTERM ignored.  Returns (status,
     stdout, stderr), stderr without the wrapper's reports (endreport.py),
     whose end status must be the wrapper's own exit status."""
@@ -39,11 +38,9 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
                                    preexec_fn=ignore_term)
         os.close(stdin_read)
         stdin_read = None
-        if stop_after is not None:
-            try:
-                process.wait(timeout=stop_after)
-            except subprocess.TimeoutExpired:
-                pass
+        if stop_when is not None:
+            wait_until(lambda: stop_when() or process.poll() is not None, timeout=timeout,
+                       what="the job to be ready to stop")
             os.close(stdin_write)
             stdin_write = None
         out, err = process.communicate(timeout=timeout)
@@ -62,7 +59,7 @@ def run_wrapped(shell, form, command, stop_after=None, timeout=60, term_ignored=
 
 def sleep_marker(n):
     """A sleep duration no other test uses: its own argv word."""
-    return "8%02d.%d" % (n, os.getpid())
+    return "8%02d.%s" % (n, RUN_ID)
 
 
 pytestmark = pytest.mark.skipif(not shutil.which("setsid") or not os.path.isdir("/proc"),
@@ -98,22 +95,31 @@ def test_background_child_holds_its_job(shell, form, tmp_path):
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shell", SHELLS)
 def test_stdin_eof_stops_the_whole_job(shell, form):
+    # The sleeps outlast run_wrapped's 60 s: only the wrapper can end them.
     mark = sleep_marker(1)
-    started = time.monotonic()
     status, out, _ = run_wrapped(shell, form, b"sleep %s & sleep %s; echo never"
-                                 % (mark.encode(), mark.encode()), stop_after=1.0)
+                                 % (mark.encode(), mark.encode()),
+                                 stop_when=lambda: len(local_processes(mark, True)) == 2)
     assert out == b"" and status in (143, -15), status
-    assert time.monotonic() - started < 30
     assert local_processes_left(mark, whole_word=True) == []
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_job_ignoring_term_is_killed(shell, form):
+    # Stopped only once its sleep runs, so TERM is ignored by then (the
+    # sleep inherits that): only the watcher's KILL can end it, and it ends
+    # the whole session, wrapper included.
     mark = sleep_marker(2)
-    run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never" % mark.encode(),
-                stop_after=1.0)
-    assert local_processes_left(mark, whole_word=True) == []
+    try:
+        status, out, _ = run_wrapped(shell, form, b"trap '' TERM; sleep %s; echo never"
+                                     % mark.encode(),
+                                     stop_when=lambda: local_processes(mark, True))
+        assert out == b"" and status == -signal.SIGKILL, status
+        assert local_processes_left(mark, whole_word=True) == []
+    finally:
+        for pid in local_processes(mark, whole_word=True):  # left by a failed test only
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -133,7 +139,7 @@ def test_the_watcher_is_gone_when_the_wrapper_ends_even_if_a_term_is_lost(shell,
     # and stopped the session).  Under a shell started with TERM ignored
     # every TERM is lost; stdin stays open throughout, so only the wrapper's
     # own kill can end the watcher.
-    mark = "watcher-%d-%s" % (os.getpid(), form)
+    mark = "watcher-%s-%s" % (RUN_ID, form)
     left = []
     status, out, _ = run_wrapped(shell, form, b"true # %s" % mark.encode(), term_ignored=True,
                                  after=lambda: left.extend(local_processes_left(mark)))

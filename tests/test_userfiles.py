@@ -195,6 +195,24 @@ def test_refuses_another_users_link_in_a_sticky_world_writable_dir(tmp_path, opt
     assert not marker.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a directory owned by another user needs root")
+def test_follows_a_link_planted_by_the_sticky_directorys_own_owner(tmp_path):
+    # As the kernel's protected_symlinks does: the directory's owner may put
+    # links in it (here another user's /tmp-like directory, their link to our file).
+    public, target = tmp_path / "public", tmp_path / "target"
+    public.mkdir()
+    os.chmod(str(public), 0o1777)
+    os.chown(str(public), other_user_uid(), -1)
+    target.write_bytes(b"old\n")
+    link = public / "joblog"
+    link.symlink_to(target)
+    os.lchown(str(link), other_user_uid(), -1)
+    result = run("--joblog", str(link), "-n", "a", "-j", "echo hi")
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    assert target.read_bytes().startswith(b"Seq\t"), target.read_bytes()
+
+
 def test_active_nodes_fifo_is_written_in_place(cluster, shared_dir, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(str(fifo))
@@ -262,6 +280,17 @@ def test_a_new_active_nodes_file_gets_0666_minus_the_umask(cluster, tmp_path, um
 
 
 # -- --output-dir ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o077, 0o600), (0o022, 0o644), (0o002, 0o664)])
+def test_output_dir_files_get_0666_minus_the_umask(tmp_path, umask, mode):
+    outdir = tmp_path / "out"
+    result = run("--output-dir", str(outdir), "-n", "a", "-j", "echo hi",
+                 preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr
+    assert (outdir / "1.out").read_bytes() == b"hi\n"
+    for name in ("1.out", "1.err"):
+        assert stat.S_IMODE(os.stat(str(outdir / name)).st_mode) == mode, name
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's link needs root")
