@@ -244,9 +244,6 @@ class LoopbackSlurm:
 
     # -- what the tests do to one node --------------------------------------
 
-    def slurmd_pid(self, node):
-        return self._daemons["slurmd." + node].pid
-
     def kill_slurmd(self, node):
         """SIGKILL node's slurmd alone: its running steps go on."""
         process = self._daemons.pop("slurmd." + node)
@@ -290,15 +287,6 @@ class LoopbackSlurm:
         if result.returncode != 0:
             return ""
         return result.stdout.decode("utf-8", "replace").strip()
-
-    def node_reason(self, node):
-        """scontrol's words for why ``node`` is down or drained ("" if none)."""
-        result = self.run(["scontrol", "show", "node", node], timeout=30)
-        for field in result.stdout.decode("utf-8", "replace").split("\n"):
-            field = field.strip()
-            if field.startswith("Reason="):
-                return field[len("Reason="):]
-        return ""
 
     def wait_for_states(self, wanted, timeout):
         """Wait until each node's sinfo state is one of ``wanted[node]``."""

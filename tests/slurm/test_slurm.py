@@ -340,6 +340,7 @@ def test_a_crashed_node_under_no_kill_loses_no_job(faulty, tmp_path):
     assert run.finish() == 0, run.stderr
     killed = [seq for seq in lost if VICTIM not in run.markers("done").get(seq, [])]
     assert killed, "no job was killed on %s by the crash" % VICTIM
+    assert faulty.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
     run.assert_every_job_completed_once()
     assert run.retired() == {VICTIM}, run.stderr
 
@@ -352,6 +353,7 @@ def test_a_crash_that_revokes_the_allocation_stops_the_run(faulty, tmp_path):
     run.wait_mid_run(VICTIM)
     faulty.crash(VICTIM)
     status = run.finish()
+    assert faulty.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
     assert status == 1, run.stderr
     assert len(run.fatal_lines()) == 1, run.stderr
     assert run.retired() <= {VICTIM}, run.stderr
