@@ -32,7 +32,7 @@ import time
 NODES = ("n1", "n2", "n3", "n4")
 NODE = NODES[0]  # for tests that want one node
 PARTITION = "clstr"
-DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "salloc")
+DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "salloc", "scancel")
 # Where Debian 12 installs the daemons; on PATH for root, but not always for
 # other users.
 SBIN = "/usr/sbin"

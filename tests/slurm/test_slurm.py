@@ -9,6 +9,7 @@ with SLOTS task slots each; the last tests break one node mid-run.
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -200,12 +201,21 @@ RUN_TIMEOUT = 240
 
 
 @pytest.fixture
-def faulty(slurm):
-    """The cluster, mended after the test: every slurmd running again and
-    every node idle, for the next test."""
+def fault_run(slurm, tmp_path):
+    """Starts FaultRuns (``fault_run(seconds, salloc_options)``); after the
+    test, kills any still running, cancels their allocations and mends the
+    cluster (every slurmd running, every node idle) for the next test."""
+    runs = []
+
+    def start(seconds, allocation_options=()):
+        runs.append(FaultRun(slurm, tmp_path, seconds, allocation_options))
+        return runs[-1]
     try:
-        yield slurm
+        yield start
     finally:
+        for run in runs:
+            run.kill()
+        slurm.run(["scancel", "--user", "root"], timeout=30)
         slurm.restore()
 
 
@@ -225,9 +235,10 @@ class FaultRun:
             out.write("".join(job + "\n" for job in self.jobs))
         argv = (["salloc", "--quiet"] + EVERY_SLOT + list(allocation_options)
                 + clstr_argv("--slurm", "-vv", "--joblog", self.joblog, "-J", jobs))
+        # A session of its own: kill() reaches salloc, clstr and their sruns.
         self.process = subprocess.Popen(argv, cwd=REPO, env=cluster.env(),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE, start_new_session=True)
         self.stderr = ""
 
     def _marker(self, seq, what):
@@ -265,10 +276,15 @@ class FaultRun:
         try:
             _, stderr = self.process.communicate(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self.kill()
             _, stderr = self.process.communicate()
         self.stderr = stderr.decode("utf-8", "replace")
         return self.process.returncode
+
+    def kill(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def completed(self):
         """{job number: how many times the joblog records it as completed}."""
@@ -306,54 +322,54 @@ class FaultRun:
             lost, self.stderr)
 
 
-def test_a_killed_slurmd_retires_its_node_only(faulty, tmp_path):
+def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run):
     # The node's slurmd dies; its running steps go on and end as usual, new
     # steps there cannot launch.  --no-kill: the allocation outlives the node
     # (test_a_crash_that_revokes_the_allocation_stops_the_run is the other way).
-    run = FaultRun(faulty, tmp_path, 1, ["--no-kill"])
+    run = fault_run(1, ["--no-kill"])
     run.wait_mid_run(VICTIM)
-    faulty.kill_slurmd(VICTIM)
+    slurm.kill_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
     assert run.retired() == {VICTIM}, run.stderr
 
 
-def test_a_stopped_slurmd_retires_its_node_only(faulty, tmp_path):
+def test_a_stopped_slurmd_retires_its_node_only(slurm, fault_run):
     # SIGSTOP: the slurmd still holds its port; srun's launch there waits for
     # an answer (MessageTimeout) that never comes.
-    run = FaultRun(faulty, tmp_path, 1, ["--no-kill"])
+    run = fault_run(1, ["--no-kill"])
     run.wait_mid_run(VICTIM)
-    faulty.freeze_slurmd(VICTIM)
+    slurm.freeze_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
     assert run.retired() == {VICTIM}, run.stderr
 
 
-def test_a_crashed_node_under_no_kill_loses_no_job(faulty, tmp_path):
+def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run):
     # The node dies with its jobs.  Their sruns end when Slurm declares the
     # node down ("Node failure on n2", exit 0): those jobs must run again
     # elsewhere, and the allocation (--no-kill) goes on without the node.
-    run = FaultRun(faulty, tmp_path, 1, ["--no-kill"])
+    run = fault_run(1, ["--no-kill"])
     run.wait_mid_run(VICTIM)
     lost = run.running_on(VICTIM)
-    faulty.crash(VICTIM)
+    slurm.crash(VICTIM)
     assert run.finish() == 0, run.stderr
     killed = [seq for seq in lost if VICTIM not in run.markers("done").get(seq, [])]
     assert killed, "no job was killed on %s by the crash" % VICTIM
-    assert faulty.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
+    assert slurm.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
     run.assert_every_job_completed_once()
     assert run.retired() == {VICTIM}, run.stderr
 
 
-def test_a_crash_that_revokes_the_allocation_stops_the_run(faulty, tmp_path):
+def test_a_crash_that_revokes_the_allocation_stops_the_run(slurm, fault_run):
     # Without --no-kill Slurm revokes the whole allocation once the node is
     # declared down: no node can run a job any more.  Longer jobs, so the
     # healthy nodes are still busy then.
-    run = FaultRun(faulty, tmp_path, 5)
+    run = fault_run(5)
     run.wait_mid_run(VICTIM)
-    faulty.crash(VICTIM)
+    slurm.crash(VICTIM)
     status = run.finish()
-    assert faulty.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
+    assert slurm.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
     assert status == 1, run.stderr
     assert len(run.fatal_lines()) == 1, run.stderr
     assert run.retired() <= {VICTIM}, run.stderr
