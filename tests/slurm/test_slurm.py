@@ -227,12 +227,11 @@ class FaultRun:
         self.directory = str(directory)
         self.token = "run%d-%s" % (os.getpid(), os.urandom(4).hex())
         self.joblog = os.path.join(self.directory, "joblog")
-        self.jobs = ["echo $SLURMD_NODENAME >> %s; sleep %g; echo $SLURMD_NODENAME >> %s"
-                     % (self._marker(n, "start"), seconds, self._marker(n, "done"))
-                     for n in range(1, FAULT_JOBS + 1)]
         jobs = os.path.join(self.directory, "jobs")
         with open(jobs, "w") as out:
-            out.write("".join(job + "\n" for job in self.jobs))
+            for n in range(1, FAULT_JOBS + 1):
+                out.write("echo $SLURMD_NODENAME >> %s; sleep %g; echo $SLURMD_NODENAME >> %s\n"
+                          % (self._marker(n, "start"), seconds, self._marker(n, "done")))
         argv = (["salloc", "--quiet"] + EVERY_SLOT + list(allocation_options)
                 + clstr_argv("--slurm", "-vv", "--joblog", self.joblog, "-J", jobs))
         # A session of its own: kill() reaches salloc, clstr and their sruns.
