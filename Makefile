@@ -14,8 +14,11 @@ test:
 	$(PYTHON) -m pytest -q -rs --ignore=tests/slurm tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 
-# A real single-node Slurm on 127.0.0.1 (as root; installs slurmctld, slurmd,
-# slurm-client and munge where missing).  Not part of `test`.
+# A real four-node Slurm on 127.0.0.1 (nodes n1-n4: one slurmctld, four
+# slurmd; tests/slurm_cluster.py), with tests that kill, stop and crash one
+# node mid-run.  As root; installs slurmctld, slurmd, slurm-client and munge
+# where missing (tests/slurm/run.sh).  A few minutes; not part of `test`, but
+# .ci/run runs it after `test`.
 test-slurm:
 	PYTHON=$(PYTHON) bash tests/slurm/run.sh
 

@@ -605,7 +605,7 @@ def dead_nodes(tools, results, reps, jobs_count):
 
 def slurm(tools, results, reps, jobs_count):
     """clstr --slurm against xargs -P + srun, both as steps inside one
-    salloc on a throwaway single-node Slurm (tests/slurm_cluster.py); only
+    salloc on a throwaway one-node Slurm (tests/slurm_cluster.py); only
     where Slurm is installed (make test-slurm installs it) and as root."""
     scenario = "%d `true` jobs through srun, 4 tasks" % jobs_count
     print(scenario, flush=True)
@@ -619,7 +619,7 @@ def slurm(tools, results, reps, jobs_count):
     jobs = _job_file(tools, "srun-jobs", jobs_count)
     salloc = ["salloc", "--quiet", "-N1", "-n4"]
     srun = SRUN_TEMPLATE.replace("{host}", NODE).split()
-    with LoopbackSlurm(cpus=4) as cluster:
+    with LoopbackSlurm(nodes=[NODE], cpus=4) as cluster:
         env = dict(cluster.env(), PATH=tools.env["PATH"])
         run_one(results, scenario, "clstr --slurm",
                 salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,

@@ -1,17 +1,19 @@
-"""A throwaway single-node Slurm on loopback, for the real Slurm tests.
+"""A throwaway four-node Slurm on loopback, for the real Slurm tests.
 
 ``LoopbackSlurm`` starts, from a fresh temporary directory and as root:
 
 - ``munged`` with a throwaway key and its own socket, pid, log and seed files;
-- ``slurmctld`` and ``slurmd`` in the foreground, reading a generated
-  ``slurm.conf`` (``SLURM_CONF``) with free loopback ports of their own, their
-  own state, spool, pid and log files, and one node (``NODE``) whose address
-  is 127.0.0.1;
+- ``slurmctld`` and one ``slurmd -N NAME`` per node (``NODES``: n1-n4), all in
+  the foreground, reading a generated ``slurm.conf`` (``SLURM_CONF``) with
+  free loopback ports of their own (one per slurmd), their own state, spool,
+  pid and log files; every node's address is 127.0.0.1 (Debian's slurm is
+  built with multiple-slurmd support, so one machine can be four nodes);
 
-then waits (bounded) for ``sinfo`` to show the node idle.  ``stop`` kills the
-daemons and any job step they left behind, and removes the directory.
-Nothing of the machine's own Slurm or munge (``/etc/slurm``,
-``/etc/munge``, ``/run/munge``) is read, written or stopped.
+then waits (bounded) for ``sinfo`` to show every node idle.  Tests break one
+node (``kill_slurmd``, ``freeze_slurmd``, ``crash``) and mend it again
+(``restore``).  ``stop`` kills the daemons and any job step they left behind,
+and removes the directory.  Nothing of the machine's own Slurm or munge
+(``/etc/slurm``, ``/etc/munge``, ``/run/munge``) is read, written or stopped.
 
 It installs nothing: ``tests/slurm/run.sh`` does that.  Clients (srun, sinfo,
 salloc) find this cluster through ``env()``.  ``python3 tests/slurm_cluster.py``
@@ -27,9 +29,10 @@ import sys
 import tempfile
 import time
 
-NODE = "clstrslurm1"
+NODES = ("n1", "n2", "n3", "n4")
+NODE = NODES[0]  # for tests that want one node
 PARTITION = "clstr"
-DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "salloc")
+DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "salloc", "scancel")
 # Where Debian 12 installs the daemons; on PATH for root, but not always for
 # other users.
 SBIN = "/usr/sbin"
@@ -70,12 +73,14 @@ def _wait_for(predicate, what, timeout, check=None):
 
 
 class LoopbackSlurm:
-    """One munged, one slurmctld and one slurmd on 127.0.0.1.
+    """One munged, one slurmctld and a slurmd per node, all on 127.0.0.1.
 
-    ``cpus``: the CPUs the node claims (its task slots); ``extra_config``:
-    lines appended to slurm.conf (e.g. ``MaxStepCount=5``)."""
+    ``nodes``: the node names (a prefix of ``NODES`` by default); ``cpus``:
+    the CPUs each node claims (its task slots); ``extra_config``: lines
+    appended to slurm.conf (e.g. ``MaxStepCount=5``)."""
 
-    def __init__(self, cpus=4, extra_config=()):
+    def __init__(self, nodes=NODES, cpus=2, extra_config=()):
+        self.nodes = list(nodes)
         self.cpus = cpus
         self.extra_config = list(extra_config)
         self.directory = None
@@ -121,17 +126,14 @@ class LoopbackSlurm:
         # ask for a credential); what is secret in it is mode 0700 or 0400.
         os.chmod(self.directory, 0o711)
         try:
-            for name in ("state", "spool", "log"):
+            for name in ["state", "spool", "log"] + ["spool/" + node for node in self.nodes]:
                 os.mkdir(self.path(name), 0o700)
             self._start_munged()
             self._write_config()
             self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-f", self.conf])
-            self._spawn("slurmd", ["slurmd", "-D", "-N", NODE, "-f", self.conf])
-            try:
-                _wait_for(self._node_idle, "node %s idle in sinfo" % NODE, 60,
-                          check=self._check_daemons)
-            except RuntimeError as error:
-                raise RuntimeError("%s\n%s" % (error, self.diagnostics())) from None
+            for node in self.nodes:
+                self._start_slurmd(node)
+            self.wait_for_states({node: ("idle",) for node in self.nodes}, timeout=60)
         except BaseException:
             self.stop()
             raise
@@ -155,28 +157,30 @@ class LoopbackSlurm:
                   check=self._check_daemons)
 
     def _write_config(self):
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, *slurmd_ports = _free_ports(1 + len(self.nodes))
         munge = "socket=" + self.munge_socket
         plugstack = self.path("plugstack.conf")
         open(plugstack, "w").close()
+        # slurmctld checks that SlurmctldHost names this machine, and each
+        # slurmd that its NodeHostname does; the addresses keep every client
+        # and daemon on loopback.
+        hostname = socket.gethostname().split(".")[0]
         lines = [
             "ClusterName=clstrtest",
-            # slurmctld checks that SlurmctldHost names this machine; the
-            # address in brackets keeps every client on loopback.
-            "SlurmctldHost=%s(127.0.0.1)" % socket.gethostname().split(".")[0],
+            "SlurmctldHost=%s(127.0.0.1)" % hostname,
             "SlurmctldPort=%d" % ctld_port,
-            "SlurmdPort=%d" % slurmd_port,
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "AuthInfo=" + munge,
             "CredType=cred/munge",
             "StateSaveLocation=" + self.path("state"),
-            "SlurmdSpoolDir=" + self.path("spool"),
+            # %n: the node's name, so the four slurmd keep apart.
+            "SlurmdSpoolDir=" + self.path("spool/%n"),
             "SlurmctldPidFile=" + self.path("slurmctld.pid"),
-            "SlurmdPidFile=" + self.path("slurmd.pid"),
+            "SlurmdPidFile=" + self.path("slurmd.%n.pid"),
             "SlurmctldLogFile=" + self.path("log/slurmctld.log"),
-            "SlurmdLogFile=" + self.path("log/slurmd.log"),
+            "SlurmdLogFile=" + self.path("log/slurmd.%n.log"),
             "PlugStackConfig=" + plugstack,
             # linuxproc tracks a step's processes by parentage, which a job
             # started under setsid keeps; pgid would lose it.  No cgroups here.
@@ -190,6 +194,8 @@ class LoopbackSlurm:
             "SchedulerType=sched/builtin",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU",
+            # A node that was down (a test crashed it) is back in service as
+            # soon as its slurmd registers again.
             "ReturnToService=2",
             # Trust the CPUs configured here over the machine's: tests want
             # more task slots than this small machine has cores.
@@ -199,24 +205,36 @@ class LoopbackSlurm:
             # a killed step is gone soon.
             "KillWait=2",
             "MinJobAge=10",
+            # A node whose slurmd stops answering is down after 30 s (and an
+            # allocation on it revoked, unless salloc --no-kill).
             "SlurmdTimeout=30",
-            "NodeName=%s NodeAddr=127.0.0.1 NodeHostname=%s CPUs=%d State=UNKNOWN"
-            % (NODE, NODE, self.cpus),
-            "PartitionName=%s Nodes=%s Default=YES MaxTime=INFINITE State=UP"
-            % (PARTITION, NODE),
-        ] + self.extra_config
+        ]
+        for node, port in zip(self.nodes, slurmd_ports):
+            lines.append("NodeName=%s NodeHostname=%s NodeAddr=127.0.0.1 Port=%d CPUs=%d "
+                         "State=UNKNOWN" % (node, hostname, port, self.cpus))
+        lines.append("PartitionName=%s Nodes=%s Default=YES MaxTime=INFINITE State=UP"
+                     % (PARTITION, ",".join(self.nodes)))
         with open(self.conf, "w") as out:
-            out.write("\n".join(lines) + "\n")
+            out.write("\n".join(lines + self.extra_config) + "\n")
 
-    def _spawn(self, name, argv):
+    def _spawn(self, name, argv, env=None):
         log = open(self.path("log/%s.out" % name), "wb")
-        env = self.env()
         try:
             self._daemons[name] = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=self.directory, start_new_session=True)
+                env=env or self.env(), cwd=self.directory, start_new_session=True)
         finally:
             log.close()
+
+    def _start_slurmd(self, node):
+        # The slurmstepd a slurmd starts inherit its environment, which is
+        # how crash() finds the steps of one node.
+        env = self.env()
+        env[_NODE_MARK] = self._node_mark(node)
+        self._spawn("slurmd." + node, ["slurmd", "-D", "-N", node, "-f", self.conf], env=env)
+
+    def _node_mark(self, node):
+        return "%s:%s" % (self.directory, node)
 
     def _check_daemons(self):
         for name, process in self._daemons.items():
@@ -224,14 +242,66 @@ class LoopbackSlurm:
                 raise RuntimeError("slurm harness: %s exited %s:\n%s"
                                    % (name, process.returncode, self.logs(name)))
 
-    def _node_idle(self):
-        result = subprocess.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%t"],
-                                env=self.env(), stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=30)
-        return result.returncode == 0 and result.stdout.strip() == b"idle"
+    # -- what the tests do to one node --------------------------------------
+
+    def kill_slurmd(self, node):
+        """SIGKILL node's slurmd alone: its running steps go on."""
+        process = self._daemons.pop("slurmd." + node)
+        process.kill()
+        process.wait(timeout=15)
+
+    def freeze_slurmd(self, node):
+        """SIGSTOP node's slurmd (``thaw_slurmd`` sends SIGCONT)."""
+        self._daemons["slurmd." + node].send_signal(signal.SIGSTOP)
+
+    def thaw_slurmd(self, node):
+        self._daemons["slurmd." + node].send_signal(signal.SIGCONT)
+
+    def crash(self, node):
+        """The node dies as a machine does: its slurmd, every slurmstepd it
+        started and all they run are SIGKILLed, with no word to anyone."""
+        process = self._daemons.pop("slurmd." + node, None)
+        if process is not None:
+            process.kill()
+            process.wait(timeout=15)
+        # Its slurmd's forks and the slurmstepd it started carry the mark.
+        _kill_trees((_NODE_MARK + "=" + self._node_mark(node)).encode())
+
+    def restore(self, timeout=90):
+        """Mend what tests broke: every node's slurmd running (and not
+        stopped) and every node idle in sinfo again.  All slurmd first: a
+        job's end waits for each of its nodes to confirm it."""
+        for node in self.nodes:
+            process = self._daemons.get("slurmd." + node)
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+            else:
+                self._start_slurmd(node)
+        self.wait_for_states({node: ("idle",) for node in self.nodes}, timeout=timeout)
+
+    def node_state(self, node):
+        """sinfo's short state of ``node`` (``idle``, ``alloc``, ``mix``,
+        ``down*``, ``idle*``: a ``*`` means not responding), or "" if sinfo
+        failed."""
+        result = self.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], timeout=30)
+        if result.returncode != 0:
+            return ""
+        return result.stdout.decode("utf-8", "replace").strip()
+
+    def wait_for_states(self, wanted, timeout):
+        """Wait until each node's sinfo state is one of ``wanted[node]``."""
+        def reached():
+            return all(self.node_state(node) in states for node, states in wanted.items())
+        try:
+            _wait_for(reached, "node states %r" % wanted, timeout, check=self._check_daemons)
+        except RuntimeError as error:
+            raise RuntimeError("%s\n%s" % (error, self.diagnostics())) from None
+
+    # -----------------------------------------------------------------------
 
     def logs(self, name):
-        """What daemon ``name`` wrote (its own log file and its stdout)."""
+        """What daemon ``name`` (``slurmd.n2`` for a node's) wrote: its own
+        log file and its stdout."""
         text = []
         for path in (self.path("log/%s.log" % name), self.path("log/%s.out" % name)):
             try:
@@ -245,7 +315,7 @@ class LoopbackSlurm:
         """The daemons' last words and sinfo's view, for a failed start."""
         sinfo = self.run(["sinfo", "-N", "-l"], timeout=30)
         parts = [sinfo.stdout.decode("utf-8", "replace"), sinfo.stderr.decode("utf-8", "replace")]
-        for name in ("munged", "slurmctld", "slurmd"):
+        for name in ["munged", "slurmctld"] + ["slurmd." + node for node in self.nodes]:
             parts.append("--- %s ---\n%s" % (name, self.logs(name)))
         return "\n".join(parts)
 
@@ -258,43 +328,59 @@ class LoopbackSlurm:
         return subprocess.run(argv, **kwargs)
 
     def stop(self):
-        for name in ("slurmd", "slurmctld", "munged"):
+        slurmds = sorted(name for name in self._daemons if name.startswith("slurmd."))
+        for name in slurmds + ["slurmctld", "munged"]:
             process = self._daemons.pop(name, None)
-            if process is None:
+            if process is None or process.poll() is not None:
                 continue
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=15)
+            # A stopped slurmd (freeze_slurmd) handles TERM only once
+            # continued.
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
         if self.directory:
-            self._kill_leftover_steps()
+            # slurmstepd daemonizes away from slurmd, so a step still running
+            # when slurmd stops outlives it: kill every slurmstepd started for
+            # this cluster (its environment holds our SLURM_CONF).
+            _kill_trees(("SLURM_CONF=" + self.conf).encode(), comm="slurmstepd")
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def _kill_leftover_steps(self):
-        """slurmstepd daemonizes away from slurmd, so a step still running
-        when slurmd stops outlives it: kill every slurmstepd started for this
-        cluster (its environment holds our SLURM_CONF) and what it runs."""
-        marker = ("SLURM_CONF=" + self.conf).encode()
-        parents = _process_parents()
-        steps = [pid for pid in parents
-                 if _comm(pid) == "slurmstepd" and marker in _environ(pid)]
-        doomed = set(steps)
-        grew = True
-        while grew:
-            grew = False
-            for pid, parent in parents.items():
-                if parent in doomed and pid not in doomed:
-                    doomed.add(pid)
-                    grew = True
-        for pid in doomed:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+
+# Set in each slurmd's environment (and so in its slurmstepd's): which
+# cluster and node a step belongs to.
+_NODE_MARK = "CLSTR_TEST_SLURM_NODE"
+
+
+def _kill_trees(marker, comm=None):
+    """SIGKILL every process whose environment holds ``marker`` (bytes,
+    ``NAME=VALUE``; only those named ``comm``, if given) and every process
+    under them.  The trees are stopped first, so none forks a child we would
+    miss or loses its parentage (an orphan's parent becomes init) before it
+    is killed."""
+    found = [pid for pid in _process_parents()
+             if (comm is None or _comm(pid) == comm) and marker in _environ(pid)]
+    doomed = set()
+    for _ in range(100):  # a tree stopped level by level; bounded all the same
+        fresh = set(found) - doomed
+        if not fresh:
+            break
+        _signal_all(fresh, signal.SIGSTOP)
+        doomed |= fresh
+        found = [pid for pid, parent in _process_parents().items() if parent in doomed]
+    _signal_all(doomed, signal.SIGKILL)
+
+
+def _signal_all(pids, signum):
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
 
 
 def _read_proc(pid, name):
@@ -327,8 +413,8 @@ def _process_parents():
 
 def main():
     with LoopbackSlurm() as cluster:
-        print("export SLURM_CONF=%s  # node %s, partition %s"
-              % (cluster.conf, NODE, PARTITION), flush=True)
+        print("export SLURM_CONF=%s  # nodes %s, partition %s"
+              % (cluster.conf, ",".join(cluster.nodes), PARTITION), flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:

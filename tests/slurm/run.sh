@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make test-slurm: clstr against a real, throwaway single-node Slurm on
+# make test-slurm: clstr against a real, throwaway four-node Slurm on
 # 127.0.0.1 (tests/slurm_cluster.py).  As root; installs Debian's slurmctld,
 # slurmd, slurm-client and munge where missing (their services are not
 # started: the harness runs its own daemons from a temporary directory).

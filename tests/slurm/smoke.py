@@ -54,7 +54,8 @@ def measure(cluster, label, prefix):
 
 def main():
     print("srun: %s" % SRUN_TEMPLATE, flush=True)
-    with LoopbackSlurm(cpus=PARALLEL) as cluster:
+    # One node, as the bench's Slurm row: steps on a single slurmd.
+    with LoopbackSlurm(nodes=[NODE], cpus=PARALLEL) as cluster:
         ok = measure(cluster, "steps inside salloc -n %d:" % PARALLEL,
                      ["salloc", "--quiet", "-N1", "-n%d" % PARALLEL])
         ok = measure(cluster, "one allocation per srun:", []) and ok

@@ -3,16 +3,19 @@
 Needs root and Debian's slurmctld, slurmd, slurm-client and munge; runs only
 under ``make test-slurm`` (tests/slurm/run.sh installs them and sets
 CLSTR_SLURM_TEST=1).  Every test here is skipped otherwise, with SKIP_REASON.
-Each "node" is the one loopback Slurm node, listed several times.
+The cluster (tests/slurm_cluster.py) is four nodes, n1-n4, on this machine,
+with SLOTS task slots each; the last tests break one node mid-run.
 """
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from slurm_cluster import NODE, LoopbackSlurm
+from slurm_cluster import NODE, NODES, LoopbackSlurm
 
 from clstr.exectransport import (
     SRUN_TEMPLATE,
@@ -24,14 +27,16 @@ from clstr.exectransport import (
     parse_exec_template,
 )
 from clstr.failures import Kind
-from clstr_run import REPO
+from clstr_run import REPO, joblog_rows, wait_until
 
 SKIP_REASON = "real Slurm test: runs only under `make test-slurm` (CLSTR_SLURM_TEST=1)"
 pytestmark = pytest.mark.skipif(os.environ.get("CLSTR_SLURM_TEST") != "1",
                                 reason=SKIP_REASON)
 
-SLOTS = 4
+SLOTS = 2  # per node
 JOBS = 200
+# An allocation of every slot on every node, as `salloc -N 4 -n 8`.
+EVERY_SLOT = ["-N%d" % len(NODES), "-n%d" % (SLOTS * len(NODES))]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def slurm():
 MARKING_WRAPPER = marker_prefix() + 'exec sh -c "$1"'
 
 
-def srun_attempt(cluster, host, command, allocation=("-N1", "-n1")):
+def srun_attempt(cluster, host, command, allocation=("-N1", "-n1", "-w", NODE)):
     """One attempt as the exec transport makes it, inside an salloc; returns
     (exit code, started, stderr after the marker filter)."""
     argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), host,
@@ -74,13 +79,14 @@ def test_srun_to_a_node_outside_the_allocation_blames_the_node(slurm):
 
 
 def test_srun_past_the_step_limit_stops_the_run():
-    with LoopbackSlurm(cpus=1, extra_config=["MaxStepCount=1"]) as limited:
+    with LoopbackSlurm(nodes=[NODE], cpus=1, extra_config=["MaxStepCount=1"]) as limited:
         # salloc's own step count starts at 0: the one step allowed is ours,
         # and a second srun in the same allocation is refused.
         argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), NODE,
                          ["sh", "-c", MARKING_WRAPPER, "clstr-job", "true"])
         script = '"$@"; "$@"'
-        result = limited.run(["salloc", "--quiet", "-N1", "-n1", "sh", "-c", script, "two"]
+        result = limited.run(["salloc", "--quiet", "-N1", "-n1", "-w", NODE, "sh", "-c", script,
+                              "two"]
                              + argv)
     failure = classify_exec(result.returncode, False, result.stderr)
     assert failure.kind is Kind.FATAL, result.stderr
@@ -114,9 +120,8 @@ def assert_every_job_ran_once(result, count):
 
 def test_exec_srun_runs_every_job_exactly_once(slurm, tmp_path):
     # Inside an allocation each srun is a step: tens of milliseconds.
-    result = run_clstr(slurm, ["--exec", SRUN_TEMPLATE, "-n"] + [NODE] * SLOTS
-                       + ["-J", numbered_jobs(tmp_path, JOBS)],
-                       allocation=["-N1", "-n%d" % SLOTS])
+    result = run_clstr(slurm, ["--exec", SRUN_TEMPLATE, "-n"] + list(NODES) * SLOTS
+                       + ["-J", numbered_jobs(tmp_path, JOBS)], allocation=EVERY_SLOT)
     assert_every_job_ran_once(result, JOBS)
 
 
@@ -124,13 +129,13 @@ def test_exec_srun_outside_an_allocation_runs_every_job_exactly_once(slurm, tmp_
     # Each srun makes an allocation of its own: slower (about a second each
     # while the previous job completes), hence fewer jobs.
     result = run_clstr(slurm, ["--exec", "srun --nodes=1 --ntasks=1 --quiet --nodelist={host}",
-                               "-n"] + [NODE] * SLOTS + ["-J", numbered_jobs(tmp_path, 20)])
+                               "-n"] + list(NODES) + ["-J", numbered_jobs(tmp_path, 20)])
     assert_every_job_ran_once(result, 20)
 
 
 def test_slurm_inside_salloc_runs_every_job_exactly_once(slurm, tmp_path):
     result = run_clstr(slurm, ["--slurm", "-J", numbered_jobs(tmp_path, JOBS)],
-                       allocation=["-N1", "-n%d" % SLOTS])
+                       allocation=EVERY_SLOT)
     assert_every_job_ran_once(result, JOBS)
 
 
@@ -159,7 +164,7 @@ def test_timeout_leaves_no_process_on_the_node(slurm, tmp_path):
     # A background child and a foreground one, both holding the token.
     job = "sh -c 'sleep 300; : %s' & sh -c 'sleep 301; : %s'" % (token.decode(), token.decode())
     result = run_clstr(slurm, ["--exec", SRUN_TEMPLATE, "--timeout", "2", "-n", NODE,
-                               "-j", job], allocation=["-N1", "-n1"])
+                               "-j", job], allocation=["-N1", "-n1", "-w", NODE])
     assert result.returncode != 0
     deadline = time.monotonic() + 30
     while _processes_with(token) and time.monotonic() < deadline:
@@ -170,10 +175,208 @@ def test_timeout_leaves_no_process_on_the_node(slurm, tmp_path):
 def test_step_limit_stops_the_run_with_one_line(tmp_path):
     # MaxStepCount: the allocation takes 5 steps and refuses the rest, on
     # every node alike; the run stops instead of retiring the nodes.
-    with LoopbackSlurm(cpus=SLOTS, extra_config=["MaxStepCount=5"]) as limited:
+    with LoopbackSlurm(nodes=[NODE], cpus=4, extra_config=["MaxStepCount=5"]) as limited:
         result = run_clstr(limited, ["--slurm", "-J", numbered_jobs(tmp_path, 50)],
-                           allocation=["-N1", "-n%d" % SLOTS])
+                           allocation=["-N1", "-n4"])
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode != 0
     assert "Step limit reached" in stderr
     assert "retired" not in stderr
+
+
+# --- one node breaks mid-run -------------------------------------------------
+#
+# 100 jobs over every slot of the four nodes.  Each job leaves a start marker
+# and, once it has run, a done marker in a shared directory (both named after
+# the run's token and the job's number, and holding the node's name), so the
+# test sees which jobs really ran, where, and how often.  What clstr claims is
+# read from its joblog (Exitval 0: completed) and its -vv report.  The broken
+# node is always VICTIM; the others must not be retired.
+
+FAULT_JOBS = 100
+VICTIM = NODES[1]
+# Bounds: a run takes about 20 s (60 s when it waits for Slurm to declare the
+# crashed node down, SlurmdTimeout=30 plus its ping interval).
+RUN_TIMEOUT = 240
+
+
+@pytest.fixture
+def fault_run(slurm, tmp_path):
+    """Starts FaultRuns (``fault_run(seconds, salloc_options)``); after the
+    test, kills any still running, cancels their allocations and mends the
+    cluster (every slurmd running, every node idle) for the next test."""
+    runs = []
+
+    def start(seconds, allocation_options=()):
+        runs.append(FaultRun(slurm, tmp_path, seconds, allocation_options))
+        return runs[-1]
+    try:
+        yield start
+    finally:
+        for run in runs:
+            run.kill()
+        slurm.run(["scancel", "--user", "root"], timeout=30)
+        slurm.restore()
+
+
+class FaultRun:
+    """clstr --slurm with FAULT_JOBS marker-leaving jobs, in the background."""
+
+    def __init__(self, cluster, directory, seconds, allocation_options=()):
+        self.seconds = seconds
+        self.directory = str(directory)
+        self.token = "run%d-%s" % (os.getpid(), os.urandom(4).hex())
+        self.joblog = os.path.join(self.directory, "joblog")
+        jobs = os.path.join(self.directory, "jobs")
+        with open(jobs, "w") as out:
+            for n in range(1, FAULT_JOBS + 1):
+                out.write("echo $SLURMD_NODENAME >> %s; sleep %g; echo $SLURMD_NODENAME >> %s\n"
+                          % (self._marker(n, "start"), seconds, self._marker(n, "done")))
+        argv = (["salloc", "--quiet"] + EVERY_SLOT + list(allocation_options)
+                + clstr_argv("--slurm", "-vv", "--joblog", self.joblog, "-J", jobs))
+        # A session of its own: kill() reaches salloc, clstr and their sruns.
+        self.process = subprocess.Popen(argv, cwd=REPO, env=cluster.env(),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True)
+        self.stderr = ""
+
+    def _marker(self, seq, what):
+        return os.path.join(self.directory, "%s.%d.%s" % (self.token, seq, what))
+
+    def markers(self, what):
+        """{job number: [node it ran on, once per run]} for ``what`` markers."""
+        found = {}
+        for name in os.listdir(self.directory):
+            parts = name.split(".")
+            if len(parts) == 3 and parts[0] == self.token and parts[2] == what:
+                with open(os.path.join(self.directory, name)) as marker:
+                    found[int(parts[1])] = marker.read().split()
+        return found
+
+    def running_on(self, node):
+        """Jobs started on ``node`` less than half their time ago (so still
+        running for a while)."""
+        done = self.markers("done")
+        recent = time.time() - self.seconds / 2
+        return [seq for seq, nodes in self.markers("start").items()
+                if node in nodes and seq not in done
+                and os.stat(self._marker(seq, "start")).st_mtime > recent]
+
+    def wait_mid_run(self, node):
+        """Wait until the run is well under way and ``node`` has just
+        started a job."""
+        wait_until(lambda: self.process.poll() is not None
+                   or (len(self.markers("done")) >= 10 and self.running_on(node)),
+                   timeout=120, interval=0.02, what="10 jobs done and one started on %s" % node)
+        assert self.process.poll() is None, self.finish()
+
+    def finish(self):
+        """Wait for clstr to end; its exit status (stderr kept in self)."""
+        try:
+            _, stderr = self.process.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            _, stderr = self.process.communicate()
+        self.stderr = stderr.decode("utf-8", "replace")
+        return self.process.returncode
+
+    def kill(self):
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def completed(self):
+        """{job number: how many times the joblog records it as completed}."""
+        counts = {}
+        for row in joblog_rows(self.joblog):
+            if row[6] == b"0":
+                seq = int(row[0])
+                counts[seq] = counts.get(seq, 0) + 1
+        return counts
+
+    def retired(self):
+        return set(re.findall(r"^clstr: node (\S+) retired: ", self.stderr, re.M))
+
+    def reported_not_completed(self):
+        """The job numbers the failure report lists as not completed (-vv
+        lists them all)."""
+        return {int(seq) for seq in re.findall(r"^clstr:   job (\d+) ", self.stderr, re.M)}
+
+    def fatal_lines(self):
+        """clstr's lines (not the report's indented ones) saying the run stops
+        for a failure no node can cure."""
+        return [line for line in self.stderr.splitlines()
+                if line.startswith("clstr: ") and not line.startswith("clstr:   ")
+                and ("fatal" in line or "no node can run jobs" in line)]
+
+    def assert_every_job_completed_once(self):
+        """No job lost, none recorded as completed twice: the joblog says
+        each job completed exactly once, and each such job really ran to its
+        end (its done marker).  A job may have run twice (an end nobody
+        heard of, then its rerun), but only once as clstr's record."""
+        completed = self.completed()
+        assert completed == {seq: 1 for seq in range(1, FAULT_JOBS + 1)}, self.stderr
+        lost = sorted(set(completed) - set(self.markers("done")))
+        assert lost == [], "recorded as completed, never ran to its end: %s\n%s" % (
+            lost, self.stderr)
+
+
+def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run):
+    # The node's slurmd dies; its running steps go on and end as usual, new
+    # steps there cannot launch.  --no-kill: the allocation outlives the node
+    # (test_a_crash_that_revokes_the_allocation_stops_the_run is the other way).
+    run = fault_run(1, ["--no-kill"])
+    run.wait_mid_run(VICTIM)
+    slurm.kill_slurmd(VICTIM)
+    assert run.finish() == 0, run.stderr
+    run.assert_every_job_completed_once()
+    assert run.retired() == {VICTIM}, run.stderr
+
+
+def test_a_stopped_slurmd_retires_its_node_only(slurm, fault_run):
+    # SIGSTOP: the slurmd still holds its port; srun's launch there waits for
+    # an answer (MessageTimeout) that never comes.
+    run = fault_run(1, ["--no-kill"])
+    run.wait_mid_run(VICTIM)
+    slurm.freeze_slurmd(VICTIM)
+    assert run.finish() == 0, run.stderr
+    run.assert_every_job_completed_once()
+    assert run.retired() == {VICTIM}, run.stderr
+
+
+def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run):
+    # The node dies with its jobs.  Their sruns end when Slurm declares the
+    # node down ("Node failure on n2", exit 0): those jobs must run again
+    # elsewhere, and the allocation (--no-kill) goes on without the node.
+    run = fault_run(1, ["--no-kill"])
+    run.wait_mid_run(VICTIM)
+    lost = run.running_on(VICTIM)
+    slurm.crash(VICTIM)
+    assert run.finish() == 0, run.stderr
+    killed = [seq for seq in lost if VICTIM not in run.markers("done").get(seq, [])]
+    assert killed, "no job was killed on %s by the crash" % VICTIM
+    assert slurm.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
+    run.assert_every_job_completed_once()
+    assert run.retired() == {VICTIM}, run.stderr
+
+
+def test_a_crash_that_revokes_the_allocation_stops_the_run(slurm, fault_run):
+    # Without --no-kill Slurm revokes the whole allocation once the node is
+    # declared down: no node can run a job any more.  Longer jobs, so the
+    # healthy nodes are still busy then.
+    run = fault_run(5)
+    run.wait_mid_run(VICTIM)
+    slurm.crash(VICTIM)
+    status = run.finish()
+    assert slurm.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
+    assert status == 1, run.stderr
+    assert len(run.fatal_lines()) == 1, run.stderr
+    assert run.retired() <= {VICTIM}, run.stderr
+    completed = run.completed()
+    assert set(completed.values()) <= {1}, run.stderr
+    assert set(completed) <= set(run.markers("done")), run.stderr
+    not_completed = set(range(1, FAULT_JOBS + 1)) - set(completed)
+    assert not_completed, "the run ended before the allocation was revoked"
+    assert run.reported_not_completed() == not_completed, run.stderr
+    assert ("%d of %d jobs were not completed" % (len(not_completed), FAULT_JOBS)
+            in run.stderr), run.stderr
