@@ -17,14 +17,13 @@ import time
 import pytest
 from slurm_cluster import NODE, NODES, LoopbackSlurm
 
+from clstr.endreport import ReportReader
 from clstr.exectransport import (
     SRUN_TEMPLATE,
-    StartMarkerFilter,
     classify_exec,
     exec_argv,
-    is_srun_task_report,
-    marker_prefix,
     parse_exec_template,
+    wrapper_words,
 )
 from clstr.failures import Kind
 from clstr_run import REPO, joblog_rows, wait_until
@@ -45,36 +44,35 @@ def slurm():
         yield cluster
 
 
-# The smallest wrapper that says the job started: the real one (clstr.ssh)
-# also stops the job when clstr goes away.
-MARKING_WRAPPER = marker_prefix() + 'exec sh -c "$1"'
-
-
 def srun_attempt(cluster, host, command, allocation=("-N1", "-n1", "-w", NODE)):
-    """One attempt as the exec transport makes it, inside an salloc; returns
-    (exit code, started, stderr after the marker filter)."""
-    argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), host,
-                     ["sh", "-c", MARKING_WRAPPER, "clstr-job", command])
-    result = cluster.run(["salloc", "--quiet"] + list(allocation) + argv)
-    marker_filter = StartMarkerFilter()
-    stderr = marker_filter.feed(result.stderr) + marker_filter.close()
-    return result.returncode, marker_filter.started, stderr
+    """One attempt as the --exec transport makes it, with clstr's own wrapper,
+    inside an salloc; its stdin held open as clstr holds it (EOF stops the
+    job).  Returns (srun's exit code, the wrapper's reports, the job's stderr
+    as clstr passes it on)."""
+    argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), host, wrapper_words(command.encode()))
+    stdin_read, stdin_write = os.pipe()
+    try:
+        result = cluster.run(["salloc", "--quiet"] + list(allocation) + argv, stdin=stdin_read)
+    finally:
+        os.close(stdin_read)
+        os.close(stdin_write)
+    reports = ReportReader(before_start="drop", after_end="drop")
+    stderr = reports.feed(result.stderr) + reports.close()
+    return result.returncode, reports, stderr, result.stderr
 
 
-def test_srun_job_exit_is_the_jobs_and_the_marker_is_gone(slurm):
-    code, started, stderr = srun_attempt(slurm, NODE, "echo oops >&2; exit 3")
-    assert (code, started) == (3, True)
-    assert classify_exec(code, started, stderr).kind is Kind.JOB_EXIT
-    lines = stderr.splitlines(True)
-    assert b"oops\n" in lines
-    # What else srun says is its report of the task's end, nothing more.
-    assert all(is_srun_task_report(line) for line in lines if line != b"oops\n")
+def test_srun_job_exit_is_reported_by_the_job_and_srun_adds_nothing(slurm):
+    code, reports, stderr, _ = srun_attempt(slurm, NODE, "echo oops >&2; exit 3")
+    # The wrapper exits 0 once it has reported: srun says nothing of its own
+    # ("task 0: Exited with exit code 3") and the status is the report's.
+    assert (code, reports.started, reports.status) == (0, True, 3)
+    assert stderr == b"oops\n"
 
 
 def test_srun_to_a_node_outside_the_allocation_blames_the_node(slurm):
-    code, started, stderr = srun_attempt(slurm, "nosuchnode", "true")
-    failure = classify_exec(code, started, stderr)
-    assert (started, failure.kind) == (False, Kind.TRANSPORT)
+    code, reports, _, said = srun_attempt(slurm, "nosuchnode", "true")
+    failure = classify_exec(code, said)
+    assert (reports.started, failure.kind) == (False, Kind.TRANSPORT)
     assert failure.detail.startswith("srun: error:")
 
 
@@ -82,13 +80,12 @@ def test_srun_past_the_step_limit_stops_the_run():
     with LoopbackSlurm(nodes=[NODE], cpus=1, extra_config=["MaxStepCount=1"]) as limited:
         # salloc's own step count starts at 0: the one step allowed is ours,
         # and a second srun in the same allocation is refused.
-        argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), NODE,
-                         ["sh", "-c", MARKING_WRAPPER, "clstr-job", "true"])
+        argv = exec_argv(parse_exec_template(SRUN_TEMPLATE), NODE, wrapper_words(b"true"))
         script = '"$@"; "$@"'
         result = limited.run(["salloc", "--quiet", "-N1", "-n1", "-w", NODE, "sh", "-c", script,
                               "two"]
                              + argv)
-    failure = classify_exec(result.returncode, False, result.stderr)
+    failure = classify_exec(result.returncode, result.stderr)
     assert failure.kind is Kind.FATAL, result.stderr
     assert "Step limit reached" in failure.detail
 
