@@ -7,7 +7,8 @@ append so a line is never torn, even by a crash.
 
 import os
 
-from .userfiles import open_for_writing, write_all
+from .errors import LocalIOError
+from .userfiles import open_to_own, write_all
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -30,14 +31,22 @@ def joblog_line(seq, host, start, runtime, received, code, command):
 
 class Joblog:
     """The joblog, opened when the run starts: new (truncated, with a header)
-    unless ``resume``, in which case records are appended.  Opening or
-    writing it may raise ``LocalIOError``."""
+    unless ``resume``, in which case a torn last line is cut off and records
+    are appended.  Opening or writing it may raise ``LocalIOError``."""
 
     def __init__(self, path, resume=False):
         self.path = path
-        self._fd = open_for_writing(path, truncate=not resume)
+        self._fd, regular = open_to_own(path)
         try:
-            if os.fstat(self._fd).st_size == 0:
+            if regular:
+                try:
+                    if resume:
+                        cut_torn_tail(self._fd)
+                    else:
+                        os.ftruncate(self._fd, 0)
+                except OSError as error:
+                    raise LocalIOError(path, error)
+            if not regular or os.fstat(self._fd).st_size == 0:
                 write_all(self._fd, JOBLOG_HEADER.encode(), path)
         except BaseException:
             os.close(self._fd)

@@ -170,6 +170,31 @@ def open_for_writing(path, truncate=True):
         raise LocalIOError(path, error)
 
 
+def open_to_own(path):
+    """Open ``path`` for appending, as ``>>`` would, truncating nothing yet:
+    (fd, whether it is a regular file).  A regular file is opened for
+    reading too (--resume cuts a torn last line); anything else (a FIFO,
+    /dev/stdout) is opened for writing only, waiting for a FIFO's reader
+    as a shell would.  Raises LocalIOError."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # missing: created below, or the open says why not
+    flags = os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    try:
+        if regular:
+            try:
+                fd = os.open(path, flags | os.O_RDWR, 0o666)
+            except PermissionError:  # write-only: enough unless resuming
+                fd = os.open(path, flags | os.O_WRONLY, 0o666)
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        else:
+            fd = os.open(path, flags | os.O_WRONLY, 0o666)
+    except OSError as error:
+        raise LocalIOError(path, error)
+    return fd, regular
+
+
 class ReplacedFile:
     """A regular file (or one to be made) rewritten whole by atomic rename, so
     a reader sees the old contents or the new, never half.  ``path`` is where
