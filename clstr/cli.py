@@ -220,6 +220,11 @@ _SSH_ONLY = (("ssh_command", "ssh", "--ssh-command"), ("ssh_option", [], "--ssh-
 _SRUN_SHOWN = "srun --nodes=1 --ntasks=1 --overlap --quiet --job-name=clstr --nodelist={host}"
 
 
+# The largest count any option takes: more slots, uses or attempts than any
+# run can have, small enough that nothing sized by it fills memory.
+MAX_COUNT = 1000000
+
+
 def _count(text):
     try:
         value = int(text)
@@ -227,6 +232,8 @@ def _count(text):
         raise argparse.ArgumentTypeError("not a whole number: %r" % text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative: %r" % text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError("at most %d: %r" % (MAX_COUNT, text))
     return value
 
 
@@ -269,7 +276,9 @@ def _hosts(args):
         from .exectransport import SlurmEnvironmentError, slurm_nodes
         try:
             hosts = [validate_host(name) for name in slurm_nodes(os.environ)]
-        except (SlurmEnvironmentError, NodeSpecError) as error:
+        except SlurmEnvironmentError as error:
+            raise UsageError(str(error))  # it names --slurm already
+        except NodeSpecError as error:
             raise UsageError("--slurm: %s" % error)
     if not hosts:
         raise UsageError("no nodes given: use --node HOST or --node-file FILE")

@@ -123,6 +123,32 @@ def test_a_job_refusing_busy_nodes_still_finds_an_idle_one(cluster):
     assert sorted(result.stdout.splitlines()) == [b"other", b"ran on envnode004"]
 
 
+def test_the_longest_alive_interval_is_one_ssh_accepts(cluster):
+    # 1000000 once became ServerAliveInterval=1e+06, which ssh refuses.
+    result = clstr(cluster, "--alive-interval", "1000000", "--connect-timeout", "1000000",
+                   "-n", "node001", "-j", "echo ok")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ok\n"
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_addresses_in_brackets_reach_ssh_without_them(cluster, tmp_path, mode):
+    # ssh is given the bare address: a config block for the bare names
+    # (pointing at the loopback sshd) is what makes the jobs run.
+    config = open(cluster.ssh_config).read()
+    node_block = config.split("Host ", 2)[1]
+    assert node_block.startswith("node*")
+    own = tmp_path / "ssh_config"
+    own.write_text(config + "Host ::1 fe80::1%eth0" + node_block[len("node*"):])
+    result = clstr(cluster, mode, "--ssh-command", "ssh -F %s" % own, "--tag",
+                   "-n", "[::1]", "-n", "%s@[::1]" % cluster.user, "-n", "[fe80::1%eth0]",
+                   *(["-j", "echo ok"] * 6))
+    assert result.returncode == 0, result.stderr
+    tags = {line.split(b": ")[0] for line in result.stdout.splitlines()}
+    assert len(result.stdout.splitlines()) == 6
+    assert tags <= {b"::1", b"%s@::1" % cluster.user.encode(), b"fe80::1%eth0"}, tags
+
+
 def test_all_nodes_dead_exits_1_and_counts_jobs_not_completed(cluster):
     result = clstr(cluster, "-v", *node_args(cluster.dead_nodes(3)),
                    "-j", "echo a", "-j", "echo b")

@@ -99,6 +99,7 @@ def test_local_template_runs_the_wrapper_with_the_node_name():
     ("2(x3),1", [2, 2, 2, 1]),
     ("1,3(x2)", [1, 3, 3]),
     ("16(x2)", [16, 16]),
+    ("2(x12)", [2] * 12),
 ])
 def test_tasks_per_node_expand(text, counts):
     assert parse_tasks_per_node(text) == counts
@@ -107,6 +108,14 @@ def test_tasks_per_node_expand(text, counts):
 @pytest.mark.parametrize("text", ["", "x", "2(3)", "2(x)", "-1", "2(x3"])
 def test_unreadable_tasks_per_node_is_an_error(text):
     with pytest.raises(SlurmEnvironmentError, match="SLURM_TASKS_PER_NODE"):
+        parse_tasks_per_node(text)
+
+
+@pytest.mark.parametrize("text", ["100001", "1(x100001)", "50001(x2)", "1,100000"])
+def test_tasks_per_node_beyond_the_names_limit_is_an_error(text):
+    # The limit is checked before the list is built: "99999999(x4)" once
+    # filled gigabytes.
+    with pytest.raises(SlurmEnvironmentError, match="more than 100000 slots"):
         parse_tasks_per_node(text)
 
 

@@ -50,6 +50,27 @@ def test_ordinary_hostnames_are_accepted(name):
     assert validate_host(name) == name
 
 
+@pytest.mark.parametrize("spec, names", [
+    ("[::1]", ["::1"]),
+    ("me@[::1]", ["me@::1"]),
+    ("[fe80::1%eth0]", ["fe80::1%eth0"]),
+    ("[2001:db8::1],lab[1-2]", ["2001:db8::1", "lab1", "lab2"]),
+])
+def test_an_address_in_brackets_loses_its_brackets(spec, names):
+    assert [validate_host(name) for name in expand(spec)] == names
+
+
+@pytest.mark.parametrize("spec", ["lab[::1]", "[::1]x", "[1-2,::1]", "[1:2][3]"])
+def test_a_bracket_body_with_a_colon_is_never_a_range(spec):
+    with pytest.raises(NodeSpecError, match="address in brackets"):
+        expand(spec)
+
+
+def test_ssh_times_are_whole_numbers_ssh_accepts():
+    options = SshSettings(connect_timeout=1000000, alive_interval=1000000).default_options()
+    assert "ConnectTimeout=1000000" in options and "ServerAliveInterval=1000000" in options
+
+
 def test_node_file_skips_comments_and_blank_lines_and_keeps_duplicates():
     lines = ["# lab\n", "\n", "a\r\n", "a  # twice: two slots\n", "b[1-2]\n"]
     assert parse_node_lines(lines, "nodes.txt") == ["a", "a", "b1", "b2"]
