@@ -421,12 +421,14 @@ def open_outputs(plan):
     from .records import Joblog
     from .userfiles import OutputDir, open_for_writing
     opened = dict(vars(plan))
-    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
-    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
+    # The joblog and output directory first: they may be another run's, and
+    # then -o and -e must be left as they were.
     joblog = Joblog(plan.joblog_path, resume=plan.resume) if plan.joblog_path else None
     opened["output_dir"] = None
     if plan.output_dir_path:
         opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
+    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
+    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
     return Plan(**opened), joblog
 
 
@@ -463,6 +465,17 @@ def raise_open_file_limit():
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while the run's own handler is not in place: waiting for a
+        # FIFO's reader or for a node list on stdin, or for a slow reader of
+        # --dry-run.  No traceback, the status a stopped run has; nothing
+        # held is worth writing (and writing it might wait again).
+        os._exit(130)
+
+
+def _main(argv):
     reopen_closed_standard_fds()
     argv = sys.argv[1:] if argv is None else argv
     try:
