@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import shutil
+import stat
 import sys
 
 from . import __version__
@@ -304,6 +305,46 @@ def _check_user_files(args):
     return results.get("--active-nodes")
 
 
+def _regular_identity(stat_of, target):
+    """(device, inode) of ``target`` if it is a regular file, else None (a
+    missing file, /dev/null, a pipe: writing one cannot destroy an input)."""
+    try:
+        info = stat_of(target)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+
+def _check_outputs_are_not_inputs(args, sources, active_nodes):
+    """An output that is a job or node file would be truncated or written
+    into while it is read: a usage error, found before anything is touched."""
+    inputs = {}
+    for source in sources:
+        inputs.setdefault(_regular_identity(os.fstat, source.fd), "job file " + source.name)
+    for path in _flatten(args.node_file):
+        if path == "-":
+            inputs.setdefault(_regular_identity(os.fstat, 0), "node file <stdin>")
+        else:
+            inputs.setdefault(_regular_identity(os.stat, path), "node file " + path)
+    inputs.pop(None, None)
+    if not inputs:
+        return
+    outputs = [("--joblog " + str(args.joblog), os.stat, args.joblog),
+               ("--stdout " + str(args.stdout), os.stat, args.stdout),
+               ("--stderr " + str(args.stderr), os.stat, args.stderr),
+               ("--active-nodes " + str(args.active_nodes), os.stat,
+                active_nodes and active_nodes.path),
+               ("clstr's stdout", os.fstat, 1), ("clstr's stderr", os.fstat, 2)]
+    if args.output_dir:
+        outputs.append(("--output-dir's index", os.stat,
+                        os.path.join(args.output_dir, "index.tsv")))
+    for what, stat_of, target in outputs:
+        if target is not None:
+            clash = inputs.get(_regular_identity(stat_of, target))
+            if clash:
+                raise UsageError("%s is the %s: clstr would write into what it reads" % (what, clash))
+
+
 def _transport(args):
     """The --exec template's words (None for ssh), after checking that no
     ssh-only option came with it; fills in the ssh options' defaults."""
@@ -392,6 +433,12 @@ def make_plan(argv):
         for source in sources:
             source.close()
         raise UsageError(str(error))
+    try:
+        _check_outputs_are_not_inputs(args, sources, active_nodes)
+    except UsageError:
+        for source in sources:
+            source.close()
+        raise
     feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
     pinned = args.on_each_node is not None
     if pinned:
@@ -427,6 +474,10 @@ def open_outputs(plan):
     opened["output_dir"] = None
     if plan.output_dir_path:
         opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
+    # Both are this run's now: change them.
+    for owned in (joblog, opened["output_dir"]):
+        if owned is not None:
+            owned.start()
     opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
     opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
     return Plan(**opened), joblog
@@ -494,6 +545,7 @@ def _main(argv):
         return 0
     from .errors import EXIT_LOCAL_IO, LocalIOError
     from .runner import Runner
+    from .userfiles import InUseError
     try:
         run_plan, joblog = open_outputs(plan)
         raise_open_file_limit()
@@ -503,3 +555,7 @@ def _main(argv):
         # for those before it starts, and a last guard.
         sys.stderr.write("clstr: %s\n" % error)
         return EXIT_LOCAL_IO
+    except InUseError as error:
+        option = "--joblog" if error.path == plan.joblog_path else "--output-dir"
+        sys.stderr.write("clstr: error: %s %s\n" % (option, error))
+        return 2

@@ -30,27 +30,30 @@ def joblog_line(seq, host, start, runtime, received, code, command):
 
 
 class Joblog:
-    """The joblog, opened when the run starts: new (truncated, with a header)
+    """The joblog, opened (and locked: one run at a time) when the run
+    starts, but changed only by ``start()``: new (truncated, with a header)
     unless ``resume``, in which case a torn last line is cut off and records
-    are appended.  Opening or writing it may raise ``LocalIOError``."""
+    are appended.  Opening may raise ``InUseError``; opening or writing it
+    ``LocalIOError``."""
 
     def __init__(self, path, resume=False):
         self.path = path
-        self._fd, regular = open_to_own(path)
+        self._resume = resume
+        self._fd, self._regular = open_to_own(path)
+
+    def start(self):
+        """Truncate, or cut a torn last line, and write the header to an
+        empty joblog."""
         try:
-            if regular:
-                try:
-                    if resume:
-                        cut_torn_tail(self._fd)
-                    else:
-                        os.ftruncate(self._fd, 0)
-                except OSError as error:
-                    raise LocalIOError(path, error)
-            if not regular or os.fstat(self._fd).st_size == 0:
-                write_all(self._fd, JOBLOG_HEADER.encode(), path)
-        except BaseException:
-            os.close(self._fd)
-            raise
+            if self._regular:
+                if self._resume:
+                    cut_torn_tail(self._fd)
+                else:
+                    os.ftruncate(self._fd, 0)
+            if not self._regular or os.fstat(self._fd).st_size == 0:
+                write_all(self._fd, JOBLOG_HEADER.encode(), self.path)
+        except OSError as error:
+            raise LocalIOError(self.path, error)
 
     def record(self, *fields):
         write_all(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"),

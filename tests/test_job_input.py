@@ -70,6 +70,7 @@ def test_resume_cuts_a_last_record_torn_anywhere_before_appending(tmp_path):
         with open(path, "wb") as log:
             log.write(HEADER.encode() + whole + tail)
         joblog = Joblog(path, resume=True)
+        joblog.start()
         joblog.record(2, "a", 1.0, 0.5, 3, 0, "two \u00e9t\u00e9")
         joblog.close()
         # Read back whole: every line a record, job 2 completed, and the

@@ -12,7 +12,7 @@ import termios
 
 import pytest
 
-from clstr_run import REPO, wait_until
+from clstr_run import REPO, clstr, start_clstr, wait_until
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
 F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
@@ -108,3 +108,120 @@ def test_ctrl_c_while_a_slow_reader_takes_the_dry_run_is_quiet(tmp_path):
         os.close(read_end)
         if write_end is not None:
             os.close(write_end)
+
+
+# -- one run per output ---------------------------------------------------------
+
+
+def wait_for_flag(path):
+    """Shell code that waits (at most 30 s) for ``path`` to exist."""
+    return ("i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+            % path)
+
+
+@pytest.mark.parametrize("option", ["--joblog", "--output-dir"])
+def test_a_second_run_given_a_running_runs_output_stops_and_changes_nothing(
+        cluster, shared_dir, tmp_path, option):
+    target = tmp_path / "shared-output"
+    go = os.path.join(shared_dir, "go")
+    first = start_clstr(cluster, option, str(target), "-n", "node001",
+                        "-j", "echo first-done", "-j", wait_for_flag(go) + "; echo first")
+    try:
+        joblog = target if option == "--joblog" else target / "index.tsv"
+        wait_until(lambda: b"echo first-done" in (joblog.read_bytes() if joblog.exists()
+                                                  else b""), what="the first run's record")
+        before = joblog.read_bytes()
+        second_out = tmp_path / "second.out"
+        extra = []
+        if option == "--output-dir":
+            # A joblog of its own, free: left as it was all the same.
+            own_joblog = tmp_path / "own-joblog"
+            own_joblog.write_text("an earlier run's\n")
+            extra = ["--joblog", str(own_joblog)]
+        second = clstr(cluster, option, str(target), "-o", str(second_out), "-n", "node002",
+                       "-j", "echo second", *extra)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.decode().splitlines()
+        assert lines == ["clstr: error: %s %s is in use by another clstr run"
+                         % (option, target)], lines
+        assert joblog.read_bytes() == before
+        assert not second_out.exists()
+        if extra:
+            assert own_joblog.read_text() == "an earlier run's\n"
+        open(go, "w").close()
+        out, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, err
+    records = joblog.read_bytes()
+    assert records.startswith(before) and b"\techo second" not in records, records
+    assert b"\t%s; echo first" % wait_for_flag(go).encode() in records, records
+
+
+def test_output_dir_shows_no_earlier_runs_files_for_a_job_that_did_not_complete(
+        cluster, shared_dir, tmp_path):
+    results = tmp_path / "results"
+    fail = os.path.join(shared_dir, "fail")
+    args = ["--output-dir", str(results), "-n", "node001",
+            "-j", "echo one", "-j", "[ -e %s ] && exit 3; echo two" % fail]
+    assert clstr(cluster, *args).returncode == 0
+    (results / "notes.txt").write_text("mine")
+    (results / "7.out.txt").write_text("mine too")
+    open(fail, "w").close()
+    second = clstr(cluster, *args)
+    assert second.returncode == 1, second.stderr
+    assert sorted(os.listdir(str(results))) == [
+        "1.err", "1.out", "7.out.txt", "index.tsv", "notes.txt"]
+    assert (results / "notes.txt").read_text() == "mine"
+
+
+def test_output_dir_on_resume_keeps_only_files_of_jobs_it_shows_completed(
+        cluster, shared_dir, tmp_path):
+    results, joblog = tmp_path / "results", tmp_path / "joblog"
+    fail = os.path.join(shared_dir, "fail")
+    open(fail, "w").close()
+    args = ["--output-dir", str(results), "--joblog", str(joblog), "-n", "node001",
+            "--job-failure", "job", "-j", "echo one", "-j", "[ -e %s ] && exit 3; echo two" % fail, "-j", "echo three"]
+    assert clstr(cluster, *args).returncode == 1
+    # Files a job that never completed cannot have made (an earlier run's).
+    (results / "2.out").write_text("stale")
+    (results / "9.err").write_text("stale")
+    (results / "3.out").write_text("stale; job 3 completes again")
+    joblog.write_bytes(b"".join(line for line in joblog.read_bytes().splitlines(True)
+                                if b"echo three" not in line))
+    again = clstr(cluster, *args, "--resume")
+    assert again.returncode == 1, again.stderr
+    assert sorted(os.listdir(str(results))) == ["1.err", "1.out", "3.err", "3.out", "index.tsv"]
+    assert (results / "1.out").read_text() == "one\n"
+    assert (results / "3.out").read_text() == "three\n"
+
+
+# -- an output is never an input ------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--joblog", "--stdout", "--stderr", "--active-nodes"])
+@pytest.mark.parametrize("input_option", ["-J", "-N"])
+def test_an_output_that_is_a_job_or_node_file_is_a_usage_error(tmp_path, option, input_option):
+    jobs, nodes = tmp_path / "jobs", tmp_path / "nodes"
+    jobs.write_text("echo a\n")
+    nodes.write_text("localhost\n")
+    shared = str(jobs if input_option == "-J" else nodes)
+    before = open(shared, "rb").read()
+    process = start("-N", str(nodes), "-J", str(jobs), option, shared)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and "%s %s is the" % (option, shared) in lines[0], lines
+    assert open(shared, "rb").read() == before
+
+
+def test_clstrs_own_stdout_appending_to_its_job_file_is_a_usage_error(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.write_text("echo a\n")
+    with open(str(jobs), "ab") as appending:
+        process = start("-n", "localhost", "-J", str(jobs), stdout=appending)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, err
+    assert b"clstr's stdout is the job file" in err
+    assert jobs.read_text() == "echo a\n"
