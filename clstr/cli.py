@@ -342,7 +342,8 @@ def _check_outputs_are_not_inputs(args, sources, active_nodes):
         if target is not None:
             clash = inputs.get(_regular_identity(stat_of, target))
             if clash:
-                raise UsageError("%s is the %s: clstr would write into what it reads" % (what, clash))
+                raise UsageError("%s is the %s: clstr would write into what it reads"
+                                 % (what, clash))
 
 
 def _transport(args):

@@ -182,7 +182,8 @@ def test_output_dir_on_resume_keeps_only_files_of_jobs_it_shows_completed(
     fail = os.path.join(shared_dir, "fail")
     open(fail, "w").close()
     args = ["--output-dir", str(results), "--joblog", str(joblog), "-n", "node001",
-            "--job-failure", "job", "-j", "echo one", "-j", "[ -e %s ] && exit 3; echo two" % fail, "-j", "echo three"]
+            "--job-failure", "job", "-j", "echo one",
+            "-j", "[ -e %s ] && exit 3; echo two" % fail, "-j", "echo three"]
     assert clstr(cluster, *args).returncode == 1
     # Files a job that never completed cannot have made (an earlier run's).
     (results / "2.out").write_text("stale")
