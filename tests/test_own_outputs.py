@@ -11,8 +11,10 @@ import sys
 import termios
 
 import pytest
+from test_local_io import after_sleeps, sleep_marker, small_tmpfs  # noqa: F401 (a fixture)
 
-from clstr_run import REPO, clstr, start_clstr, wait_until
+from clstr.errors import EXIT_LOCAL_IO
+from clstr_run import REPO, clstr, node_args, start_clstr, wait_until
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
 F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
@@ -226,3 +228,50 @@ def test_clstrs_own_stdout_appending_to_its_job_file_is_a_usage_error(tmp_path):
     assert process.returncode == 2, err
     assert b"clstr's stdout is the job file" in err
     assert jobs.read_text() == "echo a\n"
+
+
+# -- write errors -----------------------------------------------------------------
+
+
+def test_a_closed_stderr_pipe_stops_the_run_with_the_local_io_status(cluster):
+    # As `clstr ... 2>&1 >/dev/null | head -1`: stderr's reader is gone.
+    # The jobs are stopped (the sleep would take an hour), nothing hangs.
+    marker = sleep_marker()
+    read_end, write_end = os.pipe()
+    try:
+        process = start_clstr(cluster, "-n", "node001", "-n", "node002",
+                              "-j", "sleep %s" % marker,
+                              "-j", after_sleeps(marker, 1, "i=0; while [ $i -lt 2000 ]; do "
+                                                 "echo err $i >&2; i=$((i+1)); done"),
+                              stdout=subprocess.DEVNULL, stderr=write_end)
+        os.close(write_end)
+        write_end = None
+        os.close(read_end)
+        read_end = None
+        try:
+            process.wait(timeout=90)
+        finally:
+            process.kill()
+            process.wait()
+    finally:
+        for fd in (read_end, write_end):
+            if fd is not None:
+                os.close(fd)
+    assert process.returncode == EXIT_LOCAL_IO
+    assert cluster.remote_processes_left(marker) == []
+
+
+def test_a_full_tmpdir_under_long_lines_stops_the_run_and_never_hangs_its_end(
+        cluster, small_tmpfs):  # noqa: F811 (the fixture imported above)
+    # Lines past 1 MiB wait in temporary files.  The end of such a run once
+    # waited forever for a line separator queued with no writer (about one
+    # run in ten; the unit test in test_unit_io.py hits it every time).
+    env = dict(os.environ, TMPDIR=small_tmpfs)
+    for _ in range(3):
+        result = clstr(cluster, "-v", *node_args(cluster.nodes(4) * 2),
+                       *(["-j", "head -c 3000000 /dev/zero | tr '\\0' x; echo"] * 8), env=env)
+        stderr = result.stderr.decode()
+        assert result.returncode == EXIT_LOCAL_IO, stderr
+        assert ("clstr: cannot write a temporary file in %s: No space left on device"
+                % small_tmpfs) in stderr.splitlines()
+        assert "retired" not in stderr and "Traceback" not in stderr
