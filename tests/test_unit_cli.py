@@ -80,6 +80,16 @@ def test_counts_are_capped_with_one_line(option):
     assert len(lines) == 1 and "at most 1000000" in lines[0] and option in lines[0], lines
 
 
+def test_exec_host_gets_an_address_without_its_brackets():
+    result = subprocess.run([sys.executable, "-m", "clstr", "--exec", "env H={host}",
+                             "-n", "[::1]", "-n", "me@[fe80::1%eth0]", "--dry-run",
+                             "-j", "x", "-j", "y"],
+                            cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    hosts = sorted(line.split()[1] for line in result.stdout.decode().splitlines())
+    assert hosts == ["H=::1", "H=me@fe80::1%eth0"], result.stdout
+
+
 def test_node_file_error_names_the_line(tmp_path):
     nodes = tmp_path / "nodes"
     nodes.write_text("a\nb[9-1]\n")
