@@ -405,13 +405,17 @@ class OutputDir:
         return fd
 
     def start(self):
-        """Start the index afresh (``resume``: append to it) and remove the
-        N.out and N.err files of jobs it does not show completed, so that no
-        file of an earlier run passes for this one's.  Raises LocalIOError."""
+        """Start the index afresh (``resume``: append to it, less a last line
+        torn by a full disk) and remove the N.out and N.err files of jobs it
+        does not show completed, so that no file of an earlier run passes for
+        this one's.  Raises LocalIOError."""
         fd, path = self._index_fd, self._index_path
         try:
             if self._resume:
-                completed = _completed_in_index(os.pread(fd, os.fstat(fd).st_size, 0))
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+                whole = data[:data.rfind(b"\n") + 1]
+                completed = _completed_in_index(whole)
+                os.ftruncate(fd, len(whole))
             else:
                 completed = set()
                 os.ftruncate(fd, 0)

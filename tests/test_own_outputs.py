@@ -275,3 +275,19 @@ def test_a_full_tmpdir_under_long_lines_stops_the_run_and_never_hangs_its_end(
         assert ("clstr: cannot write a temporary file in %s: No space left on device"
                 % small_tmpfs) in stderr.splitlines()
         assert "retired" not in stderr and "Traceback" not in stderr
+
+
+def test_resume_cuts_a_torn_last_index_line_before_appending(tmp_path):
+    from clstr.userfiles import OutputDir
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "index.tsv").write_bytes(b"seq\tstatus\thost\tcommand\n1\t0\ta\techo one\n2\t0\ta")
+    (results / "1.out").write_bytes(b"one\n")
+    (results / "2.out").write_bytes(b"two\n")
+    outdir = OutputDir(str(results), resume=True)
+    outdir.start()
+    outdir.record(b"2\t0\ta\techo two\n")
+    outdir.close()
+    assert (results / "index.tsv").read_bytes() == (
+        b"seq\tstatus\thost\tcommand\n1\t0\ta\techo one\n2\t0\ta\techo two\n")
+    assert sorted(os.listdir(str(results))) == ["1.out", "index.tsv"]
