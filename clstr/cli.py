@@ -469,18 +469,19 @@ def open_outputs(plan):
     from .records import Joblog
     from .userfiles import OutputDir, open_for_writing
     opened = dict(vars(plan))
-    # The joblog and output directory first: they may be another run's, and
-    # then -o and -e must be left as they were.
+    # The joblog and output directory are locked first: they may be another
+    # run's, and then -o and -e must be left as they were.  They change
+    # last, once -o and -e (a FIFO may keep us waiting for its reader) are
+    # open too.
     joblog = Joblog(plan.joblog_path, resume=plan.resume) if plan.joblog_path else None
     opened["output_dir"] = None
     if plan.output_dir_path:
         opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
-    # Both are this run's now: change them.
+    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
+    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
     for owned in (joblog, opened["output_dir"]):
         if owned is not None:
             owned.start()
-    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
-    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
     return Plan(**opened), joblog
 
 

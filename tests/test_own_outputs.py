@@ -53,13 +53,25 @@ def interrupted_quietly(process):
 def test_ctrl_c_while_opening_a_fifo_nobody_reads_is_quiet(tmp_path, option):
     fifo = tmp_path / "fifo"
     os.mkfifo(str(fifo))
-    process = start("-n", "a", "-j", "echo x", option, str(fifo))
+    # A joblog and an output directory from an earlier run: the run has not
+    # started, so they stay as they were.
+    joblog, results = tmp_path / "joblog", tmp_path / "results"
+    results.mkdir()
+    (results / "index.tsv").write_text("earlier\n")
+    (results / "1.out").write_text("earlier\n")
+    joblog.write_text("earlier\n")
+    extra = [] if option == "--joblog" else ["--joblog", str(joblog)]
+    process = start("-n", "a", "-j", "echo x", option, str(fifo),
+                    "--output-dir", str(results), *extra)
     try:
         wait_until(lambda: blocked_opening_a_fifo(process.pid), what="the FIFO being opened")
         interrupted_quietly(process)
     finally:
         process.kill()
         process.wait()
+    assert joblog.read_text() == "earlier\n"
+    assert sorted(os.listdir(str(results))) == ["1.out", "index.tsv"]
+    assert (results / "index.tsv").read_text() == "earlier\n"
 
 
 def test_ctrl_c_while_waiting_for_a_node_list_is_quiet(tmp_path):
