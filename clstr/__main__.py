@@ -10,7 +10,10 @@ if sys.version_info < (3, 8):  # noqa: UP036 (the point: run on older Pythons)
                          % tuple(sys.version_info[:2]))
     sys.exit(2)
 
-from clstr.cli import main  # noqa: E402
+try:
+    from clstr.cli import main  # noqa: E402
+except KeyboardInterrupt:  # Ctrl-C while starting: no traceback
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import shutil
+import stat
 import sys
 
 from . import __version__
@@ -226,6 +227,11 @@ _PROGRAM_RUNNERS = ("sudo", "env", "nice", "nohup", "ionice", "taskset", "stdbuf
 _SRUN_SHOWN = "srun --nodes=1 --ntasks=1 --overlap --quiet --job-name=clstr --nodelist={host}"
 
 
+# The largest count any option takes: more slots, uses or attempts than any
+# run can have, small enough that nothing sized by it fills memory.
+MAX_COUNT = 1000000
+
+
 def _count(text):
     try:
         value = int(text)
@@ -233,6 +239,8 @@ def _count(text):
         raise argparse.ArgumentTypeError("not a whole number: %r" % text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative: %r" % text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError("at most %d: %r" % (MAX_COUNT, text))
     return value
 
 
@@ -275,7 +283,9 @@ def _hosts(args):
         from .exectransport import SlurmEnvironmentError, slurm_nodes
         try:
             hosts = [validate_host(name) for name in slurm_nodes(os.environ)]
-        except (SlurmEnvironmentError, NodeSpecError) as error:
+        except SlurmEnvironmentError as error:
+            raise UsageError(str(error))  # it names --slurm already
+        except NodeSpecError as error:
             raise UsageError("--slurm: %s" % error)
     if not hosts:
         raise UsageError("no nodes given: use --node HOST or --node-file FILE")
@@ -299,6 +309,47 @@ def _check_user_files(args):
             except UserFileError as error:
                 raise UsageError("%s: cannot write %s: %s" % (option, path, error))
     return results.get("--active-nodes")
+
+
+def _regular_identity(stat_of, target):
+    """(device, inode) of ``target`` if it is a regular file, else None (a
+    missing file, /dev/null, a pipe: writing one cannot destroy an input)."""
+    try:
+        info = stat_of(target)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+
+def _check_outputs_are_not_inputs(args, sources, active_nodes):
+    """An output that is a job or node file would be truncated or written
+    into while it is read: a usage error, found before anything is touched."""
+    inputs = {}
+    for source in sources:
+        inputs.setdefault(_regular_identity(os.fstat, source.fd), "job file " + source.name)
+    for path in _flatten(args.node_file):
+        if path == "-":
+            inputs.setdefault(_regular_identity(os.fstat, 0), "node file <stdin>")
+        else:
+            inputs.setdefault(_regular_identity(os.stat, path), "node file " + path)
+    inputs.pop(None, None)
+    if not inputs:
+        return
+    outputs = [("--joblog " + str(args.joblog), os.stat, args.joblog),
+               ("--stdout " + str(args.stdout), os.stat, args.stdout),
+               ("--stderr " + str(args.stderr), os.stat, args.stderr),
+               ("--active-nodes " + str(args.active_nodes), os.stat,
+                active_nodes and active_nodes.path),
+               ("clstr's stdout", os.fstat, 1), ("clstr's stderr", os.fstat, 2)]
+    if args.output_dir:
+        outputs.append(("--output-dir's index", os.stat,
+                        os.path.join(args.output_dir, "index.tsv")))
+    for what, stat_of, target in outputs:
+        if target is not None:
+            clash = inputs.get(_regular_identity(stat_of, target))
+            if clash:
+                raise UsageError("%s is the %s: clstr would write into what it reads"
+                                 % (what, clash))
 
 
 def _transport(args):
@@ -407,6 +458,12 @@ def make_plan(argv):
         for source in sources:
             source.close()
         raise UsageError(str(error))
+    try:
+        _check_outputs_are_not_inputs(args, sources, active_nodes)
+    except UsageError:
+        for source in sources:
+            source.close()
+        raise
     feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
     pinned = args.on_each_node is not None
     if pinned:
@@ -437,12 +494,19 @@ def open_outputs(plan):
     from .records import Joblog
     from .userfiles import OutputDir, open_for_writing
     opened = dict(vars(plan))
-    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
-    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
+    # The joblog and output directory are locked first: they may be another
+    # run's, and then -o and -e must be left as they were.  They change
+    # last, once -o and -e (a FIFO may keep us waiting for its reader) are
+    # open too.
     joblog = Joblog(plan.joblog_path, resume=plan.resume) if plan.joblog_path else None
     opened["output_dir"] = None
     if plan.output_dir_path:
         opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
+    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
+    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
+    for owned in (joblog, opened["output_dir"]):
+        if owned is not None:
+            owned.start()
     return Plan(**opened), joblog
 
 
@@ -479,6 +543,17 @@ def raise_open_file_limit():
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while the run's own handler is not in place: waiting for a
+        # FIFO's reader or for a node list on stdin, or for a slow reader of
+        # --dry-run.  No traceback, the status a stopped run has; nothing
+        # held is worth writing (and writing it might wait again).
+        os._exit(130)
+
+
+def _main(argv):
     reopen_closed_standard_fds()
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -497,6 +572,7 @@ def main(argv=None):
         return 0
     from .errors import EXIT_LOCAL_IO, LocalIOError
     from .runner import Runner
+    from .userfiles import InUseError
     try:
         run_plan, joblog = open_outputs(plan)
         raise_open_file_limit()
@@ -506,3 +582,7 @@ def main(argv=None):
         # for those before it starts, and a last guard.
         sys.stderr.write("clstr: %s\n" % error)
         return EXIT_LOCAL_IO
+    except InUseError as error:
+        option = "--joblog" if error.path == plan.joblog_path else "--output-dir"
+        sys.stderr.write("clstr: error: %s %s\n" % (option, error))
+        return 2

@@ -25,7 +25,7 @@ import re
 import shlex
 
 from clstr.failures import Failure, Kind
-from clstr.nodeset import NodeSpecError, expand
+from clstr.nodeset import MAX_NAMES, NodeSpecError, expand
 from clstr.ssh import wrapper_argv
 
 HOST_FIELD = "{host}"
@@ -99,11 +99,17 @@ def parse_tasks_per_node(text):
     """The task count of each node, in order, from Slurm's compressed form
     (``$SLURM_TASKS_PER_NODE``: ``2(x3),1`` is [2, 2, 2, 1])."""
     counts = []
+    slots = 0
     for part in text.split(","):
         match = _TASK_COUNT.match(part)
         if not match:
             raise SlurmEnvironmentError("--slurm: cannot read $SLURM_TASKS_PER_NODE %r" % text)
         count, repeat = int(match.group(1)), int(match.group(2) or 1)
+        # Checked before the list is made: "99999999(x4)" would fill memory.
+        slots += count * repeat
+        if slots > MAX_NAMES or len(counts) + repeat > MAX_NAMES:
+            raise SlurmEnvironmentError("--slurm: $SLURM_TASKS_PER_NODE %r gives more than %d "
+                                        "slots" % (text, MAX_NAMES))
         counts.extend([count] * repeat)
     return counts
 

@@ -210,8 +210,8 @@ def open_job_file(path):
 
 
 class JobFeed:
-    """The queue of jobs to run: first any requeued jobs, then fixed commands,
-    then the job files in order.  ``take()`` never blocks."""
+    """The queue of jobs to run: first any jobs put back unstarted, then
+    fixed commands, then the job files in order.  ``take()`` never blocks."""
 
     def __init__(self, commands=(), files=(), skip=None):
         self._skip = skip  # predicate: a job already completed (--resume)
@@ -289,8 +289,15 @@ class JobFeed:
         return None
 
     def requeue(self, job):
-        """Put a job whose attempt failed at the front of the queue."""
+        """Put a job whose attempt never really ran (it could not start, or
+        was throttled) back at the front of the queue."""
         self._retry.append(job)
+
+    def retry_later(self, job):
+        """Put a job whose attempt failed behind every job read so far (not
+        read ahead for it), as 0.1.0 did: one job that fails everywhere
+        cannot retire node after node before the others run."""
+        self._ready.append(job)
 
     @property
     def waiting_count(self):

@@ -106,16 +106,117 @@ def read_log_tail(path):
     return tail
 
 
+# ssh commands (--ssh-command's words) that refused -E: a front end such as
+# a site wrapper may not know it.  Their attempts run without it (and without
+# the LogLevel that goes with it): ssh's messages then come on stderr.
+_REFUSE_LOG_FILE = set()
+
+
+def _command_words(argv):
+    """The --ssh-command words at the head of an ssh argv (before the first
+    -o, which clstr always passes)."""
+    return tuple(argv[:argv.index("-o")]) if "-o" in argv else tuple(argv)
+
+
+def _without_log_file(argv, log_path):
+    """``argv`` without the ``-E log_path`` and ``-o LogLevel=INFO`` clstr
+    added (the last of each: --ssh-command's words and -O come first)."""
+    def last(word, words):
+        return len(words) - 1 - words[::-1].index(word)
+    at = last(log_path, argv)
+    argv = argv[:at - 1] + argv[at + 1:]
+    at = last("LogLevel=INFO", argv)
+    return argv[:at - 1] + argv[at + 1:]
+
+
+def _refused_log_file(code, stdout_seen, stderr_tail):
+    """Whether an ssh command that never created its -E log refused the
+    option, as a front end that does not know it does: it failed as ssh
+    fails (255) or said so, and nothing of a job came out."""
+    return code != 0 and not stdout_seen and (code == 255 or b"-E" in stderr_tail
+                                              or b"-- E" in stderr_tail)
+
+
+class _SshSession(Session):
+    """A local ssh with its own log file (-E), started again without it if
+    the ssh command refuses the option (then never given it again): until
+    the log exists (real ssh makes it before connecting), stderr is held
+    back, so the refusal never shows as the job's output."""
+
+    def __init__(self, loop, argv, on_output, on_end, reports, control_path, log_path):
+        self._loop = loop
+        self._reports = reports
+        self._argv = argv
+        self._on_output = on_output
+        self._on_end = on_end
+        self._control_path = control_path
+        self._log_path = log_path
+        self._held = b""
+        self._stdout_seen = False
+        self._logging = log_path is None  # the log exists: nothing to hold
+        self._stopped = False
+        self._current = self._start()
+
+    def _start(self):
+        return ProcessSession(self._loop, self._argv, self._output, self._ended,
+                              self._classify, self._reports)
+
+    def _output(self, stream, data):
+        if stream == 1:
+            self._stdout_seen = True
+        elif not self._logging:
+            self._logging = os.path.exists(self._log_path)
+            if not self._logging:
+                self._held = (self._held + data)[-STDERR_TAIL:]
+                return
+            data, self._held = self._held + data, b""
+        self._on_output(stream, data)
+
+    def _classify(self, code, stderr_tail, done):
+        if not self._logging:  # before reading the log deletes it
+            self._logging = os.path.exists(self._log_path)
+        log_tail = read_log_tail(self._log_path) if self._log_path else b""
+        master_gone = bool(self._control_path) and not os.path.exists(self._control_path)
+        done(classify(code, stderr_tail, master_gone, log_tail))
+
+    def _ended(self, code, failure):
+        if (not self._logging and not self._stopped
+                and _refused_log_file(code, self._stdout_seen, self._held)):
+            _REFUSE_LOG_FILE.add(_command_words(self._argv))
+            self._argv = _without_log_file(self._argv, self._log_path)
+            self._log_path, self._held, self._logging = None, b"", True
+            try:
+                self._current = self._start()
+                return
+            except OSError as error:
+                failure = Failure(Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror)
+        if self._held:
+            self._on_output(2, self._held)
+        self._on_end(code, failure)
+
+    def stop(self, grace):
+        self._stopped = True
+        self._current.stop(grace)
+
+    def kill(self):
+        self._stopped = True
+        self._current.kill()
+
+    def pause(self):
+        self._current.pause()
+
+    def resume(self):
+        self._current.resume()
+
+
 def ssh_session(loop, argv, on_output, on_end, reports, control_path=None, log_path=None):
     """An attempt through a local ssh.  ``control_path``: the master socket
     it shares, if any (a mux client says nothing when its master dies, so a
     vanished socket is the evidence).  ``log_path``: the file ``argv`` tells
     ssh to log to (-E), read and deleted when the attempt ends."""
-    def classify_end(code, stderr_tail, done):
-        log_tail = read_log_tail(log_path) if log_path else b""
-        master_gone = bool(control_path) and not os.path.exists(control_path)
-        done(classify(code, stderr_tail, master_gone, log_tail))
-    return ProcessSession(loop, argv, on_output, on_end, classify_end, reports)
+    if log_path and _command_words(argv) in _REFUSE_LOG_FILE:
+        argv, log_path = _without_log_file(argv, log_path), None
+    return _SshSession(loop, argv, on_output, on_end, reports, control_path, log_path)
 
 
 def exec_session(loop, argv, on_output, on_end, reports, ask_allocation=None):

@@ -4,6 +4,7 @@ Grammar (as pdsh and ClusterShell write hostlists)::
 
     specs  := spec ("," spec)*          commas inside brackets do not split
     spec   := [user "@"] text ("[" ranges "]" text)*
+            | [user "@"] "[" address "]"   an IPv6 address (it holds ":")
     ranges := range ("," range)*
     range  := N | N "-" M               N <= M; zero padding of N is kept
 
@@ -21,6 +22,10 @@ MAX_NAMES = 100000
 # able to become an ssh option such as -oProxyCommand=...
 _HOST = re.compile(r"[A-Za-z0-9._:@%][A-Za-z0-9._:@%-]*\Z")
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?\Z")
+# An IPv6 address in brackets, as in URLs and ssh's own messages: [::1],
+# user@[fe80::1%eth0].  A bracket body holding ":" is an address, never a
+# range; the brackets go (ssh and {host} want the bare address).
+_BRACKETED_ADDRESS = re.compile(r"([^\[\]@]*@)?\[([\w.%-]*:[\w.:%-]*)\]\Z")
 
 
 class NodeSpecError(ValueError):
@@ -68,6 +73,9 @@ def _expand_ranges(text, spec):
 
 
 def _expand_one(spec):
+    address = _BRACKETED_ADDRESS.match(spec)
+    if address:
+        return [(address.group(1) or "") + address.group(2)]
     names = [""]
     rest = spec
     while rest:
@@ -77,6 +85,9 @@ def _expand_one(spec):
             break
         closing = rest.index("]", opening)
         prefix, body, rest = rest[:opening], rest[opening + 1:closing], rest[closing + 1:]
+        if ":" in body:
+            raise NodeSpecError("an address in brackets must be the whole host, as in "
+                                "[::1] or user@[::1]: %r" % spec)
         values = _expand_ranges(body, spec)
         if len(names) * len(values) > MAX_NAMES:
             raise NodeSpecError("node spec %r expands to too many names" % spec)

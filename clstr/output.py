@@ -98,9 +98,12 @@ class Sink:
         if not spill.size or self.broken:
             spill.close()
             return
+        # First, as it may fail (a full disk): then nothing is queued that
+        # no writer would ever take, and the end of the run cannot hang.
+        reader = spill.reader()
         self._separate_from(source)
         self._open_source = None if spill.ends_with_newline else source
-        self._chunks.append(spill.reader())
+        self._chunks.append(reader)
         # Counted now, though it waits on disk: a slow reader must make
         # clstr stop reading its children, or spill files pile up.
         self._buffered += spill.size
@@ -231,13 +234,26 @@ class SpillBuffer:
             reader.close()
 
     def reader(self):
-        """A reader over everything appended; the buffer belongs to it now."""
+        """A reader over everything appended; the buffer belongs to it now.
+        Raises OSError if what is still buffered cannot be written out (the
+        buffer is then closed)."""
         handle = self._file or self._memory
-        handle.seek(0)
+        try:
+            handle.seek(0)
+        except OSError:
+            _close_quietly(handle)
+            raise
         return _SpillReader(handle)
 
     def close(self):
         (self._file or self._memory).close()
+
+
+def _close_quietly(handle):
+    try:
+        handle.close()  # it flushes, and may fail the same way again
+    except OSError:
+        pass
 
 
 class _SpillReader:

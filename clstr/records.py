@@ -7,7 +7,8 @@ append so a line is never torn, even by a crash.
 
 import os
 
-from .userfiles import open_for_writing, write_all
+from .errors import LocalIOError
+from .userfiles import open_to_own, write_all
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -28,19 +29,30 @@ def joblog_line(seq, host, start, runtime, received, exitval, signum, command):
 
 
 class Joblog:
-    """The joblog, opened when the run starts: new (truncated, with a header)
-    unless ``resume``, in which case records are appended.  Opening or
-    writing it may raise ``LocalIOError``."""
+    """The joblog, opened (and locked: one run at a time) when the run
+    starts, but changed only by ``start()``: new (truncated, with a header)
+    unless ``resume``, in which case a torn last line is cut off and records
+    are appended.  Opening may raise ``InUseError``; opening or writing it
+    ``LocalIOError``."""
 
     def __init__(self, path, resume=False):
         self.path = path
-        self._fd = open_for_writing(path, truncate=not resume)
+        self._resume = resume
+        self._fd, self._regular = open_to_own(path)
+
+    def start(self):
+        """Truncate, or cut a torn last line, and write the header to an
+        empty joblog."""
         try:
-            if os.fstat(self._fd).st_size == 0:
-                write_all(self._fd, JOBLOG_HEADER.encode(), path)
-        except BaseException:
-            os.close(self._fd)
-            raise
+            if self._regular:
+                if self._resume:
+                    cut_torn_tail(self._fd)
+                else:
+                    os.ftruncate(self._fd, 0)
+            if not self._regular or os.fstat(self._fd).st_size == 0:
+                write_all(self._fd, JOBLOG_HEADER.encode(), self.path)
+        except OSError as error:
+            raise LocalIOError(self.path, error)
 
     def record(self, *fields):
         write_all(self._fd, joblog_line(*fields).encode("utf-8", "backslashreplace"),

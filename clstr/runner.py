@@ -192,9 +192,13 @@ class Runner:
                     sinks[key] = other
                     break
             else:
-                on_broken = self._broken_pipe if key == 1 else None
-                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken,
-                                  name=std_names.get(fd) or file_names[key],
+                name = std_names.get(fd) or file_names[key]
+                # A closed stdout pipe is `clstr | head`: 141.  Any other
+                # reader gone (stderr's, an -e FIFO's) is a write error.
+                on_broken = self._broken_pipe if key == 1 else (
+                    lambda name=name: self._local_io_failed(LocalIOError(
+                        name, OSError(errno.EPIPE, os.strerror(errno.EPIPE)))))
+                sinks[key] = Sink(self.loop, fd, self._pressure, on_broken, name=name,
                                   on_error=self._local_io_failed)
         return sinks
 

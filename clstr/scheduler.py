@@ -4,8 +4,8 @@ No I/O here: the runner asks for assignments and reports results, so the rules
 can be tested with synthetic events.
 
 The rule from clstr 0.1.0: ssh exiting non-zero cannot be told apart from the
-node failing, so the node is assumed broken.  The job goes back on the queue
-to run elsewhere and the host gets no more work (its other running jobs may
+node failing, so the node is assumed broken.  The job goes to the back of the
+queue to run elsewhere and the host gets no more work (its other running jobs may
 finish).  Users rely on this to filter nodes (``[ -z "$(users)" ] && job``).
 Refinements, each chosen by the user or forced by ssh's nature:
 - ``job_failure="job"``: a job's own non-zero exit fails that job only;
@@ -108,7 +108,7 @@ class Scheduler:
             self.given_up.append(job)
             outcome.gave_up = True
         else:
-            self.feed.requeue(job)
+            self.feed.retry_later(job)
             outcome.requeued = True
         return outcome
 

@@ -177,7 +177,7 @@ class SshSettings:
             "ConnectTimeout=%d" % max(1, int(round(self.connect_timeout))),
             # Notice a node that hangs mid-job (TCP open, nothing answering):
             # ssh gives up after interval * count seconds.
-            "ServerAliveInterval=%g" % self.alive_interval,
+            "ServerAliveInterval=%d" % self.alive_interval,
             "ServerAliveCountMax=%d" % self.alive_count,
         ]
 

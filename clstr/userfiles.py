@@ -19,7 +19,9 @@
 """
 
 import errno
+import fcntl
 import os
+import re
 import stat
 import tempfile
 
@@ -30,11 +32,44 @@ MAX_SYMLINKS = 40
 
 INDEX_NAME = "index.tsv"
 INDEX_HEADER = b"seq\tstatus\thost\tcommand\n"
+# The files of job N in an output directory.
+_JOB_FILE = re.compile(r"([0-9]+)\.(?:out|err)\Z")
+
+
+def _completed_in_index(data):
+    """The job numbers an index's content shows completed (status 0)."""
+    completed = set()
+    for line in data.split(b"\n"):
+        fields = line.split(b"\t", 2)
+        if len(fields) == 3 and fields[1] == b"0" and fields[0].isdigit():
+            completed.add(int(fields[0]))
+    return completed
 
 
 class UserFileError(Exception):
     """A path clstr cannot write, found before anything started: the reason,
     in a few words (the caller names the option and the path)."""
+
+
+class InUseError(Exception):
+    """An output another running clstr holds (``path`` names it); nothing of
+    it has been changed."""
+
+    def __init__(self, path):
+        super().__init__("%s is in use by another clstr run" % path)
+        self.path = path
+
+
+def lock_for_this_run(fd, path):
+    """Take an advisory lock on the open regular file ``fd`` for as long as
+    it stays open, or raise InUseError if another run holds it.  Where no
+    lock can be had (NFS without a lock daemon), the run goes on unlocked."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise InUseError(path) from None
+    except OSError:
+        pass
 
 
 def current_umask():
@@ -170,6 +205,38 @@ def open_for_writing(path, truncate=True):
         raise LocalIOError(path, error)
 
 
+def open_to_own(path):
+    """Open ``path`` for appending, as ``>>`` would, truncating nothing yet:
+    (fd, whether it is a regular file).  A regular file is opened for
+    reading too (--resume cuts a torn last line) and locked for this run
+    (see ``lock_for_this_run``); anything else (a FIFO, /dev/stdout) is
+    opened for writing only, waiting for a FIFO's reader as a shell would.
+    Raises LocalIOError or InUseError."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # missing: created below, or the open says why not
+    flags = os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    try:
+        if regular:
+            try:
+                fd = os.open(path, flags | os.O_RDWR, 0o666)
+            except PermissionError:  # write-only: enough unless resuming
+                fd = os.open(path, flags | os.O_WRONLY, 0o666)
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        else:
+            fd = os.open(path, flags | os.O_WRONLY, 0o666)
+    except OSError as error:
+        raise LocalIOError(path, error)
+    if regular:
+        try:
+            lock_for_this_run(fd, path)
+        except InUseError:
+            os.close(fd)
+            raise
+    return fd, regular
+
+
 class ReplacedFile:
     """A regular file (or one to be made) rewritten whole by atomic rename, so
     a reader sees the old contents or the new, never half.  ``path`` is where
@@ -300,24 +367,25 @@ class OutputDir:
     """An --output-dir, created (with its parents) when the run starts.  Its
     files are opened without following symlinks, and partial files under
     fresh names, so links planted by others in a directory they can write are
-    never followed.  ``index.tsv`` is started afresh, or appended to when
-    ``resume``; its header is written only to an empty index."""
+    never followed.  ``index.tsv`` is locked for the run when opened (one run
+    at a time) and changed only by ``start()``."""
 
     def __init__(self, path, resume=False):
         self.path = path
+        self._resume = resume
         self._mode = new_file_mode()
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as error:
             raise LocalIOError(path, error)
         self._index_path = os.path.join(path, INDEX_NAME)
-        self._index_fd = self._open_index(resume)
+        self._index_fd = self._open_index()
 
-    def _open_index(self, resume):
+    def _open_index(self):
         path = self._index_path
         try:
             # O_NONBLOCK: a planted FIFO must not hang the open.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
                          | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
         except OSError as error:
             if error.errno == errno.ELOOP:
@@ -325,21 +393,44 @@ class OutputDir:
                                 "in an output directory")
             raise LocalIOError(path, error)
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            if not resume and info.st_size:
-                os.ftruncate(fd, 0)
-                info = os.fstat(fd)
-            if info.st_size == 0:
-                write_all(fd, INDEX_HEADER, path)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LocalIOError(path, OSError(errno.EINVAL, "not a regular file"))
+            lock_for_this_run(fd, self.path)
         except OSError as error:
             os.close(fd)
             raise LocalIOError(path, error)
-        except LocalIOError:
+        except (LocalIOError, InUseError):
             os.close(fd)
             raise
         return fd
+
+    def start(self):
+        """Start the index afresh (``resume``: append to it, less a last line
+        torn by a full disk) and remove the N.out and N.err files of jobs it
+        does not show completed, so that no file of an earlier run passes for
+        this one's.  Raises LocalIOError."""
+        fd, path = self._index_fd, self._index_path
+        try:
+            if self._resume:
+                data = os.pread(fd, os.fstat(fd).st_size, 0)
+                whole = data[:data.rfind(b"\n") + 1]
+                completed = _completed_in_index(whole)
+                os.ftruncate(fd, len(whole))
+            else:
+                completed = set()
+                os.ftruncate(fd, 0)
+            if os.fstat(fd).st_size == 0:
+                write_all(fd, INDEX_HEADER, path)
+            names = os.listdir(self.path)
+        except OSError as error:
+            raise LocalIOError(path, error)
+        for name in names:
+            match = _JOB_FILE.match(name)
+            if match and int(match.group(1)) not in completed:
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except OSError as error:
+                    raise LocalIOError(os.path.join(self.path, name), error)
 
     def partial(self, name):
         """A fresh hidden file for what will become ``name``: (fd, its path).

@@ -13,9 +13,9 @@ from clstr.failures import Failure, Kind
 from clstr.jobs import Job, JobFeed, JobInputError, open_job_file
 from clstr.nodes import NodePool
 from clstr.records import (
+    Joblog,
     JoblogError,
     completed_in_joblog,
-    cut_torn_tail,
     failure_report,
     job_key,
     joblog_line,
@@ -53,18 +53,35 @@ def test_a_torn_header_alone_is_an_empty_joblog(tmp_path):
     assert completed_in_joblog(_joblog(tmp_path, "Seq\tHost\tStart")) == set()
 
 
-@pytest.mark.parametrize("tail", ["2\ta\t1.0", "2\ta\t1.0\n", ""])
-def test_a_torn_last_line_is_cut_off_before_appending_so_the_next_resume_reads_it_all(
-        tmp_path, tail):
-    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one")
-    path = _joblog(tmp_path, HEADER + whole + tail)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    try:
-        cut_torn_tail(fd)
-        os.write(fd, joblog_line(2, "a", 1.0, 0.5, 3, 0, 0, "two").encode())
-    finally:
-        os.close(fd)
-    assert completed_in_joblog(path) == {(1, "one"), ("a", "one"), (2, "two"), ("a", "two")}
+def _torn_tails():
+    """The last record cut at every byte offset, with and without a newline
+    after the cut."""
+    record = joblog_line(2, "a", 1.0, 0.5, 3, 0, 0, "two \u00e9t\u00e9")
+    data = record.encode()
+    for cut in range(len(data)):
+        yield data[:cut]
+        yield data[:cut] + b"\n"
+
+
+def test_resume_cuts_a_last_record_torn_anywhere_before_appending(tmp_path):
+    whole = joblog_line(1, "a", 1.0, 0.5, 3, 0, 0, "one").encode()
+    path = str(tmp_path / "joblog")
+    for tail in _torn_tails():
+        with open(path, "wb") as log:
+            log.write(HEADER.encode() + whole + tail)
+        joblog = Joblog(path, resume=True)
+        joblog.start()
+        joblog.record(2, "a", 1.0, 0.5, 3, 0, 0, "two \u00e9t\u00e9")
+        joblog.close()
+        # Read back whole: every line a record, job 2 completed, and the
+        # torn part gone unless it was a whole line (a command cut short
+        # and then a newline is a record of another command).
+        done = completed_in_joblog(path)
+        assert {(1, "one"), (2, "two \u00e9t\u00e9")} <= done, tail
+        with open(path, "rb") as log:
+            lines = log.read().split(b"\n")
+        assert lines[-1] == b"" and all(line.count(b"\t") == 8 for line in lines[:-1]), tail
+        assert len(lines) in (4, 5), tail
 
 
 def test_a_joblog_header_alone_is_not_torn():
@@ -258,17 +275,25 @@ def test_resume_twice_runs_nothing_with_tabs_backslashes_and_line_breaks_in_comm
         assert again.stdout == b""
 
 
-def test_resume_ignores_a_torn_last_joblog_line_and_reruns_its_job(cluster, tmp_path):
+@pytest.mark.parametrize("keep, newline", [(0.5, b""), (0.5, b"\n"), (0.05, b"\n"),
+                                           (0.99, b"")])
+def test_resume_after_a_torn_last_line_runs_its_job_once_and_the_next_resume_nothing(
+        cluster, tmp_path, keep, newline):
     joblog = tmp_path / "joblog"
     args = ["-n", "node001", "--joblog", str(joblog), "-j", "echo one", "-j", "echo two"]
     assert clstr(cluster, *args).returncode == 0
     data = joblog.read_bytes()
     assert data.endswith(b"\techo two\n") or data.endswith(b"\techo one\n")
     last = data.rstrip(b"\n").rsplit(b"\n", 1)[1]
-    joblog.write_bytes(data[:-len(last) // 2])  # as a full disk would leave it
+    # As a full disk would leave it (and a newline after, to be sure).
+    joblog.write_bytes(data[:-len(last) - 1] + last[:int(len(last) * keep)] + newline)
     resumed = clstr(cluster, *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout == last.rsplit(b"\techo ", 1)[1] + b"\n"
+    again = clstr(cluster, *args, "--resume")
+    assert (again.returncode, again.stdout) == (0, b""), again.stderr
+    rows = [line.split(b"\t") for line in joblog.read_bytes().splitlines()[1:]]
+    assert sorted(row[8] for row in rows) == [b"echo one", b"echo two"], rows
 
 
 def test_resume_rejects_garbage_in_the_middle_of_the_joblog(cluster, tmp_path):

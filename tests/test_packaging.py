@@ -89,3 +89,23 @@ def test_the_version_check_catches_a_newer_api(tmp_path):
     if result is None:
         pytest.skip("vermin not installed (pip install vermin)")
     assert result.returncode != 0
+
+
+def test_set_up_puts_the_test_tools_in_a_venv_of_the_systems_own_python(tmp_path):
+    # Debian's /usr/bin/python3 refuses `pip install` (externally managed):
+    # .ci/deps makes a venv from it (seeing the system's modules) for pip.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    venv = tmp_path / "venv"
+    result = subprocess.run(["bash", os.path.join(REPO, ".ci", "deps")], cwd=REPO,
+                            env=dict(os.environ, PYTHON=python, VENV=str(venv)),
+                            capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    own = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import sys; print(sys.prefix != sys.base_prefix)"],
+                         capture_output=True, timeout=60)
+    assert own.stdout == b"True\n", own.stderr
+    # make runs the tests and the demo with the venv's python.
+    for target in ("test", "demo", "lint"):
+        plan = subprocess.run(["make", "-n", target, "VENV=%s" % venv], cwd=REPO,
+                              capture_output=True, timeout=60)
+        assert ("%s/bin/python " % venv).encode() in plan.stdout, (target, plan.stdout)

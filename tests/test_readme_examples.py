@@ -154,7 +154,34 @@ def test_status_and_active_nodes_example():
     fields = progress_fields(completed, total, busy, slots, True, elapsed, retired)
     assert "  ".join(fields) == lines[1]
     assert lines[2].startswith("$ clstr --active-nodes /tmp/running_jobs ")
-    assert lines[3] == "$ head -2 /tmp/running_jobs"
+    # The file lists running jobs: the example reads it during the run.
+    assert lines[2].endswith(" &")
+    assert lines[3].startswith("$ head -2 /tmp/running_jobs ")
     entries = [("e-c07kilf3102", "my_very_exciting_experiment 1"),
                ("e-c07kig2314", "my_very_exciting_experiment 2")]
     assert active_nodes_text(entries).splitlines() == lines[4:]
+
+
+
+def test_the_front_ends_section_names_every_option_clstr_passes():
+    from clstr.ssh import SshSettings
+    settings = SshSettings()
+    argvs = [settings.argv("h", b"c", "/s", "/log"), settings.argv("h", b"c"),
+             settings.master_argv("h", "/s", 60), settings.master_exit_argv("h", "/s")]
+    blocks = checked_blocks()
+    section = "\n".join(blocks["test_the_front_ends_section_names_every_option_clstr_passes"])
+    for argv in argvs:
+        words = [word for word in argv if isinstance(word, str)]
+        for before, word in zip(words, words[1:]):
+            if before == "-o":
+                name = word.split("=")[0]
+                shown = word if name in ("LogLevel", "ControlMaster") else name
+                assert "`%s" % shown in section, shown
+            elif word.startswith("-") and word != "--":
+                assert "`%s" % word in section, word
+
+
+def test_version_is_not_listed_as_a_transport():
+    transports = checked_blocks()["test_version_is_not_listed_as_a_transport"]
+    assert any("--exec" in line for line in transports), transports
+    assert not any("--version" in line for line in transports), transports

@@ -85,6 +85,67 @@ def test_job_exiting_non_zero_retires_its_node_and_reruns_elsewhere(cluster, sha
     assert re.search(rb"node node00[12] retired: job exit 3", result.stderr), result.stderr
 
 
+def test_a_failed_job_waits_behind_the_others_so_they_still_run(cluster, shared_dir):
+    # The case: the failing job retires node001; 'long' holds
+    # node002 until then.  Behind 'short' in the queue, the failing job
+    # cannot take node002 (and retire it) before 'short' runs there.
+    failed = os.path.join(shared_dir, "failed")
+    result = clstr(cluster, "-v", *node_args(cluster.nodes(2)),
+                   "-j", "touch %s; exit 3" % failed,
+                   "-j", "i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; "
+                         "i=$((i+1)); done; echo long" % failed,
+                   "-j", "echo short")
+    assert result.returncode == 1, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"long", b"short"], result.stderr
+    assert b"1 of 3 jobs were not completed" in result.stderr
+
+
+def test_one_job_failing_everywhere_cannot_keep_200_others_from_running(cluster, tmp_path):
+    # Default options (--max-attempts 0): the bad job retires a node each
+    # time it runs, but it runs only after every job read before its retry.
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("exit 3\n" + "".join("echo job %d\n" % i for i in range(200)))
+    result = clstr(cluster, *node_args(cluster.nodes(20)), "-J", str(jobs))
+    assert result.returncode == 1, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(b"job %d" % i for i in range(200))
+    assert b"1 of 201 jobs were not completed" in result.stderr
+
+
+def test_a_job_refusing_busy_nodes_still_finds_an_idle_one(cluster):
+    # Node filtering: the job refuses envnode001..003 (as if busy) and is
+    # tried on node after node until envnode004 takes it.
+    job = 'case "$CLSTR_TEST_NODE" in envnode00[123]) exit 1;; esac; echo "ran on $CLSTR_TEST_NODE"'
+    result = clstr(cluster, *node_args(cluster.env_nodes(4)), "-j", job, "-j", "echo other")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"other", b"ran on envnode004"]
+
+
+def test_the_longest_alive_interval_is_one_ssh_accepts(cluster):
+    # 1000000 once became ServerAliveInterval=1e+06, which ssh refuses.
+    result = clstr(cluster, "--alive-interval", "1000000", "--connect-timeout", "1000000",
+                   "-n", "node001", "-j", "echo ok")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ok\n"
+
+
+@pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])
+def test_addresses_in_brackets_reach_ssh_without_them(cluster, tmp_path, mode):
+    # ssh is given the bare address: a config block for the bare names
+    # (pointing at the loopback sshd) is what makes the jobs run.
+    config = open(cluster.ssh_config).read()
+    node_block = config.split("Host ", 2)[1]
+    assert node_block.startswith("node*")
+    own = tmp_path / "ssh_config"
+    own.write_text(config + "Host ::1 fe80::1%eth0" + node_block[len("node*"):])
+    result = clstr(cluster, mode, "--ssh-command", "ssh -F %s" % own, "--tag",
+                   "-n", "[::1]", "-n", "%s@[::1]" % cluster.user, "-n", "[fe80::1%eth0]",
+                   *(["-j", "echo ok"] * 6))
+    assert result.returncode == 0, result.stderr
+    tags = {line.split(b": ")[0] for line in result.stdout.splitlines()}
+    assert len(result.stdout.splitlines()) == 6
+    assert tags <= {b"::1", b"%s@::1" % cluster.user.encode(), b"fe80::1%eth0"}, tags
+
+
 def test_all_nodes_dead_exits_1_and_counts_jobs_not_completed(cluster):
     result = clstr(cluster, "-v", *node_args(cluster.dead_nodes(3)),
                    "-j", "echo a", "-j", "echo b")

@@ -102,3 +102,29 @@ def test_working_masters_are_not_reported_unavailable(cluster):
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     assert b"connection sharing unavailable" not in result.stderr
+
+
+# Rejects ssh's -E (a log file) as a front end with its own option parser
+# might; everything else is ssh.
+LOG_FILE_REJECTED = r'''#!/bin/sh
+for arg do
+    case $arg in -E) echo "myssh: unknown option -E" >&2; exit 2 ;; esac
+done
+exec ssh -F "$CLSTR_TEST_SSH_CONFIG" "$@"
+'''
+
+
+JOB = "echo job; echo err >&2"
+
+
+@pytest.mark.parametrize("args, count", [(["--no-multiplex"] + ["-j", JOB] * 6, 6),
+                                         (["-E", JOB], 3)],
+                         ids=["no-multiplex", "on-each-node"])
+def test_front_end_rejecting_a_log_file_still_runs_every_job(cluster, tmp_path, args, count):
+    # Direct connections get -E FILE; a front end that refuses it must not
+    # cost the nodes, and its complaint is not a job's output.
+    result, _ = _run(cluster, _front_end(tmp_path, LOG_FILE_REJECTED), "-v",
+                     *node_args(cluster.nodes(3)), *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"job\n" * count
+    assert result.stderr == b"err\n" * count

@@ -41,6 +41,55 @@ def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_
     assert not marker.exists()
 
 
+def run_slurm(env):
+    return subprocess.run([sys.executable, "-m", "clstr", "--slurm", "--dry-run", "-j", "x"],
+                          cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env=env)
+
+
+@pytest.mark.parametrize("environ, mentions", [
+    ({}, "--slurm: not inside a Slurm allocation"),
+    ({"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n[1-4]", "SLURM_TASKS_PER_NODE": "100001(x4)"},
+     "--slurm: $SLURM_TASKS_PER_NODE '100001(x4)' gives more than 100000 slots"),
+])
+def test_slurm_environment_errors_say_slurm_once(environ, mentions):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    result = run_slurm(dict(env, **environ))
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clstr: error: " + mentions), lines
+    assert lines[0].count("--slurm") == 1, lines
+
+
+def test_slurm_two_tasks_on_each_of_twelve_nodes():
+    env = dict(os.environ, SLURM_JOB_ID="7", SLURM_JOB_NODELIST="n[01-12]",
+               SLURM_TASKS_PER_NODE="2(x12)")
+    result = run_slurm(env)
+    assert result.returncode == 0, result.stderr
+    hosts = [line.split("--nodelist=", 1)[1].split()[0] for line in
+             result.stdout.decode().splitlines() if "--nodelist=" in line]
+    assert hosts and set(hosts) <= {"n%02d" % n for n in range(1, 13)}, result.stdout
+
+
+@pytest.mark.parametrize("option", ["--max-nodes", "--max-node-uses", "--max-attempts",
+                                    "--max-sessions"])
+def test_counts_are_capped_with_one_line(option):
+    result = run("-n", "a", "-j", "x", option, "99999999999")
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "at most 1000000" in lines[0] and option in lines[0], lines
+
+
+def test_exec_host_gets_an_address_without_its_brackets():
+    result = subprocess.run([sys.executable, "-m", "clstr", "--exec", "env H={host}",
+                             "-n", "[::1]", "-n", "me@[fe80::1%eth0]", "--dry-run",
+                             "-j", "x", "-j", "y"],
+                            cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    hosts = sorted(line.split()[1] for line in result.stdout.decode().splitlines())
+    assert hosts == ["H=::1", "H=me@fe80::1%eth0"], result.stdout
+
+
 def test_node_file_error_names_the_line(tmp_path):
     nodes = tmp_path / "nodes"
     nodes.write_text("a\nb[9-1]\n")

@@ -107,6 +107,14 @@ def test_unreadable_tasks_per_node_is_an_error(text):
         parse_tasks_per_node(text)
 
 
+@pytest.mark.parametrize("text", ["100001", "1(x100001)", "50001(x2)", "1,100000"])
+def test_tasks_per_node_beyond_the_names_limit_is_an_error(text):
+    # The limit is checked before the list is built: "99999999(x4)" once
+    # filled gigabytes.
+    with pytest.raises(SlurmEnvironmentError, match="more than 100000 slots"):
+        parse_tasks_per_node(text)
+
+
 def _allocation(nodelist, tasks):
     return {"SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": nodelist, "SLURM_TASKS_PER_NODE": tasks}
 

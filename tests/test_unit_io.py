@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from clstr.child import ChildProcess
 from clstr.lines import LineAssembler
 from clstr.loop import EventLoop
@@ -155,6 +157,27 @@ def test_a_closed_reader_is_reported_as_broken():
     sink.close()
     loop.close()
     assert "broken" in events
+
+
+def test_a_spilled_line_that_cannot_be_read_back_leaves_nothing_unwritten():
+    # A full $TMPDIR: the spill file's last bytes cannot be written, so
+    # handing it to the sink fails.  The newline the sink would have put
+    # after another job's unterminated line must not be left queued with no
+    # writer (the end of the run waited for it forever).
+    loop, sink, read_end, write_end, _ = sink_to_pipe()
+    sink.write("a", b"unterminated")
+    drain(loop, sink, read_end)
+    spill = SpillBuffer()
+    spill._file = open("/dev/full", "w+b")  # writes fail: No space left on device
+    spill.append(b"x" * 100)
+    with pytest.raises(OSError):
+        sink.write_spilled("b", spill)
+    assert not sink.pending
+    sink.write("c", b"later\n")
+    data = drain(loop, sink, read_end)
+    sink.close()
+    loop.close()
+    assert not sink.pending and data == b"\nlater\n"
 
 
 def test_spill_buffer_moves_to_disk_and_reads_back_whole():

@@ -7,7 +7,7 @@ import pytest
 
 from clstr.delivery import tag_lines
 from clstr.failures import Failure, Kind, classify, job_exit
-from clstr.jobs import JobFeed, split_job_lines
+from clstr.jobs import JobFeed, open_job_file, split_job_lines
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
 from clstr.records import completed_in_joblog, joblog_line
@@ -55,6 +55,27 @@ def test_a_hostname_can_never_become_an_option_or_shell_syntax(name):
                                   "fe80::1%eth0", "e-c07kilf901"])
 def test_ordinary_hostnames_are_accepted(name):
     assert validate_host(name) == name
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("[::1]", ["::1"]),
+    ("me@[::1]", ["me@::1"]),
+    ("[fe80::1%eth0]", ["fe80::1%eth0"]),
+    ("[2001:db8::1],lab[1-2]", ["2001:db8::1", "lab1", "lab2"]),
+])
+def test_an_address_in_brackets_loses_its_brackets(spec, names):
+    assert [validate_host(name) for name in expand(spec)] == names
+
+
+@pytest.mark.parametrize("spec", ["lab[::1]", "[::1]x", "[1-2,::1]", "[1:2][3]"])
+def test_a_bracket_body_with_a_colon_is_never_a_range(spec):
+    with pytest.raises(NodeSpecError, match="address in brackets"):
+        expand(spec)
+
+
+def test_ssh_times_are_whole_numbers_ssh_accepts():
+    options = SshSettings(connect_timeout=1000000, alive_interval=1000000).default_options()
+    assert "ConnectTimeout=1000000" in options and "ServerAliveInterval=1000000" in options
 
 
 def test_node_file_skips_comments_and_blank_lines_and_keeps_duplicates():
@@ -248,11 +269,43 @@ def test_job_lines_lose_newline_and_cr_and_blank_lines_but_keep_bytes():
     assert split_job_lines(b"a\r\n\n  \nb \xff\nc") == [b"a", b"b \xff", b"c"]
 
 
-def test_requeued_jobs_come_before_new_ones():
+def test_jobs_put_back_unstarted_come_before_new_ones():
     feed = feed_of("1", "2")
     first = feed.take()
     feed.requeue(first)
     assert feed.take() is first and feed.take().command == b"2"
+
+
+def test_a_failed_job_waits_behind_the_jobs_read_so_far():
+    pool = NodePool(["a", "b", "c"], rng=random.Random(0))
+    scheduler = Scheduler(pool, feed_of("bad", "1", "2"))
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, job_exit(3))
+    order = []
+    for _ in range(3):
+        job, slot = scheduler.next_assignment()
+        order.append(job.command)
+        scheduler.attempt_finished(job, slot, None)
+    assert order == [b"1", b"2", b"bad"]
+
+
+def test_a_failed_job_is_retried_before_jobs_not_yet_read(tmp_path):
+    # Behind what was read, not behind what a file still holds: the job
+    # is not held back for reading ahead.
+    path = tmp_path / "jobs"
+    path.write_bytes(b"".join(b"job %d\n" % i for i in range(1, 20001)))
+    feed = JobFeed(files=[open_job_file(str(path))])
+    scheduler = Scheduler(NodePool(["a", "b"], rng=random.Random(0)), feed)
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, job_exit(3))
+    seen = []
+    while True:
+        assignment = scheduler.next_assignment()
+        seen.append(assignment[0])
+        scheduler.attempt_finished(assignment[0], assignment[1], None)
+        if assignment[0] is job:
+            break
+    assert len(seen) < 20000 and seen[-2].seq < 20000
 
 
 def test_joblog_round_trip_for_resume(tmp_path):

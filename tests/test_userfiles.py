@@ -444,7 +444,7 @@ def _raises_local_io(action, what):
 
 def test_a_joblog_that_cannot_be_written_is_a_local_io_error():
     from clstr.records import Joblog
-    error = _raises_local_io(lambda: Joblog("/dev/full"), "/dev/full")
+    error = _raises_local_io(lambda: Joblog("/dev/full").start(), "/dev/full")
     assert error.error.errno == errno.ENOSPC
 
 
@@ -469,6 +469,7 @@ def test_output_dir_write_failures_are_local_io_errors_and_leave_no_partial(tmp_
     from clstr.delivery import Delivery
     from clstr.userfiles import OutputDir
     outdir = OutputDir(str(tmp_path / "out"))
+    outdir.start()
     delivery = Delivery({}, output_dir=outdir)
     files = delivery.open(1, "host")
     partial = files._partials[1]

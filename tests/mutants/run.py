@@ -21,7 +21,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-SKIPPED = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.pyz", "build",
+SKIPPED = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "*.pyz", "build",
                                  "dist", "*.egg-info")
 
 

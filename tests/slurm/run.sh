@@ -30,6 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         "${missing[@]}" </dev/null
 fi
 PYTHON=$PYTHON bash .ci/deps pytest
+PYTHON=${VENV:-.venv}/bin/python  # where .ci/deps put pytest
 
 "$PYTHON" tests/slurm/smoke.py
 CLSTR_SLURM_TEST=1 "$PYTHON" -m pytest -q -rs tests/slurm "$@"
