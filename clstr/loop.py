@@ -60,6 +60,11 @@ def exit_code(wait_status):
     return os.WEXITSTATUS(wait_status)
 
 
+# The longest single wait in the selector; a later timer is waited for in
+# steps of this.
+MAX_WAIT = 86400.0
+
+
 class EventLoop:
     """Runs callbacks for readable/writable fds, exited children, timers and
     signals until ``stop()`` is called.  All callbacks run on the loop's thread,
@@ -264,8 +269,10 @@ class EventLoop:
         if not self._timers:
             return None
         # Round up a millisecond so we never wake just before a timer is due
-        # and spin.
-        return max(0.0, self._timers[0][0] - time.monotonic()) + 0.001
+        # and spin.  A timer days away (--alive-interval 1000000) waits in
+        # steps: poll() takes at most about 24 days in milliseconds.
+        wait = max(0.0, self._timers[0][0] - time.monotonic()) + 0.001
+        return min(wait, MAX_WAIT)
 
     def _run_due_timers(self):
         now = time.monotonic()

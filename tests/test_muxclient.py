@@ -167,6 +167,15 @@ def sleep_marker():
     return "sleep 3011.%s%03d" % (RUN_ID, next(_serial))
 
 
+def spelled_apart(marker):
+    """A job running ``marker`` whose own text does not hold it: the
+    wrapper's command line carries the job's text, so a test waiting for
+    the marker's process must not find the wrapper instead (and stop the job
+    before it has started: a TERM reaching a subshell dash has just forked
+    can be lost)."""
+    return marker.replace("sleep ", "s=sleep; $s ", 1).encode()
+
+
 @pytest.fixture
 def loop():
     running = EventLoop()
@@ -291,7 +300,7 @@ def test_wrapped_job_gives_its_status_and_output(loop, master):
 
 def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, cluster):
     marker = sleep_marker()
-    outcome = start(loop, master.path, wrapped_command(b"(%s); echo never" % marker.encode()),
+    outcome = start(loop, master.path, wrapped_command(b"(%s); echo never" % spelled_apart(marker)),
                     close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
     # A grace long enough for a loaded machine: what is tested is that EOF
@@ -309,7 +318,8 @@ def test_stop_closes_stdin_and_the_wrapper_stops_the_whole_job(loop, master, clu
 
 def test_master_killed_mid_job_is_a_lost_connection(loop, own_master, cluster):
     marker = sleep_marker()
-    outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
+    outcome = start(loop, own_master.path, wrapped_command(spelled_apart(marker)),
+                    close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
     os.kill(own_master.pid, signal.SIGKILL)
     run_until(loop, lambda: outcome.result is not None)
@@ -324,7 +334,8 @@ def test_master_killed_mid_job_is_a_lost_connection(loop, own_master, cluster):
 
 def test_stop_gives_up_on_a_master_that_does_not_answer(loop, own_master, cluster):
     marker = sleep_marker()
-    outcome = start(loop, own_master.path, wrapped_command(marker.encode()), close_stdin=False)
+    outcome = start(loop, own_master.path, wrapped_command(spelled_apart(marker)),
+                    close_stdin=False)
     run_until(loop, lambda: outcome.opened and cluster.remote_processes(marker))
     pid = own_master.pid
     os.kill(pid, signal.SIGSTOP)

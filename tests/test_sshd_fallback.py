@@ -123,7 +123,7 @@ JOB = "echo job; echo err >&2"
 def test_front_end_rejecting_a_log_file_still_runs_every_job(cluster, tmp_path, args, count):
     # Direct connections get -E FILE; a front end that refuses it must not
     # cost the nodes, and its complaint is not a job's output.
-    result, _ = _run(cluster, _front_end(tmp_path, LOG_FILE_REJECTED), "-v",
+    result = _run(cluster, _front_end(tmp_path, LOG_FILE_REJECTED), "-v",
                      *node_args(cluster.nodes(3)), *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"job\n" * count

@@ -83,7 +83,7 @@ def test_counts_are_capped_with_one_line(option):
 def test_exec_host_gets_an_address_without_its_brackets():
     result = subprocess.run([sys.executable, "-m", "clstr", "--exec", "env H={host}",
                              "-n", "[::1]", "-n", "me@[fe80::1%eth0]", "--dry-run",
-                             "-j", "x", "-j", "y"],
+                             "--on-each-node", "x"],
                             cwd=REPO, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     hosts = sorted(line.split()[1] for line in result.stdout.decode().splitlines())
