@@ -258,13 +258,14 @@ class FirstFailures:
         self._hosts.clear()
 
     def no_node_can_cure(self, host, failure):
-        """Note ``failure`` of ``host``; True once the same words came from
-        SAME_FAILURE_NODES distinct nodes before any job started.  Decided by
-        the words being the same, never by what they say (with ``docker -H
-        ssh://{host}`` a daemon that is down is one node's fault, and says
-        which)."""
+        """Note ``failure`` of ``host``; once the same words came from
+        SAME_FAILURE_NODES distinct nodes before any job started, the nodes
+        that said them (not to blame after all), else an empty set.  Decided
+        by the words being the same, never by what they say (with ``docker
+        -H ssh://{host}`` a daemon that is down is one node's fault, and
+        says which)."""
         if self._job_started or failure.kind is not Kind.TRANSPORT:
-            return False
+            return set()
         hosts = self._hosts.setdefault(failure.detail, set())
         hosts.add(host)
-        return len(hosts) >= SAME_FAILURE_NODES
+        return hosts if len(hosts) >= SAME_FAILURE_NODES else set()

@@ -156,6 +156,7 @@ class Runner:
         self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
         self._first_failures = FirstFailures()
+        self._report_when_stopped = False
         self.sinks = self._make_sinks(plan.stdout_fd, plan.stderr_fd)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir)
@@ -604,12 +605,17 @@ class Runner:
         self._guarded(self._delivery_files(), attempt.out.close, failure is None)
         if attempt.reports.started:
             self._first_failures.job_started()
-        cannot_cure = failure and (failure.kind.stops_run
-                                   or self._first_failures.no_node_can_cure(host, failure))
+        blameless = failure and self._first_failures.no_node_can_cure(host, failure)
+        for name in blameless or ():
+            # Retired for words that turned out to be this machine's fault.
+            self.pool.reinstate(name)
+        cannot_cure = failure and (failure.kind.stops_run or blameless)
         if cannot_cure and not self._stopping:
             # Every node would fail the same way (Slurm's step limit, say):
             # stop instead of retiring them one by one.
             self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
+            # Unlike Ctrl-C, nobody asked for this stop: say what is left.
+            self._report_when_stopped = True
             self._stop(EXIT_INCOMPLETE)
         if self._stopping:
             if failure:
@@ -649,15 +655,20 @@ class Runner:
     # -- ending -------------------------------------------------------------
 
     def _finish(self):
-        incomplete = self.scheduler.not_completed()
-        if incomplete or not self.feed.input_done:
-            self.feed.drain_regular_files()
-            incomplete = self.scheduler.not_completed()
+        incomplete = self._incomplete()
         ok = not incomplete and self.feed.input_done
         self._stopping = True  # nothing new starts now
         self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
         self._report(incomplete)
         self.loop.stop()
+
+    def _incomplete(self):
+        """The jobs that did not complete, the rest of the job files read."""
+        incomplete = self.scheduler.not_completed()
+        if incomplete or not self.feed.input_done:
+            self.feed.drain_regular_files()
+            incomplete = self.scheduler.not_completed()
+        return incomplete
 
     def _report(self, incomplete):
         """The failure report: always when jobs did not complete; with -v also
@@ -728,6 +739,8 @@ class Runner:
 
     def _maybe_finish_stop(self):
         if not self.attempts:
+            if self._report_when_stopped:
+                self._report(self._incomplete())
             self.loop.stop()
 
     def _shut_down(self):

@@ -99,9 +99,11 @@ def test_a_failure_no_node_can_cure_stops_the_run_with_one_line(runtime):
                    *(["-j", "true"] * 6))
     assert result.returncode == 1
     said = result.stderr.decode().splitlines()
-    assert len(said) == 1, said
-    assert "Step limit reached" in said[0]
-    assert "retired" not in said[0]
+    # One line says why; the report then says what was left undone.
+    assert "Step limit reached" in said[0] and "no node can run jobs" in said[0], said
+    assert not [line for line in said[1:] if "Step limit" in line and "job" not in line], said
+    assert said[-1] == "clstr: 6 of 6 jobs were not completed", said
+    assert not [line for line in said if "retired" in line], said
 
 
 def _shell_leaves_a_trapping_child(marker, flags):

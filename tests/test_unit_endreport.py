@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from clstr.endreport import ReportReader, report_printf
-from clstr.failures import Failure, Kind, judge
+from clstr.failures import Failure, FirstFailures, Kind, judge
 
 TOKEN = "0123456789abcdef"
 MARK = b"\x1eclstr-" + TOKEN.encode() + b":"
@@ -142,3 +142,22 @@ def test_never_started_with_a_job_like_status_is_still_the_transports():
 def test_fatal_stays_fatal():
     fatal = Failure(Kind.FATAL, "Slurm allocation 7 is gone")
     assert judge(fatal, 0, True, None).failure is fatal
+
+
+def test_the_same_pre_start_words_from_three_nodes_clear_those_nodes():
+    first = FirstFailures()
+    down = Failure(Kind.TRANSPORT, "Cannot connect to the Docker daemon")
+    assert not first.no_node_can_cure("a", down)
+    assert not first.no_node_can_cure("a", down)
+    assert not first.no_node_can_cure("b", down)
+    assert first.no_node_can_cure("c", down) == {"a", "b", "c"}
+
+
+def test_different_words_or_a_started_job_never_stop_the_run():
+    first = FirstFailures()
+    for host in "abc":
+        assert not first.no_node_can_cure(host, Failure(Kind.TRANSPORT, "no container " + host))
+    first = FirstFailures()
+    first.job_started()
+    down = Failure(Kind.TRANSPORT, "daemon down")
+    assert not any(first.no_node_can_cure(host, down) for host in "abcd")

@@ -327,10 +327,15 @@ def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run):
     slurm.kill_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
-    assert run.retired() == {VICTIM}, run.stderr
+    retired = run.retired()
+    assert retired <= {VICTIM}, run.stderr
+    # A step that has not started on n2 by the start deadline is throttled
+    # under --slurm (a pending step is no dead node): n2 backs off, and is
+    # retired only if srun itself gives up first, or it stays throttled.
+    assert retired == {VICTIM} or "on %s: throttled" % VICTIM in run.stderr, run.stderr
 
 
-def test_a_stopped_slurmd_retires_its_node_only(slurm, fault_run):
+def test_a_stopped_slurmd_sets_back_its_node_only(slurm, fault_run):
     # SIGSTOP: the slurmd still holds its port; srun's launch there waits for
     # an answer (MessageTimeout) that never comes.
     run = fault_run(1, ["--no-kill"])
@@ -338,7 +343,12 @@ def test_a_stopped_slurmd_retires_its_node_only(slurm, fault_run):
     slurm.freeze_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
-    assert run.retired() == {VICTIM}, run.stderr
+    retired = run.retired()
+    assert retired <= {VICTIM}, run.stderr
+    # A step that has not started on n2 by the start deadline is throttled
+    # under --slurm (a pending step is no dead node): n2 backs off, and is
+    # retired only if srun itself gives up first, or it stays throttled.
+    assert retired == {VICTIM} or "on %s: throttled" % VICTIM in run.stderr, run.stderr
 
 
 def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run):
