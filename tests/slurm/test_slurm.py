@@ -283,10 +283,12 @@ class FaultRun:
             self.process.wait()
 
     def completed(self):
-        """{job number: how many times the joblog records it as completed}."""
+        """{job number: how many times the joblog records it as completed
+        (Exitval 0 and no signal: a job clstr stopped as the run stopped is
+        logged with Signal 15, whatever it reported)}."""
         counts = {}
         for row in joblog_rows(self.joblog):
-            if row[6] == b"0":
+            if row[6] == b"0" and row[7] == b"0":
                 seq = int(row[0])
                 counts[seq] = counts.get(seq, 0) + 1
         return counts
