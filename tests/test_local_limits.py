@@ -109,15 +109,17 @@ CASES = [
 @pytest.mark.parametrize("which,limit,hosts,mode", CASES,
                          ids=["ulimit-%s-%d-%d-hosts%s" % (w, v, h, m[1:]) for w, v, h, m in CASES])
 def test_a_local_limit_runs_fewer_jobs_at_once_every_job_once_no_node_retired(
-        local_client, shared_dir, which, limit, hosts, mode):
+        cluster, local_client, shared_dir, which, limit, hosts, mode):
     # The 300 jobs where each costs a session, fewer where each costs
     # a whole ssh login (and where few run at once).
     count = 300 if which == "n" and mode == "--multiplex" else 60
     ran = os.path.join(shared_dir, "ran")
     marker = "%s-%s%d" % (RUN_ID, which, limit)
     jobs = "".join("echo %s %d; echo %d >> %s\n" % (marker, n, n, ran) for n in range(count))
+    logins_before = len(cluster.accepted_logins())
     result = run_limited(local_client, which, limit, mode, "-v", "-n", "node[001-%03d]" % hosts,
                          "-J", "-", stdin=jobs.encode())
+    logins = len(cluster.accepted_logins()) - logins_before
     stderr = result.stderr.decode()
     assert result.returncode == 0, stderr
     assert "retired" not in stderr, stderr
@@ -131,6 +133,10 @@ def test_a_local_limit_runs_fewer_jobs_at_once_every_job_once_no_node_retired(
                       stderr)
     assert len(said) == 1 and 0 < int(said[0]) < hosts, stderr
     assert stderr.count("slots can run at once") == 1, stderr
+    if which == "n" and mode == "--multiplex":
+        # Masters only for the jobs that can run at once: one per host would
+        # cost connections (and fds, for their login-shell probes) in vain.
+        assert logins <= int(said[0]), (logins, stderr)
 
 
 def test_nothing_can_start_gives_up_with_one_line_and_no_node_retired(local_client):
