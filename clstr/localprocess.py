@@ -14,10 +14,12 @@ failures as for a job's, so the remote wrapper writes a start marker first
 
 import os
 import signal
+import time
 
 from .child import ChildProcess
 from .exectransport import classify_exec
 from .failures import Failure, Kind, classify
+from .limits import out_of_resources
 from .transport import Session, StdinPipe
 
 # Bytes of stderr, and of ssh's log, kept for classifying a failure.
@@ -237,16 +239,21 @@ def exec_session(loop, argv, on_output, on_end, reports, ask_allocation=None):
 
 # How long Slurm's controller may take to say whether the allocation runs.
 SQUEUE_TIMEOUT = 10.0
+# squeue could not start for want of fds or processes: try again after this
+# (within SQUEUE_TIMEOUT).
+SQUEUE_RETRY = 0.5
 
 
-def ask_slurm_allocation(loop, job_id, done):
+def ask_slurm_allocation(loop, job_id, done, deadline=None):
     """Ask Slurm whether allocation ``job_id`` still runs, without blocking
     the loop: ``done(failure)`` gets a FATAL Failure if it does not (revoked,
     expired, cancelled: no node can run jobs any more), None if it does or
-    if the controller cannot tell (then the attempt's own failure stands)."""
+    if the controller cannot tell (then the attempt's own failure stands).
+    ``deadline``: the monotonic time by which squeue must have started."""
+    if deadline is None:
+        deadline = time.monotonic() + SQUEUE_TIMEOUT
     state = []
     argv = ["squeue", "-h", "-j", job_id, "-o", "%T"]
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     answered = []
 
     def exited(code):
@@ -270,11 +277,18 @@ def ask_slurm_allocation(loop, job_id, done):
             done(None)
 
     try:
-        child = ChildProcess(loop, argv, devnull, lambda stream, data: state.append(data),
-                             exited)
-    except OSError:
-        done(None)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            child = ChildProcess(loop, argv, devnull, lambda stream, data: state.append(data),
+                                 exited)
+        finally:
+            os.close(devnull)
+    except OSError as error:
+        if out_of_resources(error) and time.monotonic() + SQUEUE_RETRY < deadline:
+            # This machine's limit, not the allocation's: ask again shortly.
+            loop.call_later(SQUEUE_RETRY,
+                            lambda: ask_slurm_allocation(loop, job_id, done, deadline))
+        else:
+            done(None)
         return
-    finally:
-        os.close(devnull)
     timer = loop.call_later(SQUEUE_TIMEOUT, gave_up)

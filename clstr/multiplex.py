@@ -126,6 +126,12 @@ class MasterSet:
         self.directory = directory
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
+    @property
+    def live_count(self):
+        """Masters up or starting: each is a local process (and the local
+        process limit counts them)."""
+        return sum(1 for master in self._masters.values() if master.ready or master.starter)
+
     def group_of(self, slot_index):
         return slot_index // self._per_master
 
@@ -240,7 +246,11 @@ class MasterSet:
             master.idle_since = time.monotonic()
             self._learn_login_shell(master, lambda: on_done(None, None))
 
-        master.check = AliveCheck(self._loop, master.path, self._alive_budget, answered)
+        try:
+            master.check = AliveCheck(self._loop, master.path, self._alive_budget, answered)
+        except OSError as error:
+            # Out of fds: used all the same, as one that does not tell.
+            answered(None, error.strerror)
 
     def _learn_login_shell(self, master, then):
         """Ask the host, through its new master, which login shell sshd runs
@@ -338,8 +348,16 @@ class MasterSet:
         if then is not None:
             master.waiters.append(then)
         if master.check is None:
-            master.check = AliveCheck(self._loop, master.path, self._alive_budget,
-                                      lambda pid, why: self._checked(master, pid, why))
+            try:
+                master.check = AliveCheck(self._loop, master.path, self._alive_budget,
+                                          lambda pid, why: self._checked(master, pid, why))
+            except OSError:
+                # Out of fds: no verdict (never a kill on no evidence); the
+                # next check is due an interval later.
+                waiters, master.waiters = master.waiters, []
+                for then in waiters:
+                    then()
+                self._keep_checking(master)
 
     def _checked(self, master, pid, why):
         master.check = None

@@ -58,6 +58,7 @@ import struct
 import time
 
 from .child import READ_SIZE, OutputPipes
+from .limits import out_of_resources
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -275,6 +276,13 @@ class _Connection:
         self._reply_timer = None
         self._connect_timeout = connect_timeout
         self._connect_started = time.monotonic()
+        # The socket is made here, so that running out of fds raises OSError
+        # to the caller (nothing is started yet), as the pipes do.
+        try:
+            self._unconnected = _new_socket()
+        except OSError:
+            self._close_fds_to_pass()
+            raise
         # Connect from the loop, so that no callback ever runs while the
         # caller is still in this constructor.
         self._timer = loop.call_later(0, self._connect)
@@ -291,6 +299,9 @@ class _Connection:
             if timer is not None:
                 timer.cancel()
         self._timer = self._reply_timer = None
+        if self._unconnected is not None:
+            self._unconnected.close()
+            self._unconnected = None
         if self._sock is not None:
             self._loop.remove_reader(self._fd)
             self._loop.remove_writer(self._fd)
@@ -302,10 +313,10 @@ class _Connection:
 
     def _connect(self):
         self._timer = None
-        sock = None
+        sock, self._unconnected = self._unconnected, None
         try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            if sock is None:
+                sock = _new_socket()
             sock.connect(self._path)
         except (BlockingIOError, InterruptedError):
             # A full backlog (EAGAIN): AF_UNIX gives no writable event for
@@ -314,6 +325,10 @@ class _Connection:
             self._retry_connect()
             return
         except OSError as error:
+            if sock is None and out_of_resources(error):
+                # No fd for the fresh socket yet: as good as a full backlog.
+                self._retry_connect()
+                return
             if sock is not None:
                 sock.close()
             self._finish_error(MuxError.CONNECT_FAILED, _describe(error))
@@ -485,6 +500,12 @@ class _Connection:
             return
         self.close()
         self._report_error(kind, detail)
+
+
+def _new_socket():
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
 
 
 def _describe(error):

@@ -4,6 +4,7 @@ This is the only module that knows all the others; each of them knows only
 what it is handed.
 """
 
+import collections
 import errno
 import os
 import random
@@ -16,6 +17,7 @@ from .endreport import ReportReader
 from .errors import EXIT_LOCAL_IO, LocalIOError
 from .exectransport import exec_argv, wrapper_words
 from .failures import Failure, FirstFailures, Kind, judge
+from .limits import GIVE_UP_AFTER, Shortage, limit_words, open_files_limit, out_of_resources
 from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
@@ -46,11 +48,6 @@ FDS_PER_JOB = 4
 # Files held only for a moment, one at a time: a starting job's two pipe write
 # ends, a master's log, the active-nodes file's temporary, with room to spare.
 FDS_SPARE = 8
-# Starting a job failed for want of these, not for a fault of its own: wait
-# for a running job to end and give them back.
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.EAGAIN)
-# ... and a master that could not start for want of them tries again after this.
-MASTER_RESOURCE_WAIT = 1.0
 # An attempt whose job has not started --connect-timeout plus this long
 # after it was started is given up (a transport that hangs before the job:
 # a silent host behind --exec, a login that never ends).  ssh's own
@@ -87,17 +84,6 @@ def same_file(fd_a, fd_b):
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def open_files_limit():
-    """The soft RLIMIT_NOFILE (cli raised it as far as the hard limit lets),
-    or None if there is none to respect."""
-    try:
-        import resource
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, ValueError, OSError):
-        return None
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
 def open_fd_count():
     """How many fds this process has open now (a generous guess without
     /proc)."""
@@ -114,11 +100,6 @@ def slots_that_fit(limit, in_use, fds_per_job):
     ``in_use`` are open already (at least one: a run that cannot start even
     one job says so when it tries)."""
     return max(1, (limit - in_use - FDS_SPARE) // fds_per_job)
-
-
-def _errno_of(error):
-    """The errno of an OSError, or of the OSError inside a LocalIOError."""
-    return getattr(error, "errno", None) or getattr(getattr(error, "error", None), "errno", None)
 
 
 class Runner:
@@ -145,8 +126,16 @@ class Runner:
         self._stopping = False
         self._leaving = False  # a second signal: drop unwritten output, exit now
         self._io_error = None  # the first LocalIOError of the run
-        self._starved = False  # out of fds/processes: start nothing until a job ends
+        # Out of fds or processes (limits.py): start no job until one ends.
+        self._starved = False
         self._limit_said = False
+        self._shortage = Shortage(time.monotonic)
+        self._resting = collections.deque()  # slots held since their start failed so
+        self._retry_timer = None  # with nothing running: when to try again
+        # Masters up or starting when one could not start for want of
+        # resources: no more run at once (None: no such failure yet).
+        self._master_cap = None
+        self._masters_wait = False  # until something ends, or the retry timer
         self._master_tries = {}
         self._direct = set()  # hosts whose connection could not be shared
         self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
@@ -276,26 +265,35 @@ class Runner:
 
     def _start_masters_as_needed(self):
         """Start masters for the slots the run can use at once, no more: with
-        -m N, or fewer jobs than slots, a master per listed host would cost
-        connections that never run a job.  A failed master's slots are made
-        up for by the next one."""
+        -m N, a low open-files limit, or fewer jobs than slots, a master per
+        listed host would cost connections that never run a job.  A failed
+        master's slots are made up for by the next one."""
         if not self._unstarted:
             return
         if self.feed.input_done:
             wanted = self.pool.busy + self.feed.waiting_count
         else:
             wanted = self.pool.live_slots
-        if self.plan.max_nodes:
-            wanted = min(wanted, self.plan.max_nodes)
-        covered = sum(slots for (host, _), slots in self._master_slots.items()
-                      if not self.pool.hosts[host].retired)
-        while covered < wanted and self._unstarted:
+        if self.scheduler.max_running:
+            wanted = min(wanted, self.scheduler.max_running)
+        while self._covered_slots() < wanted and self._unstarted and self._room_for_a_master():
             host, group, slots = self._unstarted.pop()
             if self.pool.hosts[host].retired:
                 continue
             self._master_slots[host, group] = slots
-            covered += slots
             self._start_master(host, group)
+
+    def _covered_slots(self):
+        return sum(slots for (host, _), slots in self._master_slots.items()
+                   if not self.pool.hosts[host].retired)
+
+    def _room_for_a_master(self):
+        """Whether another master may start now: not while one waits for
+        resources, nor past as many as were up or starting when one could
+        not start for want of them (at least one)."""
+        if self._masters_wait:
+            return False
+        return self._master_cap is None or self.masters.live_count < max(1, self._master_cap)
 
     def _start_master(self, host, group):
         if self._stopping:
@@ -304,18 +302,29 @@ class Runner:
             self.masters.start(host, group, lambda failure, unavailable:
                                self._master_started(host, group, failure, unavailable))
         except OSError as error:
-            if error.errno in _OUT_OF_RESOURCES and self.attempts:
-                # Running jobs hold the fds or processes it needs; not the
-                # host's fault.  Try again once some have ended.
-                self.loop.call_later(MASTER_RESOURCE_WAIT, lambda: self._start_master(host, group))
+            if out_of_resources(error):
+                self._master_waits(host, group, error)
                 return
             self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
                                                       % error.strerror))
+
+    def _master_waits(self, host, group, error):
+        """A master could not start for want of fds or processes: never the
+        host's fault.  Its slots wait, no more masters than are up or
+        starting now run at once, and it is tried again once something
+        ends."""
+        slots = self._master_slots.pop((host, group), 0)
+        self._unstarted.append((host, group, slots))
+        self._master_cap = self.masters.live_count
+        self._masters_wait = True
+        self._say_slot_limit(self._covered_slots(), error)
+        self._short_of(error)
 
     def _master_started(self, host, group, failure, unavailable=None):
         if self._stopping:
             return
         if failure is None:
+            self._shortage.eased()
             if unavailable and host not in self._direct:
                 self._direct.add(host)
                 if self.plan.verbose:
@@ -402,6 +411,7 @@ class Runner:
             return
         job.attempts += 1
         self.attempts.add(attempt)
+        self._shortage.eased()
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
                 self.plan.timeout, lambda: self._kill(
@@ -520,24 +530,54 @@ class Runner:
         if attempt.out is not None:
             self._guarded(self._delivery_files(), attempt.out.close, False)
         self.feed.requeue(attempt.job)
-        self.pool.put_back(attempt.slot)
-        if _errno_of(error) in _OUT_OF_RESOURCES and self.attempts:
-            # Out of fds or processes for now: running jobs give theirs back
-            # as they end, so wait for one to end instead of aborting.
+        if out_of_resources(error):
+            # Out of fds or processes for now: start nothing until a running
+            # job gives some back.  The slot rests meanwhile, so that other
+            # slots (a shared connection needs no process) go first.
+            attempt.slot.uses -= 1
+            self.pool.hold(attempt.slot)
+            self._resting.append(attempt.slot)
             self._starved = True
             self._say_slot_limit(len(self.attempts), error)
+            self._short_of(error)
             return
+        self.pool.put_back(attempt.slot)
         if what is not None or isinstance(error, LocalIOError):
             self._local_io_failed(error if isinstance(error, LocalIOError)
                                   else LocalIOError(what, error))
             return
-        # Not even one ssh can start (ssh missing, or out of fds and
-        # processes with nothing running to free some): stop with what we have.
-        reason = error.strerror
-        if _errno_of(error) == errno.EMFILE:
-            reason += " (the open-files limit is %s)" % open_files_limit()
-        self._message("cannot start ssh: %s" % reason)
+        # Not even one ssh can start (ssh missing): stop with what we have.
+        self._message("cannot start ssh: %s" % error.strerror)
         self._stop(EXIT_INCOMPLETE)
+
+    def _short_of(self, error):
+        """A start failed for want of fds or processes.  A running job will
+        give some back when it ends (``_ended``); with nothing running, try
+        again after a while, and give up when nothing could start for
+        GIVE_UP_AFTER seconds."""
+        retry = self._shortage.failed(bool(self.attempts))
+        if retry is Shortage.GIVE_UP:
+            self._message("nothing could start for %gs: %s" % (GIVE_UP_AFTER,
+                                                               limit_words(error)))
+            self._stop(EXIT_INCOMPLETE)
+        elif retry is not None and self._retry_timer is None:
+            self._retry_timer = self.loop.call_later(retry, self._retry_starts)
+
+    def _retry_starts(self):
+        self._retry_timer = None
+        self._eased()
+        self._dispatch()
+
+    def _eased(self):
+        """Something ended (or a retry is due): what waited for resources
+        may try again; of the resting slots, one at a time."""
+        self._starved = False
+        self._masters_wait = False
+        while self._resting:
+            slot = self._resting.popleft()
+            if slot in slot.host.held:
+                self.pool.admit(slot.host.name, lambda held, slot=slot: held is slot)
+                return
 
     def _fit_slots_to_open_files_limit(self):
         """Run no more jobs at once than the open-files limit can hold
@@ -561,14 +601,13 @@ class Runner:
         return min(wanted, self.plan.max_nodes) if self.plan.max_nodes else wanted
 
     def _say_slot_limit(self, fit, error):
-        if self._limit_said:
-            return
+        """Say once that fewer jobs run at once than asked, and why (``error``:
+        what a start ran into; None: the open-files limit read at start)."""
+        if self._limit_said or not fit:
+            return  # none at all: said when the run gives up
         self._limit_said = True
-        if error is None or _errno_of(error) == errno.EMFILE:
-            why = "the open-files limit is %s (raise it with ulimit -n)" % open_files_limit()
-        else:
-            why = error.strerror
-        self._message("only %d of %d slots can run at once: %s" % (fit, self._slots_wanted(), why))
+        self._message("only %d of %d slots can run at once: %s"
+                      % (fit, self._slots_wanted(), limit_words(error)))
 
     def _kill(self, attempt, reason):
         """Stop an attempt (``reason``: a Failure): the transport closes its
@@ -640,6 +679,10 @@ class Runner:
         if outcome.backoff is not None:
             self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
         self._dispatch()
+        if (self._resting or self._masters_wait) and not self._starved and not self._stopping:
+            # The slot this job freed went first; now one that rests.
+            self._eased()
+            self._dispatch()
 
     def _delivery_files(self):
         """Where job output goes besides the sinks, for error messages."""

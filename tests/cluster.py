@@ -19,6 +19,11 @@ names onto it:
   ``CLSTR_TEST_NODE`` to their own name in the session, so a job can act
   differently on one node (all nodes are this one machine).
 
+``local_client()`` gives a third unprivileged user (``clstrlocal``, created
+when running as root) a copy of the client key and config of its own, so
+that a test can run clstr itself as that user: the local process limit
+(``ulimit -u``) counts all of a user's processes and does not bind root.
+
 ``CLSTR_TEST_SSHD`` names another sshd binary (a missing one shows that CI
 fails, instead of skipping, without sshd).
 
@@ -48,6 +53,9 @@ BASH_USER = "clstrbash"
 # edits a shared account's files while another run uses them.
 RC_USER = "clstrrc"
 RC_BASHRC = b"echo hello from bashrc\n"
+# The user tests run clstr as when its local limits matter: neither root nor
+# a login user (whose remote sessions would count against its process limit).
+LOCAL_USER = "clstrlocal"
 # How many envnode names the client config spells out (ssh_config's SetEnv
 # takes no %n token, so each name needs a block of its own).
 ENV_NODES = 16
@@ -393,6 +401,28 @@ class LoopbackCluster:
     @property
     def ssh_config(self):
         return self.path("ssh_config")
+
+    def local_client(self):
+        """(user name, ssh config path) for running clstr as LOCAL_USER: a
+        copy of the config naming a copy of the key, both its own (ssh will
+        not use a key others can read).  None when not root."""
+        if os.geteuid() != 0:
+            return None
+        ensure_test_user(LOCAL_USER)
+        entry = pwd.getpwnam(LOCAL_USER)
+        directory = self.path("local")
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o755)
+            shutil.copy(self.path("user_key"), os.path.join(directory, "user_key"))
+            with open(self.ssh_config) as source:
+                config = source.read().replace(self.path("user_key"),
+                                               os.path.join(directory, "user_key"))
+            with open(os.path.join(directory, "ssh_config"), "w") as copy:
+                copy.write(config)
+            for name in ("user_key", "ssh_config"):
+                os.chown(os.path.join(directory, name), entry.pw_uid, entry.pw_gid)
+            os.chmod(os.path.join(directory, "user_key"), 0o600)
+        return LOCAL_USER, os.path.join(directory, "ssh_config")
 
     @property
     def ssh_argv(self):
