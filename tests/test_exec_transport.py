@@ -235,18 +235,23 @@ def test_slurm_takes_nodes_and_task_slots_from_the_allocation(tmp_path):
 
 def test_a_transport_that_hangs_before_the_job_is_stopped_and_its_job_runs_elsewhere(
         tmp_path):
-    # silent* nodes never start the wrapper: their transport sleeps.
-    mark = "7%d.5" % os.getpid()
+    # silent* nodes never start the wrapper: their transport sleeps longer
+    # than this test waits.
+    mark = "400.%s" % RUN_ID
     template = "sh -c 'case $0 in silent*) sleep %s;; esac; exec \"$@\"' {host}" % mark
     log = tmp_path / "log"
-    result = clstr("--exec", template, "--connect-timeout", "1", "-v", "--joblog", str(log),
-                   "-n", "silent1", "-n", "good1", *(["-j", "echo ran"] * 3), timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"ran\n" * 3
-    assert b"node silent1 retired: connect timeout: the job had not started after 16s" \
-        in result.stderr, result.stderr
-    # The transport's whole process group was stopped, its sleep too.
-    assert local_processes_left(mark) == []
+    try:
+        result = clstr("--exec", template, "--connect-timeout", "1", "-v", "--joblog",
+                       str(log), "-n", "silent1", "-n", "good1", *(["-j", "echo ran"] * 3),
+                       timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"ran\n" * 3
+        assert b"node silent1 retired: connect timeout: the job had not started after 16s" \
+            in result.stderr, result.stderr
+        # The transport's whole process group was stopped, its sleep too.
+        assert local_processes_left(mark) == []
+    finally:
+        _kill_left(mark)
 
 
 def test_a_job_that_kills_its_process_group_keeps_its_node_under_job_failure_job(runtime):

@@ -1,10 +1,12 @@
 """The exec transport's pure parts: templates, Slurm's environment and what a
 transport's failure before its job started means."""
 
+import os
 import subprocess
 
 import pytest
 
+from clstr.endreport import ReportReader
 from clstr.exectransport import (
     SRUN_TEMPLATE,
     ExecTemplateError,
@@ -14,6 +16,7 @@ from clstr.exectransport import (
     parse_exec_template,
     parse_tasks_per_node,
     slurm_nodes,
+    wrapper_words,
 )
 from clstr.failures import Kind
 
@@ -84,6 +87,24 @@ def test_local_template_runs_the_wrapper_with_the_node_name():
     result = subprocess.run(exec_argv(words, "node7", wrapper), capture_output=True,
                             stdin=subprocess.DEVNULL, timeout=30)
     assert result.stdout == b"node7: job 'one'\n"
+
+
+def test_the_wrapper_reports_the_jobs_status_and_itself_exits_0():
+    # srun adds "task 0: Exited with exit code N" to a task that exits N,
+    # and exits N itself: the end report has already said how the job ended.
+    argv = exec_argv(parse_exec_template("env NODE={host}"), "n1",
+                     wrapper_words(b'echo "$NODE"; echo err >&2; exit 3'))
+    # The wrapper takes the end of its stdin for a stop: held open here.
+    stdin_read, stdin_write = os.pipe()
+    try:
+        result = subprocess.run(argv, stdin=stdin_read, capture_output=True, timeout=60)
+    finally:
+        os.close(stdin_read)
+        os.close(stdin_write)
+    reports = ReportReader()
+    err = reports.feed(result.stderr) + reports.close()
+    assert (result.stdout, err, reports.status) == (b"n1\n", b"err\n", 3)
+    assert result.returncode == 0
 
 
 # --- Slurm ----------------------------------------------------------------

@@ -39,8 +39,11 @@ def try_mutant(path):
     try:
         tree = os.path.join(scratch, "tree")
         shutil.copytree(REPO, tree, ignore=SKIPPED)
+        # No fuzz: a patch whose context has changed could put its bug in
+        # another place (or none), and a test failing there proves nothing.
         with open(path, "rb") as patch:
-            applied = subprocess.run(["patch", "-p1", "--batch", "--forward", "--silent"],
+            applied = subprocess.run(["patch", "-p1", "--batch", "--forward", "--silent",
+                                      "--fuzz=0"],
                                      cwd=tree, stdin=patch, capture_output=True)
         if applied.returncode != 0:
             return "DOES NOT APPLY", (applied.stdout + applied.stderr).decode().strip()
