@@ -94,17 +94,21 @@ def _check_no_nul(name, blocks):
     known from the start."""
     newlines = 0
     jobs = 0
-    carry = b""
+    # Whether the line the last block ended in has more than blanks so far
+    # (never joined to the next block: a line may be megabytes).
+    filled = False
     for block in blocks:
         at = block.find(b"\0")
         if at >= 0:
             number = newlines + block.count(b"\n", 0, at) + 1
             raise JobInputError("%s:%d: %s" % (name, number, NUL_IN_JOB))
         newlines += block.count(b"\n")
-        lines = (carry + block).split(b"\n")
-        carry = lines.pop()
-        jobs += sum(1 for line in lines if line.strip())
-    return jobs + bool(carry.strip())
+        pieces = block.split(b"\n")
+        for piece in pieces[:-1]:
+            jobs += filled or bool(piece.strip())
+            filled = False
+        filled = filled or bool(pieces[-1].strip())
+    return jobs + filled
 
 
 def _blocks_from(fd, offset):
@@ -146,7 +150,9 @@ class _FileSource:
     def __init__(self, name, fd):
         self.name = name
         self.fd = fd
-        self.partial = b""
+        # The pieces of a line not complete yet, joined once it is: a line
+        # of megabytes comes in many reads.
+        self.partial = []
         self.at_eof = False
         self.line = 0  # lines of the source read so far
         self._whole = None  # a device's content, read when opened
@@ -184,13 +190,13 @@ class _FileSource:
             data += more
             self.at_eof = not more
         if self.at_eof:
-            complete, self.partial = self.partial + data, b""
+            complete, self.partial = b"".join(self.partial + [data]), []
         else:
             cut = data.rfind(b"\n") + 1
             if not cut:
-                self.partial += data
+                self.partial.append(data)
                 return []
-            complete, self.partial = self.partial + data[:cut - 1], data[cut:]
+            complete, self.partial = b"".join(self.partial + [data[:cut - 1]]), [data[cut:]]
         jobs = numbered_job_lines(complete, self.line + 1)
         self.line += complete.count(b"\n") + 1
         self.taken += len(jobs)
