@@ -1,5 +1,7 @@
 """--dry-run: the exact command lines (ssh, or an --exec template) a run would
-start, and nothing else."""
+start, and nothing else.  A command too big for a command line goes on the
+attempt's stdin (ssh.py): its line says so in a comment, with the command's
+first bytes."""
 
 import os
 import shlex
@@ -7,6 +9,7 @@ import shlex
 from .exectransport import exec_argv, wrapper_words
 from .multiplex import MASTER_IDLE_EXIT
 from .nodes import NodePool
+from .ssh import command_on_stdin
 
 # Masters' sockets and ssh's logs live in a directory made when the run
 # starts (privatedir.py); a dry run shows where, with this stand-in name.
@@ -38,12 +41,15 @@ def dry_run_lines(plan, feed):
             return
         slot = pool.acquire_on(job.host) if job.host else pool.acquire()
         if plan.exec_words:
-            yield quote_argv(exec_argv(plan.exec_words, slot.host.name,
-                                       wrapper_words(job.command)))
+            line = quote_argv(exec_argv(plan.exec_words, slot.host.name,
+                                        wrapper_words(job.command)))
         else:
             control_path = paths.get((slot.host.name, slot.index // sessions))
             logs += 1
             log_path = "%s/attempt-%d.log" % (SOCKETS, logs)
-            yield quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path,
-                                           log_path))
+            line = quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path,
+                                            log_path))
+        if command_on_stdin(job.command):
+            line += "  # on stdin: the job's command, %s" % job.brief
+        yield line
         pool.release(slot)

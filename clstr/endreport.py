@@ -10,10 +10,12 @@ decides from them (failures.judge): an attempt that started and ended
 without its end report lost its connection, whatever its transport said.
 
 A report is ``RS clstr-TOKEN:s LF`` (start) or ``RS clstr-TOKEN:e<status> LF``
-(end).  ``TOKEN`` is random for each clstr process, so no job output can
-forge one by accident, and it is looked for anywhere in the stream, not only
-at the start of a line: a job whose last stderr line has no newline is
-followed at once by the end report.
+(end), or, for a job whose command came on stdin and could not all be stored
+on the node (ssh.py ``_read_job``), ``RS clstr-TOKEN:u<bytes stored> LF``
+after the start, in place of an end: the job never ran.  ``TOKEN`` is random
+for each clstr process, so no job output can forge one by accident, and it
+is looked for anywhere in the stream, not only at the start of a line: a job
+whose last stderr line has no newline is followed at once by the end report.
 """
 
 import binascii
@@ -21,9 +23,9 @@ import os
 
 # One token per clstr process (a run): hex, so the wrapper holds no quote.
 RUN_TOKEN = binascii.hexlify(os.urandom(8)).decode()
-# The longest status text after "e" (the wrapper prints 0-255; a little
-# room for a shell that says more).
-_MAX_FIELD = 8
+# The longest field after the mark: a status (the wrapper prints 0-255),
+# or a count of bytes stored, with room to spare.
+_MAX_FIELD = 24
 
 
 def report_printf(token, kind):
@@ -37,8 +39,10 @@ def report_printf(token, kind):
 class ReportReader:
     """Takes the start and end reports out of a stderr stream fed in chunks
     of any size: ``feed(data)`` returns the bytes to pass on, ``close()``
-    what is still held back at the end.  ``started`` and ``status`` (the
-    end report's exit status, None until it came) are what was reported.
+    what is still held back at the end.  ``started``, ``status`` (the
+    end report's exit status, None until it came) and ``undelivered`` (the
+    bytes of the command the node stored, None unless it could not store it
+    all) are what was reported.
 
     ``before_start``: what to do with bytes that come before the start
     report ("pass" them on, or "drop" them: an --exec transport's own words,
@@ -50,6 +54,7 @@ class ReportReader:
         self.mark = b"\x1eclstr-" + token.encode() + b":"
         self.started = False
         self.status = None
+        self.undelivered = None
         self.said_before_start = b""
         self._drop_before = before_start == "drop"
         self._drop_after = after_end == "drop"
@@ -57,7 +62,8 @@ class ReportReader:
 
     @property
     def ended(self):
-        return self.status is not None
+        """True once the wrapper said its last: the job ended, or never ran."""
+        return self.status is not None or self.undelivered is not None
 
     def feed(self, data):
         data = self._held + data
@@ -101,8 +107,11 @@ class ReportReader:
         if field == b"s" and not self.started:
             self.started = True
             return True
-        if field[:1] == b"e" and field[1:].isdigit() and self.started and not self.ended:
-            self.status = int(field[1:])
+        if field[:1] in (b"e", b"u") and field[1:].isdigit() and self.started and not self.ended:
+            if field[:1] == b"e":
+                self.status = int(field[1:])
+            else:
+                self.undelivered = int(field[1:])
             return True
         return False
 

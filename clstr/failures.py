@@ -30,6 +30,9 @@ class Kind(enum.Enum):
     # A failure no node can cure (Slurm's step limit reached, a bad option in
     # the --exec template): the run stops instead of retiring every node.
     FATAL = "fatal"
+    # A command too big for a command line that the node could not store
+    # (it comes on stdin, ssh.py): the job never ran, and it fails alone.
+    NOT_DELIVERED = "not delivered"
     JOB_EXIT = "job exit"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
@@ -37,7 +40,7 @@ class Kind(enum.Enum):
     @property
     def transport(self):
         """True when the connection, not the job, failed."""
-        return self not in (Kind.JOB_EXIT, Kind.TIMEOUT, Kind.INTERRUPTED)
+        return self not in (Kind.JOB_EXIT, Kind.TIMEOUT, Kind.INTERRUPTED, Kind.NOT_DELIVERED)
 
     @property
     def stops_run(self):
@@ -113,6 +116,13 @@ def job_exit(status):
     return Failure(Kind.JOB_EXIT, status=status)
 
 
+def not_delivered(stored, size):
+    """The Failure of a job whose command of ``size`` bytes came on stdin and
+    of which the node stored only ``stored`` bytes."""
+    return Failure(Kind.NOT_DELIVERED, "the node stored %d of %d bytes of the command"
+                   % (stored, size))
+
+
 def _last_lines(text, count=4):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-count:]
@@ -184,7 +194,7 @@ class Verdict:
         self.signal = signal
 
 
-def judge(transport_failure, code, started, status, stopped=None):
+def judge(transport_failure, code, started, status, stopped=None, undelivered=None):
     """The Verdict on one attempt, from evidence clstr controls.
 
     ``started`` and ``status``: the wrapper's start report came, and the
@@ -194,11 +204,14 @@ def judge(transport_failure, code, started, status, stopped=None):
     not report its end.  ``code``: the transport's exit status (-N: killed by
     signal N; None when there is none).  ``stopped``: clstr's own reason
     when it stopped the attempt (a Failure: timeout, interrupted, or a start
-    deadline), else None.
+    deadline), else None.  ``undelivered``: the Failure (``not_delivered``)
+    when the wrapper reported it could not store the job's command.
 
     - With an end report, the job's status is the result, whatever the
       transport said (ssh's 255 after the job's own ``exit 255``, srun's 0):
       a success, a job exit, or clstr's reason if clstr stopped it.
+    - The command never reached the node whole: that job's failure alone
+      (unless clstr stopped it meanwhile).
     - Stopped by clstr without one: clstr's reason (the job's end was not
       heard of in the grace, or it never started).
     - Started without an end report: the connection was lost (the job may
@@ -212,6 +225,8 @@ def judge(transport_failure, code, started, status, stopped=None):
         if stopped is not None:
             return Verdict(stopped, status, STOPPED_SIGNAL)
         return Verdict(None if status == 0 else job_exit(status), status)
+    if undelivered is not None and stopped is None:
+        return Verdict(undelivered, UNKNOWN_STATUS)
     if isinstance(transport_failure, MasterKilled):
         # Its frozen master was killed: the job's fate is unknown, whatever
         # clstr had done to the attempt (a --timeout stop included).

@@ -7,7 +7,7 @@ Job files are read as the run goes, not up front: a regular file is read a
 block at a time when jobs are wanted; a pipe, FIFO, socket or terminal is read
 by the event loop as lines arrive, so jobs start as soon as their line does and
 a job source that never ends works.  Only a bounded number of unread jobs is
-held.  Anything else (``/dev/null``, another device) cannot be watched by the
+held, by count and by bytes.  Anything else (``/dev/null``, another device) cannot be watched by the
 event loop (epoll refuses it) and is read whole when opened.
 
 A line that cannot be a command (it holds a NUL byte, which no argv can) is
@@ -24,8 +24,13 @@ READ_SIZE = 65536
 # Checking a regular file for NUL bytes before the run reads it this much at
 # a time.
 SCAN_SIZE = 1 << 20
-# Stop reading a streaming source while this many of its jobs wait to run.
+# Stop reading a streaming source while this many of its jobs wait to run,
 MAX_BUFFERED_JOBS = 10000
+# or while they hold this many bytes (a generated job line may be megabytes;
+# a line longer than this is still read, alone).
+MAX_BUFFERED_BYTES = 64 << 20
+# Messages and the -A file show at most this much of a command.
+BRIEF_BYTES = 200
 
 
 class JobInputError(Exception):
@@ -50,6 +55,15 @@ class Job:
     def text(self):
         """The command as text, for people (undecodable bytes escaped)."""
         return self.command.decode("utf-8", "backslashreplace")
+
+    @property
+    def brief(self):
+        """The command as text for messages: its first BRIEF_BYTES bytes,
+        marked when cut."""
+        if len(self.command) <= BRIEF_BYTES:
+            return self.text
+        return "%s [cut: %d bytes in all]" % (
+            self.command[:BRIEF_BYTES].decode("utf-8", "backslashreplace"), len(self.command))
 
 
 def numbered_job_lines(data, first=1):
@@ -80,17 +94,21 @@ def _check_no_nul(name, blocks):
     known from the start."""
     newlines = 0
     jobs = 0
-    carry = b""
+    # Whether the line the last block ended in has more than blanks so far
+    # (never joined to the next block: a line may be megabytes).
+    filled = False
     for block in blocks:
         at = block.find(b"\0")
         if at >= 0:
             number = newlines + block.count(b"\n", 0, at) + 1
             raise JobInputError("%s:%d: %s" % (name, number, NUL_IN_JOB))
         newlines += block.count(b"\n")
-        lines = (carry + block).split(b"\n")
-        carry = lines.pop()
-        jobs += sum(1 for line in lines if line.strip())
-    return jobs + bool(carry.strip())
+        pieces = block.split(b"\n")
+        for piece in pieces[:-1]:
+            jobs += filled or bool(piece.strip())
+            filled = False
+        filled = filled or bool(pieces[-1].strip())
+    return jobs + filled
 
 
 def _blocks_from(fd, offset):
@@ -132,7 +150,9 @@ class _FileSource:
     def __init__(self, name, fd):
         self.name = name
         self.fd = fd
-        self.partial = b""
+        # The pieces of a line not complete yet, joined once it is: a line
+        # of megabytes comes in many reads.
+        self.partial = []
         self.at_eof = False
         self.line = 0  # lines of the source read so far
         self._whole = None  # a device's content, read when opened
@@ -170,13 +190,13 @@ class _FileSource:
             data += more
             self.at_eof = not more
         if self.at_eof:
-            complete, self.partial = self.partial + data, b""
+            complete, self.partial = b"".join(self.partial + [data]), []
         else:
             cut = data.rfind(b"\n") + 1
             if not cut:
-                self.partial += data
+                self.partial.append(data)
                 return []
-            complete, self.partial = self.partial + data[:cut - 1], data[cut:]
+            complete, self.partial = b"".join(self.partial + [data[:cut - 1]]), [data[cut:]]
         jobs = numbered_job_lines(complete, self.line + 1)
         self.line += complete.count(b"\n") + 1
         self.taken += len(jobs)
@@ -218,6 +238,7 @@ class JobFeed:
         self.skipped = 0
         self.rejected = []  # jobs read that cannot run (see Job.rejected)
         self._ready = collections.deque()
+        self._ready_bytes = 0  # the commands' bytes in _ready
         self._retry = collections.deque()
         self._files = collections.deque(files)
         self._count = 0
@@ -262,7 +283,11 @@ class JobFeed:
         elif self._skip is not None and self._skip(job):
             self.skipped += 1
         else:
-            self._ready.append(job)
+            self._append_ready(job)
+
+    def _append_ready(self, job):
+        self._ready.append(job)
+        self._ready_bytes += len(job.command)
 
     def add_pinned(self, command, hosts):
         """One job per host, each to run on its own host (--on-each-node)."""
@@ -284,6 +309,7 @@ class JobFeed:
             self._read_regular_file()
         if self._ready:
             job = self._ready.popleft()
+            self._ready_bytes -= len(job.command)
             self._watch_current()
             return job
         return None
@@ -297,7 +323,7 @@ class JobFeed:
         """Put a job whose attempt failed behind every job read so far (not
         read ahead for it), as 0.1.0 did: one job that fails everywhere
         cannot retire node after node before the others run."""
-        self._ready.append(job)
+        self._append_ready(job)
 
     @property
     def waiting_count(self):
@@ -314,6 +340,8 @@ class JobFeed:
             for job in queue:
                 if can_run(job.host):
                     queue.remove(job)
+                    if queue is self._ready:
+                        self._ready_bytes -= len(job.command)
                     return job
         return None
 
@@ -344,7 +372,8 @@ class JobFeed:
         while there is room for more jobs."""
         want = None
         if (self._loop is not None and self._files and self._files[0].streaming
-                and len(self._ready) < MAX_BUFFERED_JOBS):
+                and len(self._ready) < MAX_BUFFERED_JOBS
+                and self._ready_bytes < MAX_BUFFERED_BYTES):
             want = self._files[0]
         if want is self._watched:
             return

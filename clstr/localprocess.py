@@ -31,9 +31,11 @@ class ProcessSession(Session):
     how the transport ended (None: success) and calls its ``done(failure)``
     argument with it, at once or later (Slurm asks the controller first).
     Stderr passes through ``reports`` (endreport.ReportReader), which takes
-    the wrapper's reports out of it."""
+    the wrapper's reports out of it.  ``stdin_data``: what to write on the
+    transport's stdin first (a big job's command), or None."""
 
-    def __init__(self, loop, argv, on_output, on_end, classify_end, reports, group=False):
+    def __init__(self, loop, argv, on_output, on_end, classify_end, reports, group=False,
+                 stdin_data=None):
         self._loop = loop
         self._on_output = on_output
         self._on_end = on_end
@@ -52,6 +54,8 @@ class ProcessSession(Session):
             self._stdin.close()
             raise
         self._stdin.handed_over()
+        if stdin_data:
+            self._stdin.send(loop, stdin_data)
 
     def _output(self, stream, data):
         if stream == 2:
@@ -145,8 +149,10 @@ class _SshSession(Session):
     the log exists (real ssh makes it before connecting), stderr is held
     back, so the refusal never shows as the job's output."""
 
-    def __init__(self, loop, argv, on_output, on_end, reports, control_path, log_path):
+    def __init__(self, loop, argv, on_output, on_end, reports, control_path, log_path,
+                 stdin_data):
         self._loop = loop
+        self._stdin_data = stdin_data
         self._reports = reports
         self._argv = argv
         self._on_output = on_output
@@ -161,7 +167,7 @@ class _SshSession(Session):
 
     def _start(self):
         return ProcessSession(self._loop, self._argv, self._output, self._ended,
-                              self._classify, self._reports)
+                              self._classify, self._reports, stdin_data=self._stdin_data)
 
     def _output(self, stream, data):
         if stream == 1:
@@ -211,17 +217,20 @@ class _SshSession(Session):
         self._current.resume()
 
 
-def ssh_session(loop, argv, on_output, on_end, reports, control_path=None, log_path=None):
+def ssh_session(loop, argv, on_output, on_end, reports, control_path=None, log_path=None,
+                stdin_data=None):
     """An attempt through a local ssh.  ``control_path``: the master socket
     it shares, if any (a mux client says nothing when its master dies, so a
     vanished socket is the evidence).  ``log_path``: the file ``argv`` tells
-    ssh to log to (-E), read and deleted when the attempt ends."""
+    ssh to log to (-E), read and deleted when the attempt ends.
+    ``stdin_data``: what to write on ssh's stdin first, or None."""
     if log_path and _command_words(argv) in _REFUSE_LOG_FILE:
         argv, log_path = _without_log_file(argv, log_path), None
-    return _SshSession(loop, argv, on_output, on_end, reports, control_path, log_path)
+    return _SshSession(loop, argv, on_output, on_end, reports, control_path, log_path,
+                       stdin_data)
 
 
-def exec_session(loop, argv, on_output, on_end, reports, ask_allocation=None):
+def exec_session(loop, argv, on_output, on_end, reports, ask_allocation=None, stdin_data=None):
     """An attempt through an ``--exec`` template.  What the transport says
     before the job starts is its own business (``reports`` drops it from the
     job's stderr; it is kept here for the failure's reason).
@@ -234,7 +243,8 @@ def exec_session(loop, argv, on_output, on_end, reports, ask_allocation=None):
             done(failure)
         else:
             ask_allocation(lambda fatal: done(fatal or failure))
-    return ProcessSession(loop, argv, on_output, on_end, classify_end, reports, group=True)
+    return ProcessSession(loop, argv, on_output, on_end, classify_end, reports, group=True,
+                          stdin_data=stdin_data)
 
 
 # How long Slurm's controller may take to say whether the allocation runs.

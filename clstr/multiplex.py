@@ -305,8 +305,10 @@ class MasterSet:
 
     # -- sessions and the masters' health ----------------------------------------
 
-    def session(self, host, slot_index, remote_command, on_output, on_end, fall_back, reports):
-        """A muxsession.MuxSession running ``remote_command`` through the
+    def session(self, host, slot_index, remote_command, on_output, on_end, fall_back, reports,
+                stdin_data=None):
+        """A muxsession.MuxSession running ``remote_command`` (with
+        ``stdin_data`` written to its stdin first, if any) through the
         master of this slot, which carries it until it ends."""
         master = self._masters[(host, self.group_of(slot_index))]
         carried = master.sessions
@@ -321,7 +323,8 @@ class MasterSet:
 
         session = MuxSession(self._loop, master.path, remote_command, on_output, ended, fell_back,
                              reports, reply_timeout=self._alive_budget,
-                             verdict=lambda then: self._check_now(master, then))
+                             verdict=lambda then: self._check_now(master, then),
+                             stdin_data=stdin_data)
         carried.add(session)
         self._keep_checking(master)
         return session

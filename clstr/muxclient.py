@@ -59,6 +59,7 @@ import time
 
 from .child import READ_SIZE, OutputPipes
 from .limits import out_of_resources
+from .transport import StdinWriter
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -664,13 +665,15 @@ class MuxAttempt:
     wrapper's watcher sees EOF and stops the job, and the attempt ends
     normally with the wrapper's status.  ``pause()``/``resume()`` stop and
     restart reading, as ``ChildProcess`` does.  ``stdin_fd`` is the write end
-    of the stdin pipe (None once closed); clstr never writes to it, tests do.
+    of the stdin pipe (None once closed); ``stdin_data`` (bytes, or None) is
+    written to it first, as the master takes it (a big job's command).
     Raises OSError if the pipes cannot be made (out of fds), ValueError for a
     NUL byte in ``command``; either way nothing is left open."""
 
     def __init__(self, loop, control_path, command, on_output, on_exit, on_error,
-                 on_opened=None, env=(), reply_timeout=None):
+                 on_opened=None, env=(), reply_timeout=None, stdin_data=None):
         self._loop = loop
+        self._writer = None
         self._on_exit = on_exit
         self._on_error = on_error
         self._on_opened = on_opened
@@ -698,6 +701,8 @@ class MuxAttempt:
             self._close_stdin()
             raise
         self._pipes.watch()
+        if stdin_data:
+            self._writer = StdinWriter(loop, self.stdin_fd, stdin_data)
 
     @property
     def running(self):
@@ -760,6 +765,8 @@ class MuxAttempt:
     # -- the end -------------------------------------------------------------
 
     def _close_stdin(self):
+        if self._writer is not None:
+            self._writer.cancel()
         if self.stdin_fd is not None:
             os.close(self.stdin_fd)
             self.stdin_fd = None

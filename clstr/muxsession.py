@@ -30,10 +30,11 @@ class MuxSession(Session):
     client cannot be used (nothing has run then).  ``reply_timeout``: how
     long the master has to answer (muxclient.MuxSession).  ``verdict(then)``
     has the master's owner (multiplex.py) check that it answers, killing it
-    if not, then calls ``then()``."""
+    if not, then calls ``then()``.  ``stdin_data``: what to write on the
+    command's stdin first (a big job's command), or None."""
 
     def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back,
-                 reports, reply_timeout=None, verdict=None):
+                 reports, reply_timeout=None, verdict=None, stdin_data=None):
         self._on_end = on_end
         self._on_output = on_output
         self._fall_back = fall_back
@@ -44,7 +45,8 @@ class MuxSession(Session):
         self._stopped = False
         self._left = False
         self._inner = MuxAttempt(loop, control_path, remote_command, self._output,
-                                 self._exited, self._failed, reply_timeout=reply_timeout)
+                                 self._exited, self._failed, reply_timeout=reply_timeout,
+                                 stdin_data=stdin_data)
 
     def master_killed(self, detail):
         """clstr has killed this session's master for not answering."""

@@ -164,7 +164,7 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20,
         for job in incomplete_jobs[:limit]:
             tried = "; ".join("%s: %s" % (host, failure) for host, failure in job.failures)
             why = tried or job.rejected or never_started(job)
-            lines.append("  job %d %r: %s" % (job.seq, job.text, why))
+            lines.append("  job %d %r: %s" % (job.seq, job.brief, why))
         if len(incomplete_jobs) > limit:
             lines.append("  ... and %d more" % (len(incomplete_jobs) - limit))
     return lines

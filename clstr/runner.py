@@ -16,7 +16,7 @@ from .delivery import Delivery
 from .endreport import ReportReader
 from .errors import EXIT_LOCAL_IO, LocalIOError
 from .exectransport import exec_argv, wrapper_words
-from .failures import Failure, FirstFailures, Kind, judge
+from .failures import Failure, FirstFailures, Kind, judge, not_delivered
 from .limits import GIVE_UP_AFTER, Shortage, limit_words, open_files_limit, out_of_resources
 from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
@@ -27,7 +27,7 @@ from .output import Sink
 from .privatedir import PrivateDirectory
 from .records import failure_report
 from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
-from .ssh import wrapped_command
+from .ssh import stdin_payload, wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 from .transport import NoSession, stop_grace
 
@@ -451,7 +451,8 @@ class Runner:
         if self.plan.exec_words:
             argv = exec_argv(self.plan.exec_words, host, wrapper_words(attempt.job.command))
             ask = self._ask_allocation if self.plan.slurm else None
-            return exec_session(self.loop, argv, on_output, on_end, attempt.reports, ask)
+            return exec_session(self.loop, argv, on_output, on_end, attempt.reports, ask,
+                                stdin_payload(attempt.job.command))
         control_path = None
         if self.masters:
             control_path = self.masters.control_path(host, attempt.slot.index)
@@ -462,7 +463,7 @@ class Runner:
                 host, attempt.slot.index, remote, on_output, on_end,
                 lambda error, detail, on_output, on_end: self._mux_fell_back(
                     attempt, control_path, error, detail, on_output, on_end),
-                attempt.reports)
+                attempt.reports, stdin_payload(attempt.job.command))
         return self._ssh_session(attempt, control_path, on_output, on_end)
 
     def _ask_allocation(self, done):
@@ -473,7 +474,7 @@ class Runner:
         log_path = self.private.new_path("attempt-", ".log")
         argv = self.plan.ssh.argv(host, attempt.job.command, control_path, log_path)
         return ssh_session(self.loop, argv, on_output, on_end, attempt.reports, control_path,
-                           log_path)
+                           log_path, stdin_payload(attempt.job.command))
 
     def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
         """clstr's mux client could not use the master: nothing ran.  A master
@@ -634,8 +635,11 @@ class Runner:
         self._disarm_start_deadline(attempt)
         job = attempt.job
         host = attempt.slot.host.name
+        undelivered = attempt.reports.undelivered
+        if undelivered is not None:
+            undelivered = not_delivered(undelivered, len(job.command))
         verdict = judge(failure, code, attempt.reports.started, attempt.reports.status,
-                        attempt.stopped)
+                        attempt.stopped, undelivered)
         failure = verdict.failure
         if self.joblog:
             self._guarded(self.joblog.path, self.joblog.record, job.seq, host, attempt.started,
@@ -849,7 +853,7 @@ class Runner:
 
     def _active_entries(self):
         running = sorted(self.attempts, key=lambda a: a.job.seq)
-        return [(a.slot.host.name, a.job.text) for a in running]
+        return [(a.slot.host.name, a.job.brief) for a in running]
 
     def _message(self, text):
         """One line from clstr itself, on stderr, in order with job output."""

@@ -12,7 +12,8 @@ Refinements, each chosen by the user or forced by ssh's nature:
 - ``max_attempts``: a job that failed on that many nodes is given up;
 - a connection throttled by sshd's MaxStartups is transient: the slot backs
   off and retries, and the host is retired only after several in a row;
-- a job killed by ``--timeout`` failed on its own: not retried, node kept.
+- a job killed by ``--timeout`` failed on its own: not retried, node kept;
+- so did a job whose command the node could not store (``not delivered``).
 """
 
 import random
@@ -99,7 +100,7 @@ class Scheduler:
             return self._throttled_attempt(job, slot)
         self.pool.release(slot)
         outcome = Outcome()
-        job_only = failure.kind is Kind.TIMEOUT or (
+        job_only = failure.kind in (Kind.TIMEOUT, Kind.NOT_DELIVERED) or (
             failure.kind is Kind.JOB_EXIT and self.job_failure == "job")
         if not job_only and not host.retired:
             self.pool.retire(host.name, failure)

@@ -41,23 +41,77 @@ from .endreport import RUN_TOKEN, report_printf
 # The watcher's output goes to /dev/null: sshd keeps a session open while
 # anything holds its stdout or stderr.  No single quotes (the wrapper is
 # quoted as is), no names that zsh or bash reserve (status, _).
-def _report_end(token, exit_with):
+def _report_end(token, exit_with, cleanup=""):
     """Shell text defining ``clstr_end STATUS``: stop the watcher ($!, the
-    wrapper's only background job), write the end report, exit with
-    ``exit_with``."""
-    return ("clstr_end() { kill -KILL $! 2>/dev/null; %s \"$1\" >&2; exit %s; }; "
-            % (report_printf(token, "e%d"), exit_with))
+    wrapper's only background job), run ``cleanup``, write the end report,
+    exit with ``exit_with``."""
+    return ("clstr_end() { kill -KILL $! 2>/dev/null; %s%s \"$1\" >&2; exit %s; }; "
+            % (cleanup, report_printf(token, "e%d"), exit_with))
 
 
-def _watch(token):
+def _watch(token, read_job=None, cleanup=""):
+    """The wrapper up to the job: its end, traps, watcher and start report.
+    ``read_job``: shell text reading a big job's command from stdin
+    (``_read_job``), before the watcher starts reading it; ``cleanup``:
+    shell text removing what that left on the node, run as the job ends."""
+    start = report_printf(token, "s") + " >&2; "
+    watcher = ("exec 3<&0 </dev/null 4>&1; "
+               "{ while read -r line; do :; done; trap \"\" TERM; kill -TERM 0; "
+               "sleep 2; %skill -KILL 0; } <&3 >/dev/null 2>&1 4>&- & "
+               "exec 3<&-; " % cleanup)
+    head = (_report_end(token, "$1", cleanup)
+            + "trap \"clstr_end 129\" HUP; trap \"clstr_end 130\" INT; "
+            "trap \"clstr_end 143\" TERM; ")
+    if read_job is None:
+        return head + watcher + start
+    # Started first: a command of megabytes may take a while to arrive, and
+    # a connection lost meanwhile is lost under a started job.
+    return head + start + read_job + watcher
+
+
+# A command longer than this, quoted, goes on the attempt's stdin instead of
+# the command line: Linux takes at most 128 KiB in one argument
+# (MAX_ARG_STRLEN), and the command line sshd hands the login shell is one,
+# as is the job's word after an --exec template; a mux message carries at
+# most 256 KiB.  Shorter commands keep the command line: nothing is added
+# to a small job.
+STDIN_ABOVE = 100 * 1024
+
+
+def command_on_stdin(command):
+    """Whether ``command`` (bytes) goes on stdin (quoting makes each ' four
+    bytes)."""
+    return len(command) + 3 * command.count(b"'") + 2 > STDIN_ABOVE
+
+
+def stdin_payload(command):
+    """What an attempt writes first on the wrapper's stdin: ``LEN\\n`` and
+    the command, or None when the command travels on the command line."""
+    if not command_on_stdin(command):
+        return None
+    return b"%d\n" % len(command) + command
+
+
+# The wrapper's first words for a command that comes on stdin: `read` takes
+# the length line (a shell reads a pipe a byte at a time, so as to take no
+# more), `head -c` the command, into a private file (mktemp: 0600), whose
+# length says whether all of it arrived; then ``then``.  Only after that
+# does the watcher read stdin, where nothing comes but the EOF that stops
+# the job.  A node that cannot store it ($TMPDIR missing, a full disk, stdin
+# closed early) says how many bytes it stored in an undelivered report
+# (endreport.py) and ends without running it.
+def _read_job(token, then):
     return (
-        _report_end(token, "$1")
-        + "trap \"clstr_end 129\" HUP; trap \"clstr_end 130\" INT; "
-        "trap \"clstr_end 143\" TERM; "
-        "exec 3<&0 </dev/null 4>&1; "
-        "{ while read -r line; do :; done; trap \"\" TERM; kill -TERM 0; "
-        "sleep 2; kill -KILL 0; } <&3 >/dev/null 2>&1 4>&- & "
-        "exec 3<&-; " + report_printf(token, "s") + " >&2; ")
+        "clstr_f=; clstr_n=; clstr_got=0; "
+        "if read -r clstr_n && clstr_f=$(mktemp 2>/dev/null); then "
+        "head -c \"$clstr_n\" >\"$clstr_f\" 2>/dev/null; clstr_got=$(wc -c <\"$clstr_f\"); fi; "
+        "if [ \"$clstr_got\" -eq \"$clstr_n\" ] 2>/dev/null; then %s else "
+        "rm -f \"$clstr_f\"; %s \"$clstr_got\" >&2 2>/dev/null; exit 0; fi; "
+        % (then, report_printf(token, "u%d")))
+
+
+# The file's removal, for forms whose job runs it as a script.
+_REMOVE_JOB_FILE = "rm -f \"$clstr_f\"; "
 
 
 _JOB_START = "held=$( { "
@@ -95,16 +149,19 @@ def login_shell_from_probe(code, output):
 # job's status (srun's "task 0: Exited with exit code N"); `wait` is
 # silenced so that a job stopped by clstr leaves no "Terminated" in its
 # stderr.
-def exec_wrapper(token=RUN_TOKEN):
-    """The --exec wrapper's shell text, reporting with ``token``."""
+def exec_wrapper(token=RUN_TOKEN, on_stdin=False):
+    """The --exec wrapper's shell text, reporting with ``token``.  The job's
+    command is $1, or (``on_stdin``) comes on stdin and runs from a file."""
+    cleanup, read_job, job = "", "", "-c \"$1\""
+    if on_stdin:
+        cleanup, read_job, job = _REMOVE_JOB_FILE, _read_job(token, ":;"), "\"$clstr_f\""
+    run = "\"${SHELL:-sh}\" %s 3<&- & " % job
     return (
         "clstr_end() { kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; "
-        "%s \"$1\" >&2; exit 0; }; " % report_printf(token, "e%d")
-        + report_printf(token, "s") + " >&2; "
-        "exec 3<&0 </dev/null; "
-        "if command -v setsid >/dev/null 2>&1; "
-        "then setsid \"${SHELL:-sh}\" -c \"$1\" 3<&- & "
-        "else \"${SHELL:-sh}\" -c \"$1\" 3<&- & fi; "
+        "%s%s \"$1\" >&2; exit 0; }; " % (cleanup, report_printf(token, "e%d"))
+        + report_printf(token, "s") + " >&2; " + read_job
+        + "exec 3<&0 </dev/null; "
+        "if command -v setsid >/dev/null 2>&1; then setsid " + run + "else " + run + "fi; "
         "job=$!; "
         "{ while read -r line; do :; done; kill -TERM -$job $job; "
         "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
@@ -125,7 +182,10 @@ def shell_quote(word):
 def wrapper_argv(command, token=RUN_TOKEN):
     """The wrapper as separate argv words for a transport that runs a program
     without a login shell in between: ``sh -c WRAPPER clstr-job COMMAND``.
-    ``command`` is bytes and needs no quoting here."""
+    ``command`` is bytes and needs no quoting here; a big one is left out
+    (``stdin_payload``)."""
+    if command_on_stdin(command):
+        return [b"sh", b"-c", exec_wrapper(token, on_stdin=True).encode(), b"clstr-job"]
     return [b"sh", b"-c", exec_wrapper(token).encode(), b"clstr-job", command]
 
 
@@ -140,8 +200,23 @@ def wrapped_command(command, login_shell=None, token=RUN_TOKEN):
     the wrapper, for sshd to hand to the user's login shell.  If the caller
     knows that shell (``login_shell``) and it is one of POSIX_LOGIN_SHELLS,
     the login shell runs the wrapper and the job itself; otherwise it execs
-    ``sh`` for the wrapper, and the job runs in ``$SHELL -c``."""
-    if is_posix_login_shell(login_shell):
+    ``sh`` for the wrapper, and the job runs in ``$SHELL -c``.  A command
+    too big for a command line (``command_on_stdin``) is left out: the
+    wrapper reads it from stdin (``stdin_payload``), and the job runs by
+    `eval`, or as the file ``$SHELL`` is given (never ``-c``: argv again)."""
+    inline = is_posix_login_shell(login_shell)
+    if command_on_stdin(command):
+        if inline:
+            # Read into the shell at once, so no file is left on the node.
+            read_job = _read_job(token, "clstr_job=$(cat \"$clstr_f\"); rm -f \"$clstr_f\";")
+            wrapper = (_watch(token, read_job) + _JOB_START + "eval \"$clstr_job\""
+                       + _JOB_END + _FINISH)
+            return wrapper.encode()
+        job = "login=${SHELL:-sh}; \"$login\" \"$clstr_f\""
+        wrapper = (_watch(token, _read_job(token, ":;"), _REMOVE_JOB_FILE) + _JOB_START + job
+                   + _JOB_END + _FINISH)
+        return b"exec sh -c '" + wrapper.encode() + b"' clstr-job"
+    if inline:
         job = b"eval " + shell_quote(command)
         return (_watch(token) + _JOB_START).encode() + job + (_JOB_END + _FINISH).encode()
     # $0 is the shell's name, as sshd gives it to a login shell.

@@ -11,8 +11,10 @@ Kinds:
 - ``muxsession``: clstr itself speaks OpenSSH's multiplexing protocol to a
   host's ControlMaster, so an attempt costs no local process.
 
-Every attempt gets its own stdin pipe whose write end only clstr holds and
-never writes.  Closing it is how clstr stops that attempt, whatever the
+Every attempt gets its own stdin pipe whose write end only clstr holds.
+clstr writes on it only a command too big for a command line (ssh.py
+``stdin_payload``), through ``StdinWriter``, before the job starts; closing
+it is how clstr stops that attempt, whatever the
 transport: the remote wrapper takes EOF as "stop the job" (see ssh.py) and
 still reports how the job ended (endreport.py).  A transport that has not
 ended ``stop_grace(started)`` seconds later (an ssh still connecting, a hung
@@ -35,14 +37,57 @@ def stop_grace(started):
     return STARTED_STOP_GRACE if started else UNSTARTED_STOP_GRACE
 
 
+# Bytes written to a stdin pipe at a time (what a pipe holds).
+WRITE_SIZE = 65536
+
+
+class StdinWriter:
+    """Writes ``data`` (bytes) to the pipe ``fd`` from ``loop`` as fast as
+    its reader takes it, never blocking the loop (a pipe holds 64 KiB, a big
+    job's command megabytes).  ``cancel()`` must come before ``fd`` is
+    closed.  A reader that has gone (EPIPE) ends the writing quietly: how
+    the attempt ends says why."""
+
+    __slots__ = ("_loop", "_fd", "_rest")
+
+    def __init__(self, loop, fd, data):
+        self._loop = loop
+        self._fd = fd
+        self._rest = memoryview(data)
+        os.set_blocking(fd, False)
+        loop.add_writer(fd, self._write)
+
+    def _write(self):
+        try:
+            written = os.write(self._fd, self._rest[:WRITE_SIZE])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.cancel()
+            return
+        self._rest = self._rest[written:]
+        if not self._rest:
+            self.cancel()
+
+    def cancel(self):
+        if self._fd is not None:
+            self._loop.remove_writer(self._fd)
+            self._fd = self._rest = None
+
+
 class StdinPipe:
     """An attempt's stdin: the read end goes to the transport (then is closed
     here), the write end stays with clstr until ``close()`` stops the job."""
 
-    __slots__ = ("read_end", "write_end")
+    __slots__ = ("read_end", "write_end", "_writer")
 
     def __init__(self):
         self.read_end, self.write_end = os.pipe()
+        self._writer = None
+
+    def send(self, loop, data):
+        """Write ``data`` to the job's stdin from ``loop`` (``StdinWriter``)."""
+        self._writer = StdinWriter(loop, self.write_end, data)
 
     def handed_over(self):
         """The transport has its own copy of the read end now."""
@@ -53,6 +98,8 @@ class StdinPipe:
     def close(self):
         """EOF for the job: the remote wrapper stops it."""
         self.handed_over()
+        if self._writer is not None:
+            self._writer.cancel()
         if self.write_end is not None:
             os.close(self.write_end)
             self.write_end = None

@@ -190,6 +190,17 @@ def test_dry_run_shows_the_exec_command_lines():
     assert line.endswith("clstr-job 'uname -n'"), line
 
 
+def test_dry_run_says_a_big_command_goes_on_stdin(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.write_bytes(b": " + b"A" * (1 << 20) + b"; echo big\n")
+    result = clstr("--exec", "docker exec -i {host}", "-n", "web1", "--dry-run", "-J", str(jobs))
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith(b"docker exec -i web1 sh -c ") and len(line) < 4000
+    assert line.endswith(b"clstr-job  # on stdin: the job's command, : " + b"A" * 198
+                         + b" [cut: 1048588 bytes in all]")
+
+
 @pytest.mark.parametrize("option", [["--ssh-command", "ssh"], ["-O", "User=x"],
                                     ["--alive-interval", "3"],
                                     ["--max-sessions", "4"], ["--multiplex"],

@@ -375,3 +375,52 @@ def test_a_job_file_that_is_not_utf8_runs(cluster, tmp_path):
     assert (result.returncode, result.stdout) == (0, b"caf\xe9\n"), result.stderr
     again = clstr(cluster, *args, "--resume")
     assert (again.returncode, again.stdout) == (0, b""), again.stderr
+
+
+def test_a_stream_is_read_ahead_by_bytes_too_and_reading_resumes_as_jobs_are_taken(
+        monkeypatch):
+    # Ten jobs of 30 KB each, read ahead no further than 64 KiB.
+    monkeypatch.setattr("clstr.jobs.MAX_BUFFERED_BYTES", 1 << 16)
+    from clstr.loop import EventLoop
+    lines = [b"echo %d %s" % (n, b"x" * 30000) for n in range(10)]
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, b"\n".join(lines) + b"\n"),
+                                              os.close(write_end)), daemon=True)
+    writer.start()
+    loop = EventLoop()
+    taken, taking = [], []
+
+    def available():
+        while taking:
+            job = feed.take()
+            if job is None:
+                return
+            taken.append(job)
+
+    saved = os.dup(0)
+    try:
+        os.dup2(read_end, 0)
+        os.close(read_end)
+        feed = JobFeed(files=[open_job_file("-")])
+        feed.start(loop, available)
+        loop.call_later(30, loop.stop)  # bounds both waits below
+        loop.run_while(lambda: feed._watched is not None)
+        held = feed.waiting()
+        assert 3 <= len(held) < 10 and not feed.input_done
+        taking.append(True)
+        available()
+        loop.run_while(lambda: len(taken) < 10)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        feed.close()
+        loop.close()
+        writer.join(30)
+    assert [job.command for job in taken] == lines
+
+
+def test_a_long_command_is_cut_to_its_first_200_bytes_for_people():
+    assert Job(1, b"echo short").brief == "echo short"
+    brief = Job(1, b"echo " + b"\xc3\xa9" * 1000).brief
+    assert brief.startswith("echo ") and brief.endswith(" [cut: 2005 bytes in all]")
+    assert len(brief.encode()) < 250

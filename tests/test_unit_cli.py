@@ -121,6 +121,17 @@ def test_dry_run_prints_ssh_lines_and_starts_nothing(tmp_path):
     assert marker.exists()
 
 
+def test_dry_run_says_a_big_command_goes_on_stdin_and_shows_its_start(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.write_bytes(b": " + b"A" * (1 << 20) + b"; echo big\n")
+    result = run("--dry-run", "--no-multiplex", "-n", "h1", "-J", str(jobs))
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert len(line) < 4000
+    assert line.endswith(b"  # on stdin: the job's command, : " + b"A" * 198
+                         + b" [cut: 1048588 bytes in all]")
+
+
 def test_stdout_option_without_file_discards_output():
     result = run("-n", "a", "-j", "echo hidden", "-o")
     assert result.returncode == 0 and result.stdout == b""

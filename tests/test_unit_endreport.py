@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from clstr.endreport import ReportReader, report_printf
-from clstr.failures import Failure, FirstFailures, Kind, judge
+from clstr.failures import Failure, FirstFailures, Kind, judge, not_delivered
 
 TOKEN = "0123456789abcdef"
 MARK = b"\x1eclstr-" + TOKEN.encode() + b":"
@@ -89,6 +89,19 @@ def test_the_shell_writes_exactly_the_reports():
     assert "'" not in script
 
 
+def test_an_undelivered_report_after_the_start_ends_the_attempt_in_place_of_an_end():
+    stream = START + b"err\n" + MARK + b"u16777216\n" + end(0) + b"after\n"
+    for chunks in every_split(stream):
+        out, reader = read(chunks)
+        assert (out, reader.undelivered, reader.status, reader.ended) == (
+            b"err\n" + end(0) + b"after\n", 16777216, None, True), chunks
+
+
+def test_an_undelivered_report_before_the_start_is_not_believed():
+    out, reader = read([MARK + b"u5\n" + START + end(0)])
+    assert (out, reader.undelivered, reader.status) == (MARK + b"u5\n", None, 0)
+
+
 # --- judge ------------------------------------------------------------------
 
 LOST = Failure(Kind.CONNECTION_LOST, "shared connection lost: x")
@@ -161,3 +174,17 @@ def test_different_words_or_a_started_job_never_stop_the_run():
     first.job_started()
     down = Failure(Kind.TRANSPORT, "daemon down")
     assert not any(first.no_node_can_cure(host, down) for host in "abcd")
+
+
+def test_a_command_the_node_could_not_store_fails_the_job_alone():
+    undelivered = not_delivered(0, 2000000)
+    for code, transport_failure in ((0, None), (255, LOST), (None, LOST)):
+        verdict = judge(transport_failure, code, True, None, undelivered=undelivered)
+        assert (verdict.failure, verdict.exitval) == (undelivered, 255)
+    assert not undelivered.kind.transport
+    assert str(undelivered) == "not delivered: the node stored 0 of 2000000 bytes of the command"
+
+
+def test_a_job_stopped_while_its_command_came_keeps_clstrs_reason():
+    verdict = judge(None, 0, True, None, stopped=TIMEOUT, undelivered=not_delivered(5, 9))
+    assert (verdict.failure, verdict.signal) == (TIMEOUT, 15)

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from clstr.delivery import tag_lines
-from clstr.failures import Failure, Kind, classify, job_exit
+from clstr.failures import Failure, Kind, classify, job_exit, not_delivered
 from clstr.jobs import JobFeed, open_job_file, split_job_lines
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
@@ -192,6 +192,15 @@ def test_job_failure_job_fails_only_the_job():
     job, slot = scheduler.next_assignment()
     outcome = scheduler.attempt_finished(job, slot, job_exit(1))
     assert outcome.gave_up and not outcome.retired
+    assert scheduler.next_assignment() is not None
+
+
+def test_a_job_not_delivered_fails_alone_even_under_job_failure_node():
+    pool = NodePool(["a"])
+    scheduler = Scheduler(pool, feed_of("x", "y"))
+    job, slot = scheduler.next_assignment()
+    outcome = scheduler.attempt_finished(job, slot, not_delivered(0, 200000))
+    assert outcome.gave_up and not outcome.retired and not outcome.requeued
     assert scheduler.next_assignment() is not None
 
 

@@ -7,11 +7,18 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 
 import pytest
 
 from clstr.endreport import ReportReader
-from clstr.ssh import LOGIN_SHELL_PROBE, login_shell_from_probe, wrapped_command
+from clstr.ssh import (
+    LOGIN_SHELL_PROBE,
+    STDIN_ABOVE,
+    login_shell_from_probe,
+    stdin_payload,
+    wrapped_command,
+)
 from clstr_run import RUN_ID, local_processes, local_processes_left, wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
@@ -19,18 +26,22 @@ FORMS = ["inline", "universal"]
 
 
 def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=False,
-                after=lambda: None):
+                after=lambda: None, payload=None, env=()):
     """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
     as the login shell; close its stdin once ``stop_when()`` holds (None:
     when it has ended).  ``after()`` is called once the wrapper has ended and
     been reaped, while stdin is still open unless ``stop_when`` closed it.
     ``term_ignored``: start it with SIGTERM ignored.  Returns (status,
     stdout, stderr), stderr without the wrapper's reports (endreport.py),
-    whose end status must be the wrapper's own exit status."""
+    whose end status must be the wrapper's own exit status.  ``payload``:
+    what is written on stdin first (default: ``stdin_payload(command)``);
+    ``env``: more environment variables."""
     login = "/bin/" + shell
     remote = wrapped_command(command, login if form == "inline" else None)
+    if payload is None:
+        payload = stdin_payload(command) or b""
     stdin_read, stdin_write = os.pipe()
-    env = dict(os.environ, SHELL=shutil.which(shell))
+    env = dict(os.environ, SHELL=shutil.which(shell), **dict(env))
     ignore_term = (lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if term_ignored else None
     try:
         process = subprocess.Popen(["setsid", "-w", shell, "-c", remote], stdin=stdin_read,
@@ -38,12 +49,16 @@ def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=F
                                    preexec_fn=ignore_term)
         os.close(stdin_read)
         stdin_read = None
+        writer = threading.Thread(target=write_all, args=(stdin_write, payload), daemon=True)
+        writer.start()
         if stop_when is not None:
             wait_until(lambda: stop_when() or process.poll() is not None, timeout=timeout,
                        what="the job to be ready to stop")
+            writer.join(timeout)
             os.close(stdin_write)
             stdin_write = None
         out, err = process.communicate(timeout=timeout)
+        writer.join(timeout)
         after()
     finally:
         for fd in (stdin_read, stdin_write):
@@ -54,7 +69,19 @@ def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=F
     assert reports.started
     if reports.status is not None:
         assert reports.status == process.returncode
+    if reports.undelivered is not None:
+        return "undelivered %d" % reports.undelivered, out, err
     return process.returncode, out, err
+
+
+def write_all(fd, data):
+    """Write ``data`` to the pipe ``fd`` (kept open), as far as its reader
+    takes it."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:  # the wrapper has gone
+        pass
 
 
 def sleep_marker(n):
@@ -169,3 +196,58 @@ def test_only_known_posix_login_shells_run_the_wrapper_themselves():
         assert not wrapped_command(b"true", login).startswith(b"exec ")
     for login in (None, "", "csh", "/usr/bin/fish", "zsh"):
         assert wrapped_command(b"true", login).startswith(b"exec sh -c '")
+
+
+# -- a command too big for a command line comes on stdin ------------------------
+
+def big_command(then, size=STDIN_ABOVE + 1):
+    """A command of more than ``size`` bytes that runs ``then`` (bytes)."""
+    return b": " + b"A" * size + b"; " + then
+
+
+def left_in(directory):
+    return sorted(os.listdir(directory))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_big_command_is_read_from_stdin_and_run_with_stdin_at_eof(shell, form, tmp_path):
+    command = big_command(b"cat; echo \"$#\" ran; echo err >&2; exit 5", size=1 << 20)
+    assert not wrapped_command(command, "/bin/" + shell).count(b"AAAA")
+    assert run_wrapped(shell, form, command, env={"TMPDIR": str(tmp_path)}) == (
+        5, b"0 ran\n", b"err\n")
+    assert left_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_stdin_eof_after_a_big_command_stops_the_job(shell, form, tmp_path):
+    # The watcher reads stdin only after the command: the EOF that comes
+    # then is the stop.
+    mark = sleep_marker(3)
+    command = big_command(b"sleep %s; echo never" % mark.encode())
+    status, out, _ = run_wrapped(shell, form, command, env={"TMPDIR": str(tmp_path)},
+                                 stop_when=lambda: local_processes(mark, True))
+    assert out == b"" and status in (143, -15), status
+    assert local_processes_left(mark, whole_word=True) == []
+    assert left_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_big_command_cut_short_is_reported_undelivered_and_not_run(shell, form, tmp_path):
+    command = big_command(b"echo ran")
+    payload = stdin_payload(command)[:-100]
+    status, out, _ = run_wrapped(shell, form, command, payload=payload,
+                                 env={"TMPDIR": str(tmp_path)}, stop_when=lambda: True)
+    assert (status, out) == ("undelivered %d" % (len(command) - 100), b"")
+    assert left_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_node_that_cannot_store_a_big_command_reports_it_undelivered(shell, form, tmp_path):
+    command = big_command(b"echo ran")
+    status, out, err = run_wrapped(shell, form, command,
+                                   env={"TMPDIR": str(tmp_path / "missing")})
+    assert (status, out, err) == ("undelivered 0", b"", b"")
