@@ -357,7 +357,8 @@ def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run):
     # The node dies with its jobs.  Their sruns end when Slurm declares the
     # node down ("Node failure on n2", exit 0): those jobs must run again
     # elsewhere, and the allocation (--no-kill) goes on without the node.
-    run = fault_run(1, ["--no-kill"])
+    # 3 s jobs: the crash must find n2's jobs still running on a loaded box.
+    run = fault_run(3, ["--no-kill"])
     run.wait_mid_run(VICTIM)
     lost = run.running_on(VICTIM)
     slurm.crash(VICTIM)
