@@ -237,8 +237,9 @@ def test_a_joblog_on_a_full_file_system_stops_the_run_and_names_the_joblog(clust
 def test_an_active_nodes_file_on_a_full_file_system_stops_the_run(cluster, small_tmpfs):
     marker = sleep_marker()
     active = os.path.join(small_tmpfs, "active")
-    fill_leaving(small_tmpfs, 8192)
-    # Three running jobs with long commands need more than the space left.
+    # No room for even one block: the file's first line of a running job
+    # (commands are cut to 200 bytes there) cannot be written.
+    fill_leaving(small_tmpfs, 0)
     job = "sleep %s; : %s" % (marker, "x" * 3000)
     result = clstr(cluster, "-v", "-A", active, *node_args(cluster.nodes(3)), *["-j", job] * 3)
     stderr = result.stderr.decode()
