@@ -59,8 +59,9 @@ def _kill_user_processes(uid):
 
 
 def _python_for_others():
-    """A Python another user may run (ours may live in root's home)."""
-    path = sys.executable
+    """A Python another user may run (ours may live in root's home, or be a
+    virtual environment's link to it)."""
+    path = os.path.realpath(sys.executable)
     while os.path.dirname(path) != path:
         if not os.stat(path).st_mode & 0o001:
             return "/usr/bin/python3"
