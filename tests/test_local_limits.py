@@ -8,6 +8,7 @@ counts every process of the user, the remote sessions too if clstr ran as
 the login user, and does not bind root.  The limit is set in the child only.
 """
 
+import fcntl
 import os
 import pwd
 import re
@@ -25,12 +26,24 @@ LIMITS = {"n": resource.RLIMIT_NOFILE, "u": resource.RLIMIT_NPROC}
 LIMIT_NAMES = {"n": "open-files", "u": "process"}
 
 
+# One user runs clstr for every test run on this machine, and its process
+# limit counts all of that user's processes: two test runs at once would
+# share the limit and kill each other's clstr when they clean up.  So the
+# runs take turns, by a lock every run opens at the same path.
+TURN_LOCK = "/tmp/clstr-test-local-user.lock"
+
+
 @pytest.fixture(scope="module")
 def local_client(cluster):
     client = cluster.local_client()
     if client is None:
         pytest.skip("running clstr as another user needs root")
-    return client
+    fd = os.open(TURN_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield client
+    finally:
+        os.close(fd)
 
 
 def _user_processes(uid):
