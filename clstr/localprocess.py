@@ -3,13 +3,14 @@
 
 The ssh client is used with ``--no-multiplex``, for ``--on-each-node``, for
 hosts whose connection cannot be shared, and whenever clstr's own mux client
-cannot talk to a master.  ssh exits with the remote command's status, or 255
-for its own errors, which ``failures.classify`` names from what ssh said: ssh
-logs to a file of its own (``ssh -E``, one per attempt, in the run's private
-directory), so the job's stderr carries only what the job and the user's own
-configuration of ssh let through.  An exec transport exits 1 for its own
-failures as for a job's, so the remote wrapper writes a start marker first
-(exectransport.py).
+cannot talk to a master.  Neither ssh's exit status (255 for its own errors
+and for a job's ``exit 255``) nor an exec transport's (1 for its own failures
+as for a job's; srun's 0 after a node failure) is taken for the job's: the
+wrapper's reports on stderr (endreport.py) pass through a ``ReportReader``
+here, and ``failures.judge`` decides.  What the transport says is kept for
+naming its own failure: ssh logs to a file of its own (``ssh -E``, one per
+attempt, in the run's private directory), so the job's stderr carries only
+what the job and the user's own configuration of ssh let through.
 """
 
 import os
