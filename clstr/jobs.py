@@ -79,11 +79,6 @@ def numbered_job_lines(data, first=1):
     return jobs
 
 
-def split_job_lines(data):
-    """Commands from complete lines: newline and CR stripped, blank lines skipped."""
-    return [command for _, command in numbered_job_lines(data)]
-
-
 NUL_IN_JOB = "job contains a NUL byte"
 
 

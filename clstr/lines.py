@@ -44,11 +44,6 @@ class LineAssembler:
         self._spill = None  # the partial line once it is on disk
         self._cr_pending = False  # the partial line ends with a held "\r"
 
-    @property
-    def in_memory(self):
-        """Bytes of the partial line held in memory (at most SPILL_AFTER)."""
-        return sum(map(len, self._chunks))
-
     def feed(self, data):
         """Return the pieces that ``data`` completes."""
         if len(data) > MAX_LINE:

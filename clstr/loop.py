@@ -179,9 +179,6 @@ class EventLoop:
             if reaped:
                 self._call(self._children.pop(pid), exit_code(status))
 
-    @property
-    def child_count(self):
-        return len(self._children)
 
     # -- signals ------------------------------------------------------------
 

@@ -206,10 +206,6 @@ class _Fields:
         self._pos += length
         return value
 
-    @property
-    def at_end(self):
-        return self._pos >= len(self._data)
-
 
 def alive_reply_pid(payload, request_id):
     """The master's pid from ``payload``, its answer to
@@ -515,7 +511,7 @@ def _describe(error):
 
 # -- one session ---------------------------------------------------------------
 
-class MuxSession(_Connection):
+class ControlSession(_Connection):
     """One command run through the ControlMaster listening at
     ``control_path``, driven by ``loop`` (clstr.loop.EventLoop).
 
@@ -659,7 +655,7 @@ class MuxAttempt:
     output pipes have reached EOF: the exit status arrives before the output
     has drained.  ``on_opened()``, if given, runs when the command starts.
     ``reply_timeout``: how long the master has to answer the hello and the
-    session request (``MuxSession``); None: as long as it takes.
+    session request (``ControlSession``); None: as long as it takes.
 
     ``stop()`` is how a job is stopped: it closes the stdin pipe, the remote
     wrapper's watcher sees EOF and stops the job, and the attempt ends
@@ -692,7 +688,7 @@ class MuxAttempt:
         passed = [stdin_read] + self._pipes.write_ends
         self._pipes.write_ends = []
         try:
-            self.session = MuxSession(loop, control_path, command, *passed,
+            self.session = ControlSession(loop, control_path, command, *passed,
                                       on_opened=self._opened, on_exit=self._session_exited,
                                       on_error=self._session_failed, env=env,
                                       reply_timeout=reply_timeout)

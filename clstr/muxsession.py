@@ -28,7 +28,7 @@ class MuxSession(Session):
     (endreport.ReportReader).  ``fall_back(error, detail, on_output,
     on_end)`` starts and returns the Session that takes over when the mux
     client cannot be used (nothing has run then).  ``reply_timeout``: how
-    long the master has to answer (muxclient.MuxSession).  ``verdict(then)``
+    long the master has to answer (muxclient.ControlSession).  ``verdict(then)``
     has the master's owner (multiplex.py) check that it answers, killing it
     if not, then calls ``then()``.  ``stdin_data``: what to write on the
     command's stdin first (a big job's command), or None."""

@@ -97,10 +97,6 @@ class NodePool:
             self._push(host)
 
     @property
-    def has_free_slot(self):
-        return any(h.free for h in self.hosts.values() if not h.retired)
-
-    @property
     def usable(self):
         """True while some host could still run a job now or later."""
         return any(h.usable for h in self.hosts.values())

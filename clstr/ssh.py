@@ -305,8 +305,3 @@ class SshSettings:
     def master_exit_argv(self, host, control_path):
         """The argv asking the master at ``control_path`` to exit."""
         return self._argv(host, ["ControlPath=" + control_path], extra_args=["-O", "exit"])
-
-
-def display_argv(argv):
-    """Bytes arguments as text, for messages."""
-    return [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]

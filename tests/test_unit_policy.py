@@ -7,7 +7,7 @@ import pytest
 
 from clstr.delivery import tag_lines
 from clstr.failures import Failure, Kind, classify, job_exit, not_delivered
-from clstr.jobs import JobFeed, open_job_file, split_job_lines
+from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
 from clstr.records import completed_in_joblog, joblog_line
@@ -275,7 +275,8 @@ def test_pinned_jobs_run_on_their_host_and_are_not_rerun_elsewhere():
 
 
 def test_job_lines_lose_newline_and_cr_and_blank_lines_but_keep_bytes():
-    assert split_job_lines(b"a\r\n\n  \nb \xff\nc") == [b"a", b"b \xff", b"c"]
+    assert [command for _, command in numbered_job_lines(b"a\r\n\n  \nb \xff\nc")] == [
+        b"a", b"b \xff", b"c"]
 
 
 def test_jobs_put_back_unstarted_come_before_new_ones():
