@@ -15,8 +15,8 @@ would hold a pipe open; and nothing a master says reaches the user's output.
 A master lives as long as the run needs it, no longer: it leaves by itself
 after MASTER_IDLE_EXIT seconds without sessions (also when clstr was killed),
 and one found gone when its host gets work (idle expiry, killed, socket
-removed) is started again, up to MASTER_RESTARTS times per host for exits
-that were not idle expiry.  While a master carries sessions, clstr checks
+removed) is started again, as often as node health allows for exits that
+were not idle expiry (nodehealth.MASTER_RESTARTS).  While a master carries sessions, clstr checks
 every ``alive_interval`` seconds that it answers (MUX_C_ALIVE_CHECK on a
 connection of its own): one that does not within the alive budget
 (ServerAliveInterval * ServerAliveCountMax, what ssh allows a silent node) is
@@ -39,10 +39,6 @@ from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
 # clstr is killed before it can stop its masters, short so that none outlives
 # clstr by much.  Its host's next job starts a new one.
 MASTER_IDLE_EXIT = 10
-# How many times a host's masters are started again after exits that were
-# not idle expiry (killed, socket removed, frozen); then the host uses direct
-# connections.
-MASTER_RESTARTS = 3
 # How long clstr waits for its masters to confirm they exit.
 EXIT_WAIT = 5.0
 # A master not up this long after its connect timeout is given up: ssh can
@@ -119,7 +115,6 @@ class MasterSet:
         self._ssh = ssh
         self._per_master = max(1, sessions_per_master)
         self._masters = {}
-        self._restarts = {}  # host -> restarts that were not after idle expiry
         self._alive_budget = ssh.alive_interval * ssh.alive_count
         self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
         # The run's private directory (privatedir.py); its owner removes it.
@@ -404,24 +399,17 @@ class MasterSet:
 
     def master_gone(self, host, group):
         """A session could not reach the master of ``group`` on ``host``
-        (nothing ran).  Returns whether a new master may be started now; if
-        not, connection sharing is over for that master (``control_path``
-        says None) and its jobs use direct connections.  A master found gone
-        after carrying nothing for MASTER_IDLE_EXIT has expired as it should;
-        other exits count against MASTER_RESTARTS.  One that still takes
-        connections without answering is killed first."""
+        (nothing ran): it is no longer used (``control_path`` says None, and
+        its jobs use direct connections until it is started again).  One
+        that still takes connections without answering is killed first.
+        Returns whether it had expired as it should, after carrying nothing
+        for MASTER_IDLE_EXIT (node health counts the other exits)."""
         master = self._masters[(host, group)]
         if _listening(master.path):
             self._kill(master, "the master did not answer for %gs; killed" % self._alive_budget)
-        expired = (not master.sessions and master.idle_since is not None
-                   and time.monotonic() - master.idle_since >= MASTER_IDLE_EXIT - 1)
         master.ready = False
-        if not expired:
-            restarts = self._restarts[host] = self._restarts.get(host, 0) + 1
-            if restarts > MASTER_RESTARTS:
-                master.unavailable = "its master exited %d times" % restarts
-                return False
-        return True
+        return (not master.sessions and master.idle_since is not None
+                and time.monotonic() - master.idle_since >= MASTER_IDLE_EXIT - 1)
 
     def control_path(self, host, slot_index):
         master = self._masters.get((host, self.group_of(slot_index)))

@@ -22,11 +22,12 @@ from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
 from .multiplex import MasterSet
 from .muxclient import MuxError
+from .nodehealth import Backoff, Direct, NodeHealth, Readmit, Reconnect, Retire
 from .nodes import NodePool
 from .output import Sink
 from .privatedir import PrivateDirectory
 from .records import failure_report
-from .scheduler import MAX_THROTTLED, Scheduler, throttle_backoff
+from .scheduler import Scheduler
 from .ssh import stdin_payload, wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 from .transport import NoSession, stop_grace
@@ -37,8 +38,6 @@ EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
-# --retry-nodes: the cooldown doubles after each failed probe, up to this.
-RETRY_COOLDOWN_MAX = 600.0
 
 # Open files clstr holds for each running job: the read ends of the job's
 # stdout and stderr pipes and the write end of its stdin pipe, and, through
@@ -118,6 +117,8 @@ class Runner:
             self.masters = MasterSet(self.loop, plan.ssh, self.private.path,
                                      plan.sessions_per_master)
         self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses, held=bool(self.masters))
+        self.health = NodeHealth(random.Random(), job_failure=plan.job_failure,
+                                 retry_after=plan.retry_nodes, masters=bool(self.masters))
         self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
                                    max_attempts=plan.max_attempts, job_failure=plan.job_failure)
         self.attempts = set()
@@ -136,13 +137,9 @@ class Runner:
         # resources: no more run at once (None: no such failure yet).
         self._master_cap = None
         self._masters_wait = False  # until something ends, or the retry timer
-        self._master_tries = {}
-        self._direct = set()  # hosts whose connection could not be shared
         self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
         self._master_slots = {}  # (host, group) -> slots it serves, once started
         self._unstarted = self._unstarted_masters()
-        self._node_retries = {}  # host -> probes so far (--retry-nodes)
-        self._probation = set()  # hosts readmitted with one slot until a job succeeds
         self._started = time.monotonic()
         self._first_failures = FirstFailures()
         self._report_when_stopped = False
@@ -325,47 +322,66 @@ class Runner:
             return
         if failure is None:
             self._shortage.eased()
-            if unavailable and host not in self._direct:
-                self._direct.add(host)
-                if self.plan.verbose:
-                    self._message("%s: connection sharing unavailable (%s), using direct "
-                                  "connections" % (host, unavailable))
             unknown = self.masters.login_shell_unknown(host, group)
             if unknown and self.plan.verbose:
                 self._message("%s: login shell not known (%s); its jobs start through sh"
                               % (host, unknown))
-            self.pool.admit(host, lambda slot: self.masters.group_of(slot.index) == group)
-            self._back_in_service(host)
-        elif failure.kind is Kind.THROTTLED and self._master_tries.get(host, 0) < MAX_THROTTLED:
-            tries = self._master_tries[host] = self._master_tries.get(host, 0) + 1
-            self.loop.call_later(throttle_backoff(tries, random),
-                                 lambda: self._start_master(host, group))
-        else:
-            self._retire(host, failure)
+        self._apply(self.health.master_started(self.pool.hosts[host], group, failure,
+                                               unavailable))
         self._dispatch()
 
-    def _retire(self, host, failure):
-        if not self.pool.hosts[host].retired:
-            self.pool.retire(host, failure)
-            self._note_retired(host, failure)
+    # -- node health (nodehealth.py decides, this carries it out) ---------------
 
-    def _note_retired(self, host, failure):
-        self._probation.discard(host)
-        if self.plan.verbose:
-            self._message("node %s retired: %s" % (host, failure))
-        if self.plan.retry_nodes and failure.kind.transport:
-            tries = self._node_retries[host] = self._node_retries.get(host, 0) + 1
-            cooldown = min(self.plan.retry_nodes * 2 ** (tries - 1),
-                           max(self.plan.retry_nodes, RETRY_COOLDOWN_MAX))
-            self.loop.call_later(cooldown, lambda: self._probe(host))
+    def _apply(self, decisions):
+        """Carry out node health's decisions: the pool's part now, delays as
+        timers."""
+        for decision in decisions:
+            name = decision.host
+            if isinstance(decision, Retire):
+                self.pool.retire(name, decision.failure)
+                if self.plan.verbose:
+                    self._message("node %s retired: %s" % (name, decision.failure))
+                if decision.probe_after is not None:
+                    self.loop.call_later(decision.probe_after, lambda name=name: self._probe(name))
+            elif isinstance(decision, Backoff):
+                self.loop.call_later(decision.seconds, lambda name=name, group=decision.group:
+                                     self._try_again(name, group))
+            elif isinstance(decision, Readmit):
+                self.pool.admit(name, self._admitted(decision))
+                if decision.back and self.plan.verbose:
+                    self._message("node %s is back" % name)
+            elif isinstance(decision, Reconnect):
+                # A master coming up admits its slots; failing, it retires
+                # the host again with a longer cooldown.
+                held = self.pool.hosts[name].held
+                for group in sorted({self.masters.group_of(slot.index) for slot in held}):
+                    self._start_master(name, group)
+            elif isinstance(decision, Direct) and decision.news and self.plan.verbose:
+                self._message("%s: connection sharing unavailable (%s), using direct "
+                              "connections" % (name, decision.why))
 
-    # -- --retry-nodes --------------------------------------------------------
+    def _admitted(self, readmit):
+        """Which held slots a Readmit lets take jobs (a test for NodePool.admit)."""
+        if readmit.probation:
+            first = self.pool.hosts[readmit.host].held[0]
+            return lambda slot: slot is first
+        if readmit.group is None:
+            return lambda slot: True
+        return lambda slot: self.masters.group_of(slot.index) == readmit.group
+
+    def _try_again(self, name, group):
+        """A throttled connection's rest is over: the host's held slots take
+        jobs again (``group`` None), or the master of ``group`` starts."""
+        if group is None:
+            self.pool.admit(name)
+            self._dispatch()
+        else:
+            self._start_master(name, group)
 
     def _probe(self, name):
-        """Try a host retired for a transport failure again.  The probe is a
-        real ssh connection (a master, or one job on one slot), never a bare
-        TCP connect, which recent sshd penalises.  Pending probes do not keep
-        a run alive: it still ends when no live node is left."""
+        """--retry-nodes: try a host retired for a transport failure again,
+        as node health says (nodehealth.py).  Pending probes do not keep a
+        run alive: it still ends when no live node is left."""
         host = self.pool.hosts[name]
         if self._stopping or not host.retired or self.scheduler.done():
             return
@@ -373,22 +389,8 @@ class Runner:
             return
         if self.plan.verbose:
             self._message("node %s: trying again" % name)
-        if self.masters:
-            # A master coming up admits its slots; failing, it retires the
-            # host again with a longer cooldown.
-            groups = {self.masters.group_of(slot.index) for slot in host.held}
-            for group in sorted(groups):
-                self._start_master(name, group)
-        else:
-            # One slot first; the rest once a job there succeeds.
-            first = host.held[0]
-            self._probation.add(name)
-            self.pool.admit(name, lambda slot: slot is first)
+        self._apply(self.health.probe(name))
         self._dispatch()
-
-    def _back_in_service(self, name):
-        if name in self._node_retries and self.plan.verbose:
-            self._message("node %s is back" % name)
 
     # -- attempts -----------------------------------------------------------
 
@@ -503,7 +505,9 @@ class Runner:
         the slot waits for the new master."""
         host, group = attempt.slot.host.name, self.masters.group_of(attempt.slot.index)
         if not self.masters.starting(host, group):
-            if not self.masters.master_gone(host, group):
+            direct = self.health.master_gone(host, self.masters.master_gone(host, group))
+            if direct:
+                self._apply(direct)
                 return False
             if self.plan.verbose:
                 self._message("%s: master gone (%s), starting another" % (host, detail))
@@ -668,20 +672,13 @@ class Runner:
             self._maybe_finish_stop()
             return
         outcome = self.scheduler.attempt_finished(job, attempt.slot, failure)
-        if failure is None and host in self._probation:
-            self._probation.discard(host)
-            self.pool.admit(host)
-            self._back_in_service(host)
         if failure is None or outcome.gave_up:
             self._guarded(self._index_path(), self.delivery.record, job.seq, failure, host,
                           job.text)
-        if outcome.retired:
-            self._note_retired(outcome.retired, failure)
+        self._apply(self.health.attempt_ended(attempt.slot.host, failure))
         if failure and self.plan.verbose:
             then = ("requeued" if outcome.requeued else "given up")
             self._message("job %d on %s: %s; %s" % (job.seq, host, failure, then))
-        if outcome.backoff is not None:
-            self.loop.call_later(outcome.backoff, lambda: self._readmit(host))
         self._dispatch()
         if (self._resting or self._masters_wait) and not self._starved and not self._stopping:
             # The slot this job freed went first; now one that rests.
@@ -694,10 +691,6 @@ class Runner:
 
     def _index_path(self):
         return self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
-
-    def _readmit(self, host):
-        self.pool.admit(host)
-        self._dispatch()
 
     # -- ending -------------------------------------------------------------
 

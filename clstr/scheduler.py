@@ -1,59 +1,43 @@
-"""Policy: which job runs on which slot, and what a finished attempt means.
+"""Policy: which job runs on which slot, and what a finished attempt means
+for the job (what it means for the node is nodehealth.py's).
 
-No I/O here: the runner asks for assignments and reports results, so the rules
-can be tested with synthetic events.
+No processes, sockets or timers here: the runner asks for assignments and
+reports results, so the rules can be tested with synthetic events (the only
+I/O is the job feed reading its files when a job is taken).
 
 The rule from clstr 0.1.0: ssh exiting non-zero cannot be told apart from the
 node failing, so the node is assumed broken.  The job goes to the back of the
-queue to run elsewhere and the host gets no more work (its other running jobs may
-finish).  Users rely on this to filter nodes (``[ -z "$(users)" ] && job``).
+queue to run elsewhere (the host gets no more work, nodehealth.py).  Users rely
+on this to filter nodes (``[ -z "$(users)" ] && job``).
 Refinements, each chosen by the user or forced by ssh's nature:
 - ``job_failure="job"``: a job's own non-zero exit fails that job only;
 - ``max_attempts``: a job that failed on that many nodes is given up;
-- a connection throttled by sshd's MaxStartups is transient: the slot backs
-  off and retries, and the host is retired only after several in a row;
-- a job killed by ``--timeout`` failed on its own: not retried, node kept;
+- a connection throttled by sshd's MaxStartups is transient: the job goes
+  first again and its slot is held while it backs off;
+- a job killed by ``--timeout`` failed on its own: not retried;
 - so did a job whose command the node could not store (``not delivered``).
 """
 
-import random
-
 from .failures import Kind
-
-# A host whose connections are throttled this many times in a row, while none
-# of its jobs runs, is retired: it is not merely busy.
-MAX_THROTTLED = 6
-THROTTLE_BACKOFF = 0.25  # seconds, doubled for each throttled attempt in a row
-THROTTLE_BACKOFF_MAX = 4.0
-
-
-def throttle_backoff(count, rng):
-    """Seconds to wait after the ``count``-th throttled attempt in a row:
-    exponential, capped, with jitter so that slots do not retry in step."""
-    return min(THROTTLE_BACKOFF_MAX, THROTTLE_BACKOFF * 2 ** (count - 1)) * rng.uniform(0.5, 1.5)
+from .nodehealth import blames_node
 
 
 class Outcome:
-    """What an attempt's end changed: ``retired`` (host name or None),
-    ``requeued``, ``gave_up`` (the job will not be tried again) and
-    ``backoff`` (seconds the slot must rest before it is admitted again, or
-    None)."""
+    """What an attempt's end meant for its job: ``requeued``, or ``gave_up``
+    (the job will not be tried again)."""
 
-    __slots__ = ("retired", "requeued", "gave_up", "backoff")
+    __slots__ = ("requeued", "gave_up")
 
-    def __init__(self, retired=None, requeued=False, gave_up=False, backoff=None):
-        self.retired = retired
+    def __init__(self, requeued=False, gave_up=False):
         self.requeued = requeued
         self.gave_up = gave_up
-        self.backoff = backoff
 
 
 class Scheduler:
     """Matches jobs from a ``JobFeed`` to slots from a ``NodePool``.
     ``max_running`` (0: unlimited) caps slots busy at once (--max-nodes)."""
 
-    def __init__(self, pool, feed, max_running=0, max_attempts=0, job_failure="node", rng=None):
-        self._rng = rng or random.Random()
+    def __init__(self, pool, feed, max_running=0, max_attempts=0, job_failure="node"):
         self.pool = pool
         self.feed = feed
         self.max_running = max_running
@@ -61,7 +45,6 @@ class Scheduler:
         self.job_failure = job_failure
         self.completed = 0
         self.given_up = []  # jobs that will not be tried again
-        self._throttled = {}  # host name -> throttled attempts in a row
 
     def next_assignment(self):
         """A (job, slot) pair to start now, or None."""
@@ -87,31 +70,26 @@ class Scheduler:
         return job, self.pool.acquire_on(job.host)
 
     def attempt_finished(self, job, slot, failure):
-        """Record an attempt's end (``failure`` None for success) and return
-        the Outcome."""
-        host = slot.host
+        """Record an attempt's end (``failure`` None for success), hand its
+        slot back (held, if the connection was throttled: it rests until
+        readmitted) and return the Outcome."""
         if failure is None:
             self.pool.release(slot)
-            self._throttled.pop(host.name, None)
             self.completed += 1
             return Outcome()
-        job.failures.append((host.name, failure))
+        job.failures.append((slot.host.name, failure))
         if failure.kind is Kind.THROTTLED:
-            return self._throttled_attempt(job, slot)
+            # The host is busy, not broken: the job goes first again.
+            self.pool.hold(slot)
+            self.feed.requeue(job)
+            return Outcome(requeued=True)
         self.pool.release(slot)
-        outcome = Outcome()
-        job_only = failure.kind in (Kind.TIMEOUT, Kind.NOT_DELIVERED) or (
-            failure.kind is Kind.JOB_EXIT and self.job_failure == "job")
-        if not job_only and not host.retired:
-            self.pool.retire(host.name, failure)
-            outcome.retired = host.name
-        if job_only or job.host is not None or self._attempts_used_up(job):
+        if (not blames_node(failure, self.job_failure) or job.host is not None
+                or self._attempts_used_up(job)):
             self.given_up.append(job)
-            outcome.gave_up = True
-        else:
-            self.feed.retry_later(job)
-            outcome.requeued = True
-        return outcome
+            return Outcome(gave_up=True)
+        self.feed.retry_later(job)
+        return Outcome(requeued=True)
 
     def _attempts_used_up(self, job):
         if not self.max_attempts:
@@ -119,20 +97,6 @@ class Scheduler:
         failed_hosts = {name for name, failure in job.failures
                         if failure.kind is not Kind.THROTTLED}
         return len(failed_hosts) >= self.max_attempts
-
-    def _throttled_attempt(self, job, slot):
-        # sshd dropped the connection before key exchange (MaxStartups): the
-        # host is busy, not broken.  Rest the slot and try again later.
-        # A host with jobs running is alive, however often it throttles.
-        name = slot.host.name
-        count = self._throttled[name] = self._throttled.get(name, 0) + 1
-        self.feed.requeue(job)
-        if count >= MAX_THROTTLED and slot.host.running == 1:
-            self.pool.release(slot)
-            self.pool.retire(name, job.failures[-1][1])
-            return Outcome(retired=name, requeued=True)
-        self.pool.hold(slot)
-        return Outcome(requeued=True, backoff=throttle_backoff(count, self._rng))
 
     def done(self):
         """True when every job has been read and none is waiting or running."""

@@ -11,7 +11,7 @@ from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
 from clstr.records import completed_in_joblog, joblog_line
-from clstr.scheduler import MAX_THROTTLED, Scheduler
+from clstr.scheduler import Scheduler
 from clstr.ssh import SshSettings, shell_quote
 from clstr.status import active_nodes_text, status_text
 
@@ -174,12 +174,14 @@ def feed_of(*commands):
     return JobFeed([c.encode() for c in commands])
 
 
-def test_failure_requeues_the_job_and_retires_the_node():
+def test_failure_requeues_the_job_to_run_elsewhere():
+    # The node's retirement is node health's (test_unit_nodehealth.py).
     pool = NodePool(["a", "b"], rng=random.Random(0))
     scheduler = Scheduler(pool, feed_of("x"))
     job, slot = scheduler.next_assignment()
     outcome = scheduler.attempt_finished(job, slot, Failure(Kind.REFUSED, "refused"))
-    assert outcome.retired == slot.host.name and outcome.requeued
+    assert outcome.requeued and not outcome.gave_up
+    pool.retire(slot.host.name, "refused")
     again, other = scheduler.next_assignment()
     assert again is job and other.host is not slot.host
     scheduler.attempt_finished(again, other, None)
@@ -191,7 +193,7 @@ def test_job_failure_job_fails_only_the_job():
     scheduler = Scheduler(pool, feed_of("x", "y"), job_failure="job")
     job, slot = scheduler.next_assignment()
     outcome = scheduler.attempt_finished(job, slot, job_exit(1))
-    assert outcome.gave_up and not outcome.retired
+    assert outcome.gave_up and not outcome.requeued
     assert scheduler.next_assignment() is not None
 
 
@@ -200,7 +202,7 @@ def test_a_job_not_delivered_fails_alone_even_under_job_failure_node():
     scheduler = Scheduler(pool, feed_of("x", "y"))
     job, slot = scheduler.next_assignment()
     outcome = scheduler.attempt_finished(job, slot, not_delivered(0, 200000))
-    assert outcome.gave_up and not outcome.retired and not outcome.requeued
+    assert outcome.gave_up and not outcome.requeued
     assert scheduler.next_assignment() is not None
 
 
@@ -211,46 +213,19 @@ def test_max_attempts_gives_up_after_that_many_nodes():
     for _ in range(2):
         job, slot = scheduler.next_assignment()
         outcomes.append(scheduler.attempt_finished(job, slot, Failure(Kind.JOB_EXIT, "e")))
+        pool.retire(slot.host.name, "job exit")  # as node health says
     assert [o.gave_up for o in outcomes] == [False, True]
     assert scheduler.not_completed() == [job] and pool.usable
 
 
-def test_throttled_attempts_back_off_and_never_retire_a_host_with_running_jobs():
-    pool = NodePool(["a", "a"])
-    scheduler = Scheduler(pool, feed_of(*["x"] * 20), rng=random.Random(0))
-    busy_job, busy_slot = scheduler.next_assignment()
-    for _ in range(MAX_THROTTLED + 2):
-        job, slot = scheduler.next_assignment()
-        outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
-        assert outcome.backoff and 0 < outcome.backoff <= 6 and not outcome.retired
-        pool.admit("a")
-    assert not pool.hosts["a"].retired
-
-
-def test_throttled_alone_too_often_is_retired():
-    pool = NodePool(["a"])
-    scheduler = Scheduler(pool, feed_of("x"), rng=random.Random(0))
-    for _ in range(MAX_THROTTLED):
-        job, slot = scheduler.next_assignment()
-        outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
-        pool.admit("a")
-    assert outcome.retired == "a" and not pool.usable
-
-
-def test_a_success_starts_the_throttle_count_afresh():
-    # A busy host throttles now and then, its jobs succeeding in between:
-    # only throttling in a row says it is more than busy.
-    pool = NodePool(["a"])
-    scheduler = Scheduler(pool, feed_of(*["x"] * 40), rng=random.Random(0))
-    for _ in range(4):
-        for _ in range(MAX_THROTTLED - 1):
-            job, slot = scheduler.next_assignment()
-            outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
-            assert not outcome.retired
-            pool.admit("a")
-        job, slot = scheduler.next_assignment()
-        assert not scheduler.attempt_finished(job, slot, None).retired
-    assert not pool.hosts["a"].retired and scheduler.completed == 4
+def test_a_throttled_job_goes_first_again_and_its_slot_rests():
+    pool = NodePool(["a", "b"], rng=random.Random(0))
+    scheduler = Scheduler(pool, feed_of("x", "y"))
+    job, slot = scheduler.next_assignment()
+    outcome = scheduler.attempt_finished(job, slot, Failure(Kind.THROTTLED, "kex"))
+    assert outcome.requeued and slot in slot.host.held
+    again, other = scheduler.next_assignment()
+    assert again is job and other.host is not slot.host
 
 
 def test_max_running_caps_jobs_at_once():
