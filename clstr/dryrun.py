@@ -1,15 +1,26 @@
-"""--dry-run: the exact command lines (ssh, or an --exec template) a run would
-start, and nothing else.  A command too big for a command line goes on the
-attempt's stdin (ssh.py): its line says so in a comment, with the command's
-first bytes."""
+"""--dry-run: the exact command lines (masters, ssh, or an --exec template) a
+run would start, and nothing else.
 
+The lines come from a rehearsal of a run in which every job succeeds: the
+run's own transport (transportchoice.py) and scheduler, with masters that
+come up as soon as they are started and jobs that end in the order they
+started, so the dry run starts the masters a run would (only for the slots
+the jobs can use at once).  A command too big for a command line goes on
+the attempt's stdin (ssh.py): its line says so in a comment, with the
+command's first bytes.
+"""
+
+import collections
 import os
 import shlex
 
-from .exectransport import exec_argv, wrapper_words
 from .multiplex import MASTER_IDLE_EXIT
 from .nodes import NodePool
+from .privatedir import PrivateDirectory
+from .scheduler import Scheduler
 from .ssh import command_on_stdin
+from .transport import RunEvents
+from .transportchoice import transport_for
 
 # Masters' sockets and ssh's logs live in a directory made when the run
 # starts (privatedir.py); a dry run shows where, with this stand-in name.
@@ -21,35 +32,82 @@ def quote_argv(argv):
     return " ".join(shlex.quote(os.fsdecode(word)) for word in argv)
 
 
+class _Masters:
+    """Masters that come up at once: the stand-in for multiplex.MasterSet.
+    Each one started is a line; its ``on_done`` is due next in ``due``."""
+
+    def __init__(self, ssh, due, lines):
+        self._ssh = ssh
+        self._due = due
+        self._lines = lines
+        self._paths = {}
+
+    @property
+    def live_count(self):
+        return len(self._paths)
+
+    def start(self, host, group, on_done):
+        path = self._paths[host, group] = "%s/%d" % (SOCKETS, len(self._paths))
+        self._lines.append(quote_argv(self._ssh.master_argv(host, path, MASTER_IDLE_EXIT)))
+        self._due.append(lambda: on_done(None, None))
+
+    def control_path(self, host, group):
+        return self._paths.get((host, group))
+
+    def login_shell_unknown(self, host, group):
+        return None
+
+
+class _Rehearsal(RunEvents):
+    """The run's side, as in runner.Runner when every master comes up."""
+
+    def __init__(self, pool, due):
+        self._pool = pool
+        self._due = due
+        self.transport = None
+
+    def master_up(self, host, group, unavailable):
+        self._pool.admit(host, lambda slot: self.transport.master_of(slot) == group)
+
+    def note(self, text):
+        pass
+
+
 def dry_run_lines(plan, feed):
     """The command lines, in the order a run in which every job succeeds
-    would start them (masters first when multiplexing)."""
+    would start them."""
+    lines = []
+    due = collections.deque()  # what happens next: masters up, jobs ending
     pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
-    sessions = max(1, plan.sessions_per_master)
-    paths = {}
-    if plan.multiplex:
-        for host in pool.hosts.values():
-            for group in range((host.slot_count + sessions - 1) // sessions):
-                paths[host.name, group] = "%s/%d" % (SOCKETS, len(paths))
-                yield quote_argv(plan.ssh.master_argv(host.name, paths[host.name, group],
-                                                      MASTER_IDLE_EXIT))
-    feed.read_everything()
-    logs = 0
+    scheduler = Scheduler(pool, feed, max_running=plan.max_nodes)
+    rehearsal = _Rehearsal(pool, due)
+    transport = rehearsal.transport = transport_for(
+        plan, None, PrivateDirectory(SOCKETS), pool, rehearsal,
+        masters=_Masters(plan.ssh, due, lines),
+        # The hosts' own order: one a run may take, and easy to read.
+        shuffle=lambda items: None)
+    next_assignment = scheduler.next_pinned_assignment if plan.pinned else scheduler.next_assignment
+    running = collections.deque()
     while True:
-        job = feed.take()
-        if job is None:
-            return
-        slot = pool.acquire_on(job.host) if job.host else pool.acquire()
-        if plan.exec_words:
-            line = quote_argv(exec_argv(plan.exec_words, slot.host.name,
-                                        wrapper_words(job.command)))
+        transport.prepare(scheduler.slots_in_demand())
+        yield from lines
+        lines.clear()
+        assignment = next_assignment()
+        while assignment is not None:
+            job, slot = assignment
+            line = quote_argv(transport.describe(job, slot))
+            if command_on_stdin(job.command):
+                line += "  # on stdin: the job's command, %s" % job.brief
+            yield line
+            running.append(assignment)
+            assignment = next_assignment()
+        if due:
+            due.popleft()()
+        elif running:
+            job, slot = running.popleft()
+            scheduler.attempt_finished(job, slot, None)
+        elif not feed.input_done:
+            # A run waits for a stream here: read it all.
+            feed.read_everything()
         else:
-            control_path = paths.get((slot.host.name, slot.index // sessions))
-            logs += 1
-            log_path = "%s/attempt-%d.log" % (SOCKETS, logs)
-            line = quote_argv(plan.ssh.argv(slot.host.name, job.command, control_path,
-                                            log_path))
-        if command_on_stdin(job.command):
-            line += "  # on stdin: the job's command, %s" % job.brief
-        yield line
-        pool.release(slot)
+            return

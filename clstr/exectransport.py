@@ -15,28 +15,25 @@ reports the job's start and end on stderr (endreport.py), and
 ``classify_exec`` names only what failed before the start: a node the
 transport could not reach, or a failure no node can cure (the run must stop).
 
-``--slurm`` takes the nodes and their task slots from the allocation clstr
-runs in (``slurm_nodes``) and runs each attempt through ``SRUN_TEMPLATE``.
-
-Pure functions; no I/O.
+``--slurm`` (slurmtransport.py) is this transport with Slurm's nodes and a
+question to Slurm's controller.
 """
 
+import functools
 import re
 import shlex
 
-from clstr.failures import Failure, Kind
-from clstr.nodeset import MAX_NAMES, NodeSpecError, expand
-from clstr.ssh import wrapper_argv
+from .endreport import ReportReader
+from .failures import Failure, Kind
+from .localprocess import ProcessSession
+from .ssh import stdin_payload, wrapper_argv
+from .transport import Transport
 
 HOST_FIELD = "{host}"
 
 
 class ExecTemplateError(ValueError):
     """An ``--exec`` template that cannot be used (a usage error)."""
-
-
-class SlurmEnvironmentError(ValueError):
-    """``--slurm`` outside a usable Slurm allocation (a usage error)."""
 
 
 # --- the template ---------------------------------------------------------
@@ -72,75 +69,6 @@ def exec_argv(template_words, host, wrapper_words):
     if not host or host.startswith("-"):
         raise ValueError("not a usable host name for --exec: %r" % host)
     return [word.replace(HOST_FIELD, host) for word in template_words] + list(wrapper_words)
-
-
-# --- Slurm ----------------------------------------------------------------
-
-# One single-task step per attempt, on the node chosen by clstr:
-# --nodes=1 --ntasks=1   exactly one task on one node, whatever the
-#                        allocation's own -N/-n say (srun inherits them);
-# --overlap              share the allocation's CPUs with the other steps:
-#                        without it a step takes all of a node's CPUs and the
-#                        next step on that node waits (Slurm >= 20.11);
-# --quiet                no "job step queued", "waiting for resources"
-#                        chatter in the job's stderr; errors still come;
-# --job-name=clstr       the step's name in squeue -s and sacct (default: "sh");
-# no -u                  srun's stdout is a pipe, not a pty, and slurmstepd
-#                        forwards whole lines, which is what clstr assembles
-#                        anyway; -u would not make output arrive sooner;
-# no --kill-on-bad-exit  one task per step: nothing else to kill.
-SRUN_TEMPLATE = "srun --nodes=1 --ntasks=1 --overlap --quiet --job-name=clstr --nodelist={host}"
-
-# Slurm writes counts per node as "2(x3),1": 2 tasks on each of 3 nodes, then 1.
-_TASK_COUNT = re.compile(r"\s*(\d+)\s*(?:\(\s*x\s*(\d+)\s*\))?\s*\Z")
-
-
-def parse_tasks_per_node(text):
-    """The task count of each node, in order, from Slurm's compressed form
-    (``$SLURM_TASKS_PER_NODE``: ``2(x3),1`` is [2, 2, 2, 1])."""
-    counts = []
-    slots = 0
-    for part in text.split(","):
-        match = _TASK_COUNT.match(part)
-        if not match:
-            raise SlurmEnvironmentError("--slurm: cannot read $SLURM_TASKS_PER_NODE %r" % text)
-        count, repeat = int(match.group(1)), int(match.group(2) or 1)
-        # Checked before the list is made: "99999999(x4)" would fill memory.
-        slots += count * repeat
-        if slots > MAX_NAMES or len(counts) + repeat > MAX_NAMES:
-            raise SlurmEnvironmentError("--slurm: $SLURM_TASKS_PER_NODE %r gives more than %d "
-                                        "slots" % (text, MAX_NAMES))
-        counts.extend([count] * repeat)
-    return counts
-
-
-def slurm_nodes(environ):
-    """The allocation's nodes, each listed once per task slot it was given
-    (node order kept, a node's slots together), from ``environ``'s
-    $SLURM_JOB_NODELIST and $SLURM_TASKS_PER_NODE.  Raises
-    SlurmEnvironmentError outside an allocation or when they disagree."""
-    job = environ.get("SLURM_JOB_ID")
-    nodelist = environ.get("SLURM_JOB_NODELIST")
-    if not job or not nodelist:
-        raise SlurmEnvironmentError("--slurm: not inside a Slurm allocation ($SLURM_JOB_ID "
-                                    "and $SLURM_JOB_NODELIST unset); run clstr under "
-                                    "salloc or sbatch, or give nodes with --exec srun")
-    tasks = environ.get("SLURM_TASKS_PER_NODE")
-    if not tasks:
-        raise SlurmEnvironmentError("--slurm: $SLURM_TASKS_PER_NODE is unset in job %s" % job)
-    try:
-        names = expand(nodelist)
-    except NodeSpecError as error:
-        raise SlurmEnvironmentError("--slurm: $SLURM_JOB_NODELIST: %s" % error) from None
-    counts = parse_tasks_per_node(tasks)
-    if len(counts) != len(names):
-        raise SlurmEnvironmentError(
-            "--slurm: $SLURM_TASKS_PER_NODE %r gives %d counts for the %d nodes of "
-            "$SLURM_JOB_NODELIST %r" % (tasks, len(counts), len(names), nodelist))
-    slots = []
-    for name, count in zip(names, counts):
-        slots.extend([name] * count)
-    return slots
 
 
 def wrapper_words(command):
@@ -197,3 +125,35 @@ def classify_exec(code, stderr_tail):
     if lines:
         return Failure(Kind.TRANSPORT, lines[-1].decode("utf-8", "replace"))
     return Failure(Kind.TRANSPORT, "exited %d before the job started" % code)
+
+
+class ExecTransport(Transport):
+    """Attempts through the ``--exec`` template ``words``
+    (parse_exec_template), one local process each, run under ``loop``."""
+
+    def __init__(self, words, loop):
+        self._words = words
+        self._loop = loop
+
+    def report_reader(self):
+        # What the transport says before the job starts and after it ended
+        # is its own business, not the job's stderr (it is kept for the
+        # failure's reason).
+        return ReportReader(before_start="drop", after_end="drop")
+
+    def open(self, attempt, handler):
+        argv = self.describe(attempt.job, attempt.slot)
+        # Signalled as a whole process group: an --exec program's children
+        # must not outlive it.
+        return ProcessSession(self._loop, argv, handler,
+                              functools.partial(self.classify_end, attempt.reports),
+                              attempt.reports, group=True,
+                              stdin_data=stdin_payload(attempt.job.command))
+
+    def describe(self, job, slot):
+        return exec_argv(self._words, slot.host.name, wrapper_words(job.command))
+
+    def classify_end(self, reports, code, stderr_tail, done):
+        """Calls ``done(failure)`` with the failure of the attempt whose
+        ``reports`` these are, which exited with ``code`` (classify_exec)."""
+        done(classify_exec(code, stderr_tail))

@@ -4,9 +4,8 @@ Without multiplexing every job pays a full TCP connect, key exchange and
 authentication (tens of ms of CPU on each side); with it, a job is one new
 session on a connection that is already up.
 
-One master serves up to ``sessions_per_master`` slots of a host, because
-sshd's MaxSessions (default 10) caps sessions per connection: a host with more
-slots gets more masters.  Sockets live in the run's private directory
+A master serves a group of a host's slots (which, and when masters start,
+is the mux transport's policy: muxtransport.py).  Sockets live in the run's private directory
 (privatedir.py) with short names, because unix socket paths are limited to
 about 100 bytes.  Masters write to a log file there, at LogLevel VERBOSE,
 never to clstr's pipes: a master lives on after the ssh that started it, and
@@ -95,12 +94,13 @@ class Master:
 
 
 class MasterSet:
-    """The masters of one run.  ``start(host, group, on_done)`` starts one and
-    calls ``on_done(failure, unavailable)``: ``failure`` is None when the host
-    answered, and then ``unavailable`` is None when the master is up, or the
-    reason connection sharing does not work there (the host's jobs then use
-    direct connections).  ``control_path(host, slot_index)`` names the socket
-    a slot's jobs use, None for a direct connection.
+    """The masters of one run, each known by its host and group.
+    ``start(host, group, on_done)`` starts one and calls ``on_done(failure,
+    unavailable)``: ``failure`` is None when the host answered, and then
+    ``unavailable`` is None when the master is up, or the reason connection
+    sharing does not work there (the host's jobs then use direct
+    connections).  ``control_path(host, group)`` names the socket the
+    group's jobs use, None for a direct connection.
 
     Connection sharing is an optimisation, never a reason to lose a node: a
     master that fails for a reason that is not a connection failure, exits 0
@@ -110,10 +110,9 @@ class MasterSet:
     evidence (exit status, the master's log, the socket), not on time alone:
     a throttled or slow key exchange is no missing feature."""
 
-    def __init__(self, loop, ssh, directory, sessions_per_master=10, start_timeout=None):
+    def __init__(self, loop, ssh, directory, start_timeout=None):
         self._loop = loop
         self._ssh = ssh
-        self._per_master = max(1, sessions_per_master)
         self._masters = {}
         self._alive_budget = ssh.alive_interval * ssh.alive_count
         self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
@@ -126,12 +125,6 @@ class MasterSet:
         """Masters up or starting: each is a local process (and the local
         process limit counts them)."""
         return sum(1 for master in self._masters.values() if master.ready or master.starter)
-
-    def group_of(self, slot_index):
-        return slot_index // self._per_master
-
-    def groups(self, slot_count):
-        return range((slot_count + self._per_master - 1) // self._per_master)
 
     def start(self, host, group, on_done):
         key = (host, group)
@@ -300,29 +293,15 @@ class MasterSet:
 
     # -- sessions and the masters' health ----------------------------------------
 
-    def session(self, host, slot_index, remote_command, on_output, on_end, fall_back, reports,
+    def session(self, host, group, remote_command, handler, fall_back, reports,
                 stdin_data=None):
         """A muxsession.MuxSession running ``remote_command`` (with
         ``stdin_data`` written to its stdin first, if any) through the
-        master of this slot, which carries it until it ends."""
-        master = self._masters[(host, self.group_of(slot_index))]
-        carried = master.sessions
-
-        def ended(code, failure):
-            self._drop(master, carried, session)
-            on_end(code, failure)
-
-        def fell_back(error, detail, on_output, on_end):
-            self._drop(master, carried, session)
-            return fall_back(error, detail, on_output, on_end)
-
-        session = MuxSession(self._loop, master.path, remote_command, on_output, ended, fell_back,
-                             reports, reply_timeout=self._alive_budget,
-                             verdict=lambda then: self._check_now(master, then),
-                             stdin_data=stdin_data)
-        carried.add(session)
-        self._keep_checking(master)
-        return session
+        master of ``group`` on ``host``, which carries it until it ends."""
+        master = self._masters[(host, group)]
+        return MuxSession(self._loop, master.path, remote_command, handler, fall_back, reports,
+                          _Carrier(self, master), reply_timeout=self._alive_budget,
+                          stdin_data=stdin_data)
 
     def _drop(self, master, carried, session):
         carried.discard(session)
@@ -411,14 +390,14 @@ class MasterSet:
         return (not master.sessions and master.idle_since is not None
                 and time.monotonic() - master.idle_since >= MASTER_IDLE_EXIT - 1)
 
-    def control_path(self, host, slot_index):
-        master = self._masters.get((host, self.group_of(slot_index)))
+    def control_path(self, host, group):
+        master = self._masters.get((host, group))
         return master.path if master is not None and master.ready else None
 
-    def login_shell(self, host, slot_index):
-        """The login shell the master of this slot found on ``host``, if it
+    def login_shell(self, host, group):
+        """The login shell the master of ``group`` found on ``host``, if it
         knows it (a name such as "bash")."""
-        master = self._masters.get((host, self.group_of(slot_index)))
+        master = self._masters.get((host, group))
         return master.login_shell if master is not None else None
 
     def login_shell_unknown(self, host, group):
@@ -451,6 +430,29 @@ class MasterSet:
             self._loop.run_while(lambda: bool(pending))
             timer.cancel()
         os.close(self._devnull)
+
+
+class _Carrier:
+    """A master's side of the sessions it carries, as it was when they
+    started (one started again carries a new set; a session of the old one
+    leaves the old set)."""
+
+    __slots__ = ("_masters", "_master", "_carried")
+
+    def __init__(self, masters, master):
+        self._masters = masters
+        self._master = master
+        self._carried = master.sessions
+
+    def carry(self, session):
+        self._carried.add(session)
+        self._masters._keep_checking(self._master)
+
+    def drop(self, session):
+        self._masters._drop(self._master, self._carried, session)
+
+    def check(self, then):
+        self._masters._check_now(self._master, then)
 
 
 def _listening(path):

@@ -24,22 +24,25 @@ from .transport import Session
 
 class MuxSession(Session):
     """Runs ``remote_command`` (bytes, the wrapped job) through the master
-    at ``control_path``; its stderr passes through ``reports``
-    (endreport.ReportReader).  ``fall_back(error, detail, on_output,
-    on_end)`` starts and returns the Session that takes over when the mux
-    client cannot be used (nothing has run then).  ``reply_timeout``: how
-    long the master has to answer (muxclient.ControlSession).  ``verdict(then)``
-    has the master's owner (multiplex.py) check that it answers, killing it
-    if not, then calls ``then()``.  ``stdin_data``: what to write on the
-    command's stdin first (a big job's command), or None."""
+    at ``control_path``, reporting to ``handler``
+    (transport.AttemptHandler); its stderr passes through ``reports``
+    (endreport.ReportReader).  ``fall_back(error, detail)`` starts and
+    returns the Session that takes over when the mux client cannot be used
+    (nothing has run then; it reports to the same handler).
+    ``reply_timeout``: how long the master has to answer
+    (muxclient.ControlSession).  ``carrier``: the master's side
+    (multiplex.py): ``carry(session)`` and ``drop(session)`` as the session
+    starts and leaves it, ``check(then)`` has the master checked that it
+    answers, killing it if not, then calls ``then()``.  ``stdin_data``: what
+    to write on the command's stdin first (a big job's command), or None."""
 
-    def __init__(self, loop, control_path, remote_command, on_output, on_end, fall_back,
-                 reports, reply_timeout=None, verdict=None, stdin_data=None):
-        self._on_end = on_end
-        self._on_output = on_output
+    def __init__(self, loop, control_path, remote_command, handler, fall_back, reports,
+                 carrier, reply_timeout=None, stdin_data=None):
+        self._handler = handler
         self._fall_back = fall_back
         self._reports = reports
-        self._verdict = verdict
+        self._carrier = carrier
+        self._checked = False
         self._master_killed = None
         self._paused = False
         self._stopped = False
@@ -47,6 +50,7 @@ class MuxSession(Session):
         self._inner = MuxAttempt(loop, control_path, remote_command, self._output,
                                  self._exited, self._failed, reply_timeout=reply_timeout,
                                  stdin_data=stdin_data)
+        carrier.carry(self)
 
     def master_killed(self, detail):
         """clstr has killed this session's master for not answering."""
@@ -56,42 +60,41 @@ class MuxSession(Session):
         if stream == 2:
             data = self._reports.feed(data)
         if data:
-            self._on_output(stream, data)
+            self._handler.output(stream, data)
 
-    def _flush_reports(self):
+    def _end(self, code, failure):
+        self._carrier.drop(self)
         rest = self._reports.close()
         if rest:
-            self._on_output(2, rest)
+            self._handler.output(2, rest)
+        self._handler.ended(code, failure)
 
     def _exited(self, code):
-        self._flush_reports()
-        failure = None if code == 0 else job_exit(code)
-        self._on_end(code, failure)
+        self._end(code, None if code == 0 else job_exit(code))
 
     def _failed(self, error, detail):
         if self._left:
             return
         if error in (MuxError.CONNECT_FAILED, MuxError.PROTOCOL_MISMATCH) and not self._stopped:
-            self._inner = self._fall_back(error, detail, self._on_output, self._on_end)
+            self._carrier.drop(self)
+            self._inner = self._fall_back(error, detail)
             if self._paused:
                 self._inner.pause()
             return
         if self._master_killed is not None:
-            self._flush_reports()
-            self._on_end(None, MasterKilled(self._master_killed))
+            self._end(None, MasterKilled(self._master_killed))
             return
-        if error in (MuxError.CONNECTION_LOST, MuxError.ABANDONED) and self._verdict:
-            verdict, self._verdict = self._verdict, None
-            verdict(lambda: self._failed(error, detail))
+        if error in (MuxError.CONNECTION_LOST, MuxError.ABANDONED) and not self._checked:
+            self._checked = True
+            self._carrier.check(lambda: self._failed(error, detail))
             return
-        self._flush_reports()
         if error is MuxError.SESSION_REFUSED:
             failure = Failure(Kind.THROTTLED, "session refused: %s" % detail)
         elif error is MuxError.CONNECTION_LOST:
             failure = Failure(Kind.CONNECTION_LOST, "shared connection lost: %s" % detail)
         else:
             failure = Failure(Kind.INTERRUPTED, "stopped by clstr")
-        self._on_end(None, failure)
+        self._end(None, failure)
 
     def stop(self, grace):
         self._stopped = True

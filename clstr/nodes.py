@@ -47,7 +47,7 @@ class NodePool:
     """Hands out free slots of live hosts.  ``max_uses`` (0: unlimited) is how
     many jobs one slot may run before it is used up, as in clstr 0.1.0."""
 
-    def __init__(self, hostnames, max_uses=0, rng=None, held=False):
+    def __init__(self, hostnames, max_uses=0, rng=None):
         self._rng = rng or random.Random()
         self._max_uses = max_uses
         self._heap = []
@@ -59,7 +59,7 @@ class NodePool:
                 host = self.hosts[name] = Host(name)
             slot = Slot(host, host.slot_count)
             host.slots.append(slot)
-            (host.held if held else host.free).append(slot)
+            host.free.append(slot)
             host.slot_count += 1
         for host in self.hosts.values():
             self._push(host)
@@ -79,6 +79,13 @@ class NodePool:
         """Slots that can still run jobs: free ones plus busy ones."""
         return sum(len(h.free) + len(h.held) + h.running
                    for h in self.hosts.values() if not h.retired)
+
+    def hold_every_slot(self):
+        """Keep every free slot out of use until admit() (a transport whose
+        connections are not up yet)."""
+        for host in self.hosts.values():
+            host.held.extend(host.free)
+            host.free = []
 
     @property
     def waiting_for_admission(self):

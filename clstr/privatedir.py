@@ -16,13 +16,17 @@ MAX_BASE = 40
 
 
 class PrivateDirectory:
-    """A fresh 0700 directory; ``remove()`` deletes it and all it holds."""
+    """A fresh 0700 directory; ``remove()`` deletes it and all it holds.
+    ``shown_as``: a name for one that is never made, whose paths are only
+    shown (--dry-run)."""
 
-    def __init__(self):
-        base = tempfile.gettempdir()
-        if len(base) > MAX_BASE:
-            base = "/tmp"
-        self.path = tempfile.mkdtemp(prefix="clstr-", dir=base)
+    def __init__(self, shown_as=None):
+        if shown_as is None:
+            base = tempfile.gettempdir()
+            if len(base) > MAX_BASE:
+                base = "/tmp"
+            shown_as = tempfile.mkdtemp(prefix="clstr-", dir=base)
+        self.path = shown_as
         self._names = 0
 
     def new_path(self, stem, suffix=""):

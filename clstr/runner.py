@@ -13,24 +13,19 @@ import tempfile
 import time
 
 from .delivery import Delivery
-from .endreport import ReportReader
 from .errors import EXIT_LOCAL_IO, LocalIOError
-from .exectransport import exec_argv, wrapper_words
 from .failures import Failure, FirstFailures, Kind, judge, not_delivered
 from .limits import GIVE_UP_AFTER, Shortage, limit_words, open_files_limit, out_of_resources
-from .localprocess import ask_slurm_allocation, exec_session, ssh_session
 from .loop import EventLoop
-from .multiplex import MasterSet
-from .muxclient import MuxError
 from .nodehealth import Backoff, Direct, NodeHealth, Readmit, Reconnect, Retire
 from .nodes import NodePool
 from .output import Sink
 from .privatedir import PrivateDirectory
 from .records import failure_report
 from .scheduler import Scheduler
-from .ssh import stdin_payload, wrapped_command
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
-from .transport import NoSession, stop_grace
+from .transport import AttemptHandler, RunEvents, stop_grace
+from .transportchoice import transport_for
 
 # Exit statuses.
 EXIT_OK = 0
@@ -39,11 +34,6 @@ EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 _SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
-# Open files clstr holds for each running job: the read ends of the job's
-# stdout and stderr pipes and the write end of its stdin pipe, and, through
-# clstr's own mux client, the control socket (the pipe ends it passes to the
-# master are closed once sent; ssh has its own fds, not ours).
-FDS_PER_JOB = 4
 # Files held only for a moment, one at a time: a starting job's two pipe write
 # ends, a master's log, the active-nodes file's temporary, with room to spare.
 FDS_SPARE = 8
@@ -55,15 +45,16 @@ FDS_SPARE = 8
 START_GRACE = 15.0
 
 
-class Attempt:
+class Attempt(AttemptHandler):
     """One job running on one slot: its transport session, output delivery,
     and what clstr itself did to it (``stopped``: a Failure if clstr
-    stopped it)."""
+    stopped it).  The transport reports to it, and it to its ``run``."""
 
-    __slots__ = ("job", "slot", "session", "out", "started", "received", "timer",
+    __slots__ = ("run", "job", "slot", "session", "out", "started", "received", "timer",
                  "start_timer", "stopped", "reports")
 
-    def __init__(self, job, slot, out, reports):
+    def __init__(self, run, job, slot, out, reports):
+        self.run = run
         self.job = job
         self.slot = slot
         self.session = None
@@ -76,6 +67,15 @@ class Attempt:
         self.stopped = None
         # The wrapper's start and end reports (endreport.py).
         self.reports = reports
+
+    def output(self, stream, data):
+        self.run._output(self, stream, data)
+
+    def ended(self, code, failure):
+        self.run._ended(self, code, failure)
+
+    def unstarted(self, error):
+        self.run._unstarted(self, error)
 
 
 def same_file(fd_a, fd_b):
@@ -101,9 +101,10 @@ def slots_that_fit(limit, in_use, fds_per_job):
     return max(1, (limit - in_use - FDS_SPARE) // fds_per_job)
 
 
-class Runner:
+class Runner(RunEvents):
     """Runs ``plan`` with jobs from ``feed`` to the end; ``run()`` returns
-    clstr's exit status."""
+    clstr's exit status.  Its transport tells it about masters
+    (transport.RunEvents)."""
 
     def __init__(self, plan, feed, joblog=None):
         self.plan = plan
@@ -112,13 +113,11 @@ class Runner:
         self.loop = EventLoop()
         # Masters' sockets and logs, and ssh's log of each attempt.
         self.private = PrivateDirectory()
-        self.masters = None
-        if plan.multiplex:
-            self.masters = MasterSet(self.loop, plan.ssh, self.private.path,
-                                     plan.sessions_per_master)
-        self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses, held=bool(self.masters))
+        self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
+        self.transport = transport_for(plan, self.loop, self.private, self.pool, self)
         self.health = NodeHealth(random.Random(), job_failure=plan.job_failure,
-                                 retry_after=plan.retry_nodes, masters=bool(self.masters))
+                                 retry_after=plan.retry_nodes,
+                                 masters=self.transport.has_masters)
         self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
                                    max_attempts=plan.max_attempts, job_failure=plan.job_failure)
         self.attempts = set()
@@ -133,13 +132,6 @@ class Runner:
         self._shortage = Shortage(time.monotonic)
         self._resting = collections.deque()  # slots held since their start failed so
         self._retry_timer = None  # with nothing running: when to try again
-        # Masters up or starting when one could not start for want of
-        # resources: no more run at once (None: no such failure yet).
-        self._master_cap = None
-        self._masters_wait = False  # until something ends, or the retry timer
-        self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
-        self._master_slots = {}  # (host, group) -> slots it serves, once started
-        self._unstarted = self._unstarted_masters()
         self._started = time.monotonic()
         self._first_failures = FirstFailures()
         self._report_when_stopped = False
@@ -224,7 +216,7 @@ class Runner:
         more can happen."""
         if self._stopping:
             return
-        self._start_masters_as_needed()
+        self.transport.prepare(self.scheduler.slots_in_demand())
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
         while not self._stopping and not self._starved:
@@ -247,85 +239,34 @@ class Runner:
 
     # -- masters ------------------------------------------------------------
 
-    def _unstarted_masters(self):
-        """Every (host, group, slots) a master could serve, in random order
-        so that a short run spreads over the hosts."""
-        groups = []
-        if self.masters:
-            for host in self.pool.hosts.values():
-                for group in self.masters.groups(host.slot_count):
-                    groups.append((host.name, group,
-                                   len([slot for slot in host.slots
-                                        if self.masters.group_of(slot.index) == group])))
-        random.shuffle(groups)
-        return groups
+    def master_up(self, host, group, unavailable):
+        self._master_started(host, group, None, unavailable)
 
-    def _start_masters_as_needed(self):
-        """Start masters for the slots the run can use at once, no more: with
-        -m N, a low open-files limit, or fewer jobs than slots, a master per
-        listed host would cost connections that never run a job.  A failed
-        master's slots are made up for by the next one."""
-        if not self._unstarted:
-            return
-        if self.feed.input_done:
-            wanted = self.pool.busy + self.feed.waiting_count
-        else:
-            wanted = self.pool.live_slots
-        if self.scheduler.max_running:
-            wanted = min(wanted, self.scheduler.max_running)
-        while self._covered_slots() < wanted and self._unstarted and self._room_for_a_master():
-            host, group, slots = self._unstarted.pop()
-            if self.pool.hosts[host].retired:
-                continue
-            self._master_slots[host, group] = slots
-            self._start_master(host, group)
+    def master_failed(self, host, group, failure):
+        self._master_started(host, group, failure)
 
-    def _covered_slots(self):
-        return sum(slots for (host, _), slots in self._master_slots.items()
-                   if not self.pool.hosts[host].retired)
+    def master_gone(self, host, group, expired):
+        direct = self.health.master_gone(host, expired)
+        self._apply(direct)
+        return not direct
 
-    def _room_for_a_master(self):
-        """Whether another master may start now: not while one waits for
-        resources, nor past as many as were up or starting when one could
-        not start for want of them (at least one)."""
-        if self._masters_wait:
-            return False
-        return self._master_cap is None or self.masters.live_count < max(1, self._master_cap)
+    def masters_short_of(self, covered, error):
+        self._say_slot_limit(covered, error)
+        self._short_of(error)
+
+    def note(self, text):
+        if self.plan.verbose and not self._stopping:
+            self._message(text)
 
     def _start_master(self, host, group):
-        if self._stopping:
-            return
-        try:
-            self.masters.start(host, group, lambda failure, unavailable:
-                               self._master_started(host, group, failure, unavailable))
-        except OSError as error:
-            if out_of_resources(error):
-                self._master_waits(host, group, error)
-                return
-            self._master_started(host, group, Failure(Kind.SSH_ERROR, "cannot start ssh: %s"
-                                                      % error.strerror))
-
-    def _master_waits(self, host, group, error):
-        """A master could not start for want of fds or processes: never the
-        host's fault.  Its slots wait, no more masters than are up or
-        starting now run at once, and it is tried again once something
-        ends."""
-        slots = self._master_slots.pop((host, group), 0)
-        self._unstarted.append((host, group, slots))
-        self._master_cap = self.masters.live_count
-        self._masters_wait = True
-        self._say_slot_limit(self._covered_slots(), error)
-        self._short_of(error)
+        if not self._stopping:
+            self.transport.start_master(host, group)
 
     def _master_started(self, host, group, failure, unavailable=None):
         if self._stopping:
             return
         if failure is None:
             self._shortage.eased()
-            unknown = self.masters.login_shell_unknown(host, group)
-            if unknown and self.plan.verbose:
-                self._message("%s: login shell not known (%s); its jobs start through sh"
-                              % (host, unknown))
         self._apply(self.health.master_started(self.pool.hosts[host], group, failure,
                                                unavailable))
         self._dispatch()
@@ -354,7 +295,7 @@ class Runner:
                 # A master coming up admits its slots; failing, it retires
                 # the host again with a longer cooldown.
                 held = self.pool.hosts[name].held
-                for group in sorted({self.masters.group_of(slot.index) for slot in held}):
+                for group in sorted({self.transport.master_of(slot) for slot in held}):
                     self._start_master(name, group)
             elif isinstance(decision, Direct) and decision.news and self.plan.verbose:
                 self._message("%s: connection sharing unavailable (%s), using direct "
@@ -367,7 +308,7 @@ class Runner:
             return lambda slot: slot is first
         if readmit.group is None:
             return lambda slot: True
-        return lambda slot: self.masters.group_of(slot.index) == readmit.group
+        return lambda slot: self.transport.master_of(slot) == readmit.group
 
     def _try_again(self, name, group):
         """A throttled connection's rest is over: the host's held slots take
@@ -395,19 +336,14 @@ class Runner:
     # -- attempts -----------------------------------------------------------
 
     def _start(self, job, slot):
-        # An --exec transport's words before the job starts and after it
-        # ended are its own, not the job's stderr.
-        drop = "drop" if self.plan.exec_words else "pass"
-        attempt = Attempt(job, slot, None, ReportReader(before_start=drop, after_end=drop))
+        attempt = Attempt(self, job, slot, None, self.transport.report_reader())
         try:
             attempt.out = self.delivery.open(job.seq, slot.host.name)
         except (OSError, LocalIOError) as error:
             self._not_started(attempt, error, self.plan.output_dir_path)
             return
         try:
-            attempt.session = self._open_session(
-                attempt, lambda stream, data: self._output(attempt, stream, data),
-                lambda code, failure: self._ended(attempt, code, failure))
+            attempt.session = self.transport.open(attempt, attempt)
         except OSError as error:
             self._not_started(attempt, error, None)
             return
@@ -447,78 +383,20 @@ class Runner:
         kind = Kind.THROTTLED if self.plan.slurm else Kind.CONNECT_TIMEOUT
         self._kill(attempt, Failure(kind, "the job had not started after %gs" % waited))
 
-    def _open_session(self, attempt, on_output, on_end):
-        """Start ``attempt`` through the transport its host uses."""
-        host = attempt.slot.host.name
-        if self.plan.exec_words:
-            argv = exec_argv(self.plan.exec_words, host, wrapper_words(attempt.job.command))
-            ask = self._ask_allocation if self.plan.slurm else None
-            return exec_session(self.loop, argv, on_output, on_end, attempt.reports, ask,
-                                stdin_payload(attempt.job.command))
-        control_path = None
-        if self.masters:
-            control_path = self.masters.control_path(host, attempt.slot.index)
-        if control_path and control_path not in self._ssh_client_only:
-            remote = wrapped_command(attempt.job.command,
-                                     self.masters.login_shell(host, attempt.slot.index))
-            return self.masters.session(
-                host, attempt.slot.index, remote, on_output, on_end,
-                lambda error, detail, on_output, on_end: self._mux_fell_back(
-                    attempt, control_path, error, detail, on_output, on_end),
-                attempt.reports, stdin_payload(attempt.job.command))
-        return self._ssh_session(attempt, control_path, on_output, on_end)
-
-    def _ask_allocation(self, done):
-        ask_slurm_allocation(self.loop, os.environ.get("SLURM_JOB_ID", ""), done)
-
-    def _ssh_session(self, attempt, control_path, on_output, on_end):
-        host = attempt.slot.host.name
-        log_path = self.private.new_path("attempt-", ".log")
-        argv = self.plan.ssh.argv(host, attempt.job.command, control_path, log_path)
-        return ssh_session(self.loop, argv, on_output, on_end, attempt.reports, control_path,
-                           log_path, stdin_payload(attempt.job.command))
-
-    def _mux_fell_back(self, attempt, control_path, error, detail, on_output, on_end):
-        """clstr's mux client could not use the master: nothing ran.  A master
-        that has gone is started again, the job and its slot waiting for it;
-        otherwise the attempt goes through the ssh client (which connects on
-        its own if the master has gone)."""
-        if error is MuxError.CONNECT_FAILED and self._master_gone(attempt, detail):
-            return NoSession()
-        if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
-            self._ssh_client_only.add(control_path)
-            if self.plan.verbose:
-                self._message("%s: the master speaks another mux protocol (%s); using the "
-                              "ssh client" % (attempt.slot.host.name, detail))
-        try:
-            return self._ssh_session(attempt, control_path, on_output, on_end)
-        except OSError as error:
-            # Out of fds or processes: the attempt never started after all.
-            self._unstart(attempt)
-            self._not_started(attempt, error, None)
-            return NoSession()
-
-    def _master_gone(self, attempt, detail):
-        """The attempt's master has gone (idle expiry, killed, its socket
-        removed) or does not answer: start a new one, unless the host's
-        restarts are used up (False).  The job goes back to the queue and
-        the slot waits for the new master."""
-        host, group = attempt.slot.host.name, self.masters.group_of(attempt.slot.index)
-        if not self.masters.starting(host, group):
-            direct = self.health.master_gone(host, self.masters.master_gone(host, group))
-            if direct:
-                self._apply(direct)
-                return False
-            if self.plan.verbose:
-                self._message("%s: master gone (%s), starting another" % (host, detail))
-            self._start_master(host, group)
+    def _unstarted(self, attempt, error):
+        """The transport found that ``attempt`` never started (``error``:
+        see AttemptHandler.unstarted)."""
         self._unstart(attempt)
+        if error is not None:
+            self._not_started(attempt, error, None)
+            return
+        # Its master is being started again: the job goes back to the
+        # queue, and the slot waits for the new master.
         self._guarded(self._delivery_files(), attempt.out.close, False)
         self.feed.requeue(attempt.job)
         attempt.slot.uses -= 1
         self.pool.hold(attempt.slot)
         self.loop.call_later(0, self._dispatch)
-        return True
 
     def _unstart(self, attempt):
         """Forget an attempt that turned out never to have started."""
@@ -577,7 +455,7 @@ class Runner:
         """Something ended (or a retry is due): what waited for resources
         may try again; of the resting slots, one at a time."""
         self._starved = False
-        self._masters_wait = False
+        self.transport.resources_freed()
         while self._resting:
             slot = self._resting.popleft()
             if slot in slot.host.held:
@@ -590,7 +468,7 @@ class Runner:
         limit = open_files_limit()
         if limit is None:
             return
-        per_job = FDS_PER_JOB
+        per_job = self.transport.fds_per_attempt
         if self.plan.output_dir:
             per_job += 2  # the job's two partial output files
         if self.plan.group:
@@ -680,7 +558,8 @@ class Runner:
             then = ("requeued" if outcome.requeued else "given up")
             self._message("job %d on %s: %s; %s" % (job.seq, host, failure, then))
         self._dispatch()
-        if (self._resting or self._masters_wait) and not self._starved and not self._stopping:
+        if ((self._resting or self.transport.waiting_for_resources) and not self._starved
+                and not self._stopping):
             # The slot this job freed went first; now one that rests.
             self._eased()
             self._dispatch()
@@ -786,8 +665,7 @@ class Runner:
     def _shut_down(self):
         for attempt in list(self.attempts):
             attempt.session.kill()
-        if self.masters:
-            self.masters.shutdown()
+        self.transport.shutdown()
         self.private.remove()
         self.feed.close()
         if self.active_nodes:

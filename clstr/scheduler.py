@@ -69,6 +69,16 @@ class Scheduler:
             return None
         return job, self.pool.acquire_on(job.host)
 
+    def slots_in_demand(self):
+        """How many slots the jobs could use at once now: those running or
+        waiting, or every live slot while job input is still coming; never
+        more than ``max_running``."""
+        if self.feed.input_done:
+            wanted = self.pool.busy + self.feed.waiting_count
+        else:
+            wanted = self.pool.live_slots
+        return min(wanted, self.max_running) if self.max_running else wanted
+
     def attempt_finished(self, job, slot, failure):
         """Record an attempt's end (``failure`` None for success), hand its
         slot back (held, if the connection was throttled: it rests until

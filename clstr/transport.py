@@ -1,15 +1,20 @@
-"""The transport seam: how one attempt of a job reaches its node.
+"""The transport seam: how a run's attempts reach their nodes.
 
-The runner starts an attempt through a transport and learns, through two
-callbacks, what it said and how it ended; it never knows which kind ran it.
-Kinds:
+A run has one ``Transport`` (chosen once from the plan,
+transportchoice.py), which prepares what its attempts need (masters),
+opens each attempt, says what an attempt costs in open files, describes an
+attempt for ``--dry-run`` with the code that opens it, and shuts down.  Each
+attempt reports to one ``AttemptHandler``; a transport with masters tells
+the run about them through ``RunEvents``.  The run never knows which kind
+ran an attempt.  Kinds, one module each:
 
-- ``localprocess.ssh_session``: a local ``ssh`` process per attempt
-  (``--no-multiplex``, ``-E``, and hosts whose connection cannot be shared);
-- ``localprocess.exec_session``: a local ``--exec`` process per attempt
-  (srun, docker exec, kubectl exec);
-- ``muxsession``: clstr itself speaks OpenSSH's multiplexing protocol to a
-  host's ControlMaster, so an attempt costs no local process.
+- ``sshtransport``: a local ``ssh`` process per attempt (``--no-multiplex``,
+  ``-E``, and hosts whose connection cannot be shared);
+- ``muxtransport``: clstr itself speaks OpenSSH's multiplexing protocol to a
+  host's ControlMaster, so an attempt costs no local process;
+- ``exectransport``: a local ``--exec`` process per attempt (srun, docker
+  exec, kubectl exec);
+- ``slurmtransport``: ``--slurm``, srun in the allocation clstr runs in.
 
 Every attempt gets its own stdin pipe whose write end only clstr holds.
 clstr writes on it only a command too big for a command line (ssh.py
@@ -22,6 +27,8 @@ link) is sent SIGTERM, or its mux session dropped.
 """
 
 import os
+
+from .endreport import ReportReader
 
 # How long a stopped attempt may take to end.  A job that has started gets
 # the time its wrapper takes to stop it (TERM, then KILL 2 s later) and to
@@ -109,18 +116,123 @@ class StdinPipe:
         return self.write_end is None
 
 
-class Session:
-    """One running attempt, as the runner sees it.
+class AttemptHandler:
+    """What a transport tells the run about one attempt (one handler per
+    attempt): its output, and then exactly one of ``ended`` or
+    ``unstarted``."""
 
-    ``on_output(stream, data)`` gets raw chunks (stream 1 or 2);
-    ``on_end(code, failure)`` runs once, after the attempt's output is all
-    delivered: ``code`` is the exit status (-N: a local process killed by
-    signal N; None when there is none) and ``failure`` None for success, else
-    a ``failures.Failure``.  Subclasses implement ``stop()``, ``kill()``,
+    def output(self, stream, data):
+        """Raw bytes the job wrote on ``stream`` (1 or 2)."""
+        raise NotImplementedError
+
+    def ended(self, code, failure):
+        """The attempt is over and its output all delivered: ``code`` is the
+        exit status (-N: a local process killed by signal N; None when there
+        is none), ``failure`` None for success, else a ``failures.Failure``."""
+        raise NotImplementedError
+
+    def unstarted(self, error):
+        """The attempt turned out never to have started (after ``open``
+        returned): ``error`` is the OSError that kept it from starting (out
+        of fds or processes), or None when its connection is being made
+        again (a master that had gone): its slot then waits, held, until
+        the run's ``master_up`` for it."""
+        raise NotImplementedError
+
+
+class RunEvents:
+    """What a transport tells the run about the connections it prepares
+    (masters), so that the run decides what they mean for their nodes."""
+
+    def master_up(self, host, group, unavailable):
+        """The master of ``group`` on ``host`` answered: the slots it serves
+        (``Transport.master_of``) may take jobs.  ``unavailable``: None when
+        the master is up, else why connection sharing does not work there
+        (the host's jobs connect on their own)."""
+        raise NotImplementedError
+
+    def master_failed(self, host, group, failure):
+        """The master of ``group`` on ``host`` could not connect
+        (``failure``, a ``failures.Failure``)."""
+        raise NotImplementedError
+
+    def master_gone(self, host, group, expired):
+        """A job found the master of ``group`` on ``host`` gone (nothing
+        ran); ``expired``: it had left by itself after carrying nothing for
+        its idle time, as it should.  Returns whether to start another
+        (else the host's jobs connect on their own)."""
+        raise NotImplementedError
+
+    def masters_short_of(self, covered, error):
+        """A master could not start for want of fds or processes
+        (``error``): it waits until ``Transport.resources_freed``; masters
+        up or starting serve ``covered`` slots."""
+        raise NotImplementedError
+
+    def note(self, text):
+        """Something worth saying with -v (a line of clstr's own)."""
+        raise NotImplementedError
+
+
+class Transport:
+    """How one run's attempts reach their nodes (one object per run).
+
+    ``attempt`` arguments have ``job``, ``slot`` and ``reports`` (the
+    ``ReportReader`` from ``report_reader()``, through which the attempt's
+    stderr passes); ``handler`` is the attempt's AttemptHandler."""
+
+    # Open files clstr itself holds for each running attempt: the read ends
+    # of its stdout and stderr pipes and the write end of its stdin pipe
+    # (the ends a child or master gets are closed once handed over).
+    fds_per_attempt = 3
+    # Whether attempts go through masters that prepare() starts (slots
+    # then wait, held, until their master is up).
+    has_masters = False
+    # Whether a master waits for resources (see RunEvents.masters_short_of).
+    waiting_for_resources = False
+
+    def report_reader(self):
+        """A new attempt's ReportReader: the transport's own words before
+        the job starts and after it ended reach the job's stderr."""
+        return ReportReader()
+
+    def prepare(self, demand):
+        """Start what attempts on ``demand`` slots at once need now.  Called
+        before each round of starts."""
+
+    def master_of(self, slot):
+        """The group of the master serving ``slot`` (None: its attempts
+        connect on their own)."""
+        return None
+
+    def start_master(self, host, group):
+        """Start the master of ``group`` on ``host`` (again); the run hears
+        of it through RunEvents."""
+        raise NotImplementedError
+
+    def resources_freed(self):
+        """Something ended: what waited for fds or processes may try again."""
+
+    def open(self, attempt, handler):
+        """Start ``attempt``; returns its Session.  Raises OSError if
+        nothing could start (out of fds or processes, no ssh)."""
+        raise NotImplementedError
+
+    def describe(self, job, slot):
+        """The argv ``open`` would run for ``job`` on ``slot`` (--dry-run)."""
+        raise NotImplementedError
+
+    def shutdown(self):
+        """The run is over: stop what ``prepare`` started."""
+
+
+class Session:
+    """One running attempt, as the runner sees it; it reports to its
+    AttemptHandler.  Subclasses implement ``stop()``, ``kill()``,
     ``pause()`` and ``resume()``."""
 
     def stop(self, grace):
-        """Stop the job (on the node too); ``on_end`` follows, at the latest
+        """Stop the job (on the node too); ``ended`` follows, at the latest
         about ``grace`` seconds later."""
         raise NotImplementedError
 

@@ -332,3 +332,27 @@ def test_a_host_whose_masters_keep_dying_goes_on_with_direct_connections(cluster
     calls = counter.read_text().splitlines()
     assert len([call for call in calls if "ControlMaster=yes" in call]) == 4, calls
     assert len([call for call in calls if "clstr-job" in call]) == 1, calls
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "1", "-n", "node[001-300]"] + ["-j", "echo x"] * 2,   # one at a time, 300 hosts
+    ["-n", "node[001-030]"] + ["-j", "echo x"] * 2,             # two jobs for 30 hosts
+    ["-n", "node001"] * 4 + ["-j", "echo x"] * 8,                # four slots on one host
+], ids=["m1-300-hosts", "2-jobs-30-hosts", "4-slots-1-host"])
+def test_dry_run_shows_the_masters_a_run_starts(cluster, tmp_path, args):
+    ssh, counter = _counting_ssh(cluster, tmp_path)
+    argv = clstr_argv(cluster, *args)
+    argv[argv.index("--ssh-command") + 1] = ssh
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    started = [call.split()[-1] for call in counter.read_text().splitlines()
+               if "ControlMaster=yes" in call]
+    dry = subprocess.run(argv + ["--dry-run"], cwd=REPO, capture_output=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert dry.returncode == 0, dry.stderr
+    shown = [line.split()[-1] for line in dry.stdout.decode().splitlines()
+             if "ControlMaster=yes" in line]
+    assert len(shown) == len(started), (shown, started)
+    # The same hosts' slots (which of 300 hosts gets the one master is random).
+    assert len(set(shown)) == len(set(started))

@@ -8,17 +8,19 @@ import pytest
 
 from clstr.endreport import ReportReader
 from clstr.exectransport import (
-    SRUN_TEMPLATE,
     ExecTemplateError,
-    SlurmEnvironmentError,
     classify_exec,
     exec_argv,
     parse_exec_template,
-    parse_tasks_per_node,
-    slurm_nodes,
     wrapper_words,
 )
 from clstr.failures import Kind
+from clstr.slurmtransport import (
+    SRUN_TEMPLATE,
+    SlurmEnvironmentError,
+    parse_tasks_per_node,
+    slurm_nodes,
+)
 
 WRAPPER = ["sh", "-c", 'echo "$1"', "clstr-job", b"echo hi"]
 

@@ -19,13 +19,13 @@ from slurm_cluster import NODE, NODES, LoopbackSlurm
 
 from clstr.endreport import ReportReader
 from clstr.exectransport import (
-    SRUN_TEMPLATE,
     classify_exec,
     exec_argv,
     parse_exec_template,
     wrapper_words,
 )
 from clstr.failures import Kind
+from clstr.slurmtransport import SRUN_TEMPLATE
 from clstr_run import REPO, joblog_rows, wait_until
 
 SKIP_REASON = "real Slurm test: runs only under `make test-slurm` (CLSTR_SLURM_TEST=1)"

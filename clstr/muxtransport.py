@@ -1,0 +1,176 @@
+"""ssh through ControlMasters, with clstr's own mux client: the transport of
+a run with connection sharing (the default).
+
+Which masters start, and when, is decided here: one master serves up to
+``sessions_per_master`` slots of a host (a group), because sshd's
+MaxSessions (default 10) caps sessions per connection; and masters start
+only for the slots the run can use at once (``prepare``), in random order,
+so that with -m N, a low open-files limit or fewer jobs than slots no
+connection is made that never runs a job.  A master's slots wait (held)
+until the run hears it is up (``RunEvents.master_up``).  The run's node
+health decides what a master's failure means; this transport only starts
+the masters it is asked to (``start_master``).
+
+An attempt goes through clstr's mux client while its master is up, through
+the ssh client (sshtransport.py) otherwise: for a host whose connection
+cannot be shared, and whenever the mux client cannot talk to the master.
+``--dry-run`` walks the same policy (dryrun.py), with masters that come up
+at once.
+"""
+
+import collections
+
+from .failures import Failure, Kind
+from .limits import out_of_resources
+from .muxclient import MuxError
+from .ssh import stdin_payload, wrapped_command
+from .transport import NoSession, Transport
+
+
+class MuxTransport(Transport):
+    """Attempts through the masters in ``masters`` (multiplex.MasterSet, or
+    --dry-run's stand-in) for the slots of ``pool`` (nodes.NodePool, whose
+    slots this holds until their master is up), falling back to ``direct``
+    (sshtransport.SshTransport).  ``events``: the run (transport.RunEvents).
+    ``shuffle(items)`` puts the masters in the order they start."""
+
+    # The control socket, besides the three pipe ends (the ends passed to
+    # the master are closed once sent).
+    fds_per_attempt = 4
+    has_masters = True
+
+    def __init__(self, pool, events, masters, direct, sessions_per_master, shuffle):
+        self._pool = pool
+        self._events = events
+        self._masters = masters
+        self._direct = direct
+        self._per_master = max(1, sessions_per_master)
+        # Masters up or starting when one could not start for want of
+        # resources: no more run at once (None: no such failure yet).
+        self._cap = None
+        self.waiting_for_resources = False  # until something ends
+        self._ssh_client_only = set()  # masters clstr's mux client cannot talk to
+        self._slots = {}  # (host, group) -> slots it serves, once started
+        unstarted = []
+        per = self._per_master
+        for host in pool.hosts.values():
+            for group in range((host.slot_count + per - 1) // per):
+                unstarted.append((host.name, group, min(per, host.slot_count - group * per)))
+        shuffle(unstarted)
+        self._unstarted = collections.deque(unstarted)
+        pool.hold_every_slot()
+
+    def master_of(self, slot):
+        return slot.index // self._per_master
+
+    # -- masters ------------------------------------------------------------
+
+    def prepare(self, demand):
+        """Start masters for ``demand`` slots, no more.  A failed master's
+        slots are made up for by the next one."""
+        while self._covered() < demand and self._unstarted and self._room_for_a_master():
+            host, group, slots = self._unstarted.popleft()
+            if self._pool.hosts[host].retired:
+                continue
+            self._slots[host, group] = slots
+            self.start_master(host, group)
+
+    def _covered(self):
+        return sum(slots for (host, _), slots in self._slots.items()
+                   if not self._pool.hosts[host].retired)
+
+    def _room_for_a_master(self):
+        """Whether another master may start now: not while one waits for
+        resources, nor past as many as were up or starting when one could
+        not start for want of them (at least one)."""
+        if self.waiting_for_resources:
+            return False
+        return self._cap is None or self._masters.live_count < max(1, self._cap)
+
+    def start_master(self, host, group):
+        try:
+            self._masters.start(host, group, lambda failure, unavailable:
+                                self._started(host, group, failure, unavailable))
+        except OSError as error:
+            if out_of_resources(error):
+                self._wait(host, group, error)
+                return
+            self._events.master_failed(host, group, Failure(
+                Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror))
+
+    def _started(self, host, group, failure, unavailable):
+        if failure is not None:
+            self._events.master_failed(host, group, failure)
+            return
+        unknown = self._masters.login_shell_unknown(host, group)
+        if unknown:
+            self._events.note("%s: login shell not known (%s); its jobs start through sh"
+                              % (host, unknown))
+        self._events.master_up(host, group, unavailable)
+
+    def _wait(self, host, group, error):
+        """A master could not start for want of fds or processes: never the
+        host's fault.  Its slots wait, no more masters than are up or
+        starting now run at once, and it is tried again first once
+        something ends."""
+        slots = self._slots.pop((host, group), 0)
+        self._unstarted.appendleft((host, group, slots))
+        self._cap = self._masters.live_count
+        self.waiting_for_resources = True
+        self._events.masters_short_of(self._covered(), error)
+
+    def resources_freed(self):
+        self.waiting_for_resources = False
+
+    # -- attempts -----------------------------------------------------------
+
+    def open(self, attempt, handler):
+        host, group = attempt.slot.host.name, self.master_of(attempt.slot)
+        control_path = self._masters.control_path(host, group)
+        if control_path is None or control_path in self._ssh_client_only:
+            return self._direct.open(attempt, handler, control_path)
+        command = attempt.job.command
+        return self._masters.session(
+            host, group, wrapped_command(command, self._masters.login_shell(host, group)),
+            handler, lambda error, detail: self._fall_back(attempt, handler, control_path,
+                                                           error, detail),
+            attempt.reports, stdin_payload(command))
+
+    def describe(self, job, slot):
+        """The ssh client's argv through the slot's master: what the mux
+        client asks the master to run."""
+        control_path = self._masters.control_path(slot.host.name, self.master_of(slot))
+        return self._direct.describe(job, slot, control_path)
+
+    def _fall_back(self, attempt, handler, control_path, error, detail):
+        """clstr's mux client could not use the master: nothing ran.  A master
+        that has gone is started again, the attempt's slot waiting for it;
+        otherwise the attempt goes through the ssh client (which connects on
+        its own if the master has gone)."""
+        if error is MuxError.CONNECT_FAILED and self._master_gone(attempt.slot, detail):
+            handler.unstarted(None)
+            return NoSession()
+        if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
+            self._ssh_client_only.add(control_path)
+            self._events.note("%s: the master speaks another mux protocol (%s); using the "
+                              "ssh client" % (attempt.slot.host.name, detail))
+        try:
+            return self._direct.open(attempt, handler, control_path)
+        except OSError as error:
+            handler.unstarted(error)
+            return NoSession()
+
+    def _master_gone(self, slot, detail):
+        """The slot's master has gone (idle expiry, killed, its socket
+        removed) or does not answer: start a new one, unless the run says
+        the host's jobs connect on their own now (False)."""
+        host, group = slot.host.name, self.master_of(slot)
+        if not self._masters.starting(host, group):
+            if not self._events.master_gone(host, group, self._masters.master_gone(host, group)):
+                return False
+            self._events.note("%s: master gone (%s), starting another" % (host, detail))
+            self.start_master(host, group)
+        return True
+
+    def shutdown(self):
+        self._masters.shutdown()

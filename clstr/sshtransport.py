@@ -1,0 +1,168 @@
+"""The ssh client transport: a local ``ssh`` process per attempt.
+
+Used with ``--no-multiplex``, for ``--on-each-node``, and by the mux
+transport (muxtransport.py) for hosts whose connection cannot be shared and
+whenever clstr's own mux client cannot talk to a master.  ssh logs to a file
+of its own (``ssh -E``, one per attempt, in the run's private directory), so
+the job's stderr carries only what the job and the user's own configuration
+of ssh let through; the log names ssh's own failure.
+"""
+
+import os
+
+from .failures import Failure, Kind, classify
+from .localprocess import STDERR_TAIL, ProcessSession
+from .ssh import stdin_payload
+from .transport import AttemptHandler, Session, Transport
+
+
+class SshTransport(Transport):
+    """Attempts through the ssh client ``ssh`` (ssh.SshSettings), each
+    logging to a new file in ``private`` (privatedir.PrivateDirectory)."""
+
+    def __init__(self, ssh, loop, private):
+        self._ssh = ssh
+        self._loop = loop
+        self._private = private
+        # ssh commands (--ssh-command's words) that refused -E: a front end
+        # such as a site wrapper may not know it.  Their attempts run without
+        # it (and without the LogLevel that goes with it): ssh's messages
+        # then come on stderr.
+        self._refuse_log_file = set()
+
+    def open(self, attempt, handler, control_path=None):
+        """As Transport.open; ``control_path``: the master socket ssh is to
+        share (the mux transport's fallback), None for a connection of its
+        own."""
+        log_path = self._private.new_path("attempt-", ".log")
+        argv = self._argv(attempt.job, attempt.slot, control_path, log_path)
+        return _SshSession(self._loop, argv, handler, attempt.reports, control_path, log_path,
+                           stdin_payload(attempt.job.command), self._refuse_log_file)
+
+    def describe(self, job, slot, control_path=None):
+        return self._argv(job, slot, control_path, self._private.new_path("attempt-", ".log"))
+
+    def _argv(self, job, slot, control_path, log_path):
+        return self._ssh.argv(slot.host.name, job.command, control_path, log_path)
+
+
+def read_log_tail(path):
+    """The last STDERR_TAIL bytes of ssh's log at ``path``, which is then
+    deleted (b"" if ssh never wrote it)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - STDERR_TAIL))
+            tail = log.read()
+        os.unlink(path)
+    except OSError:
+        return b""
+    return tail
+
+
+def _command_words(argv):
+    """The --ssh-command words at the head of an ssh argv (before the first
+    -o, which clstr always passes)."""
+    return tuple(argv[:argv.index("-o")]) if "-o" in argv else tuple(argv)
+
+
+def _without_log_file(argv, log_path):
+    """``argv`` without the ``-E log_path`` and ``-o LogLevel=INFO`` clstr
+    added (the last of each: --ssh-command's words and -O come first)."""
+    def last(word, words):
+        return len(words) - 1 - words[::-1].index(word)
+    at = last(log_path, argv)
+    argv = argv[:at - 1] + argv[at + 1:]
+    at = last("LogLevel=INFO", argv)
+    return argv[:at - 1] + argv[at + 1:]
+
+
+def _refused_log_file(code, stdout_seen, stderr_tail):
+    """Whether an ssh command that never created its -E log refused the
+    option, as a front end that does not know it does: it failed as ssh
+    fails (255) or said so, and nothing of a job came out."""
+    return code != 0 and not stdout_seen and (code == 255 or b"-E" in stderr_tail
+                                              or b"-- E" in stderr_tail)
+
+
+class _SshSession(Session, AttemptHandler):
+    """A local ssh with its own log file (-E), started again without it if
+    the ssh command refuses the option (then never given it again): until
+    the log exists (real ssh makes it before connecting), stderr is held
+    back, so the refusal never shows as the job's output.  It is the
+    handler of each ssh it starts, and reports to ``handler``.
+    ``control_path``: the master socket it shares, if any (a mux client
+    says nothing when its master dies, so a vanished socket is the
+    evidence).  ``log_path``: the file ``argv`` tells ssh to log to (-E),
+    read and deleted when the attempt ends.  ``stdin_data``: what to write
+    on ssh's stdin first, or None.  ``refusing``: the set of ssh commands
+    known to refuse -E (SshTransport's), which it adds to."""
+
+    def __init__(self, loop, argv, handler, reports, control_path, log_path, stdin_data,
+                 refusing):
+        if log_path and _command_words(argv) in refusing:
+            argv, log_path = _without_log_file(argv, log_path), None
+        self._refusing = refusing
+        self._loop = loop
+        self._stdin_data = stdin_data
+        self._reports = reports
+        self._argv = argv
+        self._handler = handler
+        self._control_path = control_path
+        self._log_path = log_path
+        self._held = b""
+        self._stdout_seen = False
+        self._logging = log_path is None  # the log exists: nothing to hold
+        self._stopped = False
+        self._current = self._start()
+
+    def _start(self):
+        return ProcessSession(self._loop, self._argv, self, self._classify, self._reports,
+                              stdin_data=self._stdin_data)
+
+    def output(self, stream, data):
+        if stream == 1:
+            self._stdout_seen = True
+        elif not self._logging:
+            self._logging = os.path.exists(self._log_path)
+            if not self._logging:
+                self._held = (self._held + data)[-STDERR_TAIL:]
+                return
+            data, self._held = self._held + data, b""
+        self._handler.output(stream, data)
+
+    def _classify(self, code, stderr_tail, done):
+        if not self._logging:  # before reading the log deletes it
+            self._logging = os.path.exists(self._log_path)
+        log_tail = read_log_tail(self._log_path) if self._log_path else b""
+        master_gone = bool(self._control_path) and not os.path.exists(self._control_path)
+        done(classify(code, stderr_tail, master_gone, log_tail))
+
+    def ended(self, code, failure):
+        if (not self._logging and not self._stopped
+                and _refused_log_file(code, self._stdout_seen, self._held)):
+            self._refusing.add(_command_words(self._argv))
+            self._argv = _without_log_file(self._argv, self._log_path)
+            self._log_path, self._held, self._logging = None, b"", True
+            try:
+                self._current = self._start()
+                return
+            except OSError as error:
+                failure = Failure(Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror)
+        if self._held:
+            self._handler.output(2, self._held)
+        self._handler.ended(code, failure)
+
+    def stop(self, grace):
+        self._stopped = True
+        self._current.stop(grace)
+
+    def kill(self):
+        self._stopped = True
+        self._current.kill()
+
+    def pause(self):
+        self._current.pause()
+
+    def resume(self):
+        self._current.resume()

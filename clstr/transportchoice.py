@@ -1,0 +1,30 @@
+"""The one place that chooses a run's transport from its plan (transport.py
+says what a transport does)."""
+
+import os
+import random
+
+from .exectransport import ExecTransport
+from .multiplex import MasterSet
+from .muxtransport import MuxTransport
+from .slurmtransport import SlurmTransport
+from .sshtransport import SshTransport
+
+
+def transport_for(plan, loop, private, pool, events, masters=None, shuffle=random.shuffle):
+    """The Transport that runs ``plan``'s attempts under ``loop``, naming
+    its files in ``private`` (privatedir.PrivateDirectory), for the slots of
+    ``pool`` (nodes.NodePool) and telling ``events`` (transport.RunEvents)
+    about its masters.  ``masters``: the masters' owner (None: a
+    multiplex.MasterSet); ``shuffle(items)``: the order masters start in
+    (--dry-run gives stand-ins for both)."""
+    if plan.slurm:
+        return SlurmTransport(plan.exec_words, loop, os.environ.get("SLURM_JOB_ID", ""))
+    if plan.exec_words:
+        return ExecTransport(plan.exec_words, loop)
+    direct = SshTransport(plan.ssh, loop, private)
+    if not plan.multiplex:
+        return direct
+    if masters is None:
+        masters = MasterSet(loop, plan.ssh, private.path)
+    return MuxTransport(pool, events, masters, direct, plan.sessions_per_master, shuffle)
