@@ -89,7 +89,7 @@ def dry_run_lines(plan, feed):
     next_assignment = scheduler.next_pinned_assignment if plan.pinned else scheduler.next_assignment
     running = collections.deque()
     while True:
-        transport.prepare(scheduler.slots_in_demand())
+        transport.prepare(scheduler.slots_in_demand)
         yield from lines
         lines.clear()
         assignment = next_assignment()

@@ -65,9 +65,12 @@ class MuxTransport(Transport):
 
     # -- masters ------------------------------------------------------------
 
-    def prepare(self, demand):
-        """Start masters for ``demand`` slots, no more.  A failed master's
-        slots are made up for by the next one."""
+    def prepare(self, slots_in_demand):
+        """Start masters for the slots in demand, no more.  A failed
+        master's slots are made up for by the next one."""
+        if not self._unstarted:
+            return
+        demand = slots_in_demand()
         while self._covered() < demand and self._unstarted and self._room_for_a_master():
             host, group, slots = self._unstarted.popleft()
             if self._pool.hosts[host].retired:

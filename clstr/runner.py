@@ -216,7 +216,7 @@ class Runner(RunEvents):
         more can happen."""
         if self._stopping:
             return
-        self.transport.prepare(self.scheduler.slots_in_demand())
+        self.transport.prepare(self.scheduler.slots_in_demand)
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
                            else self.scheduler.next_assignment)
         while not self._stopping and not self._starved:

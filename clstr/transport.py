@@ -196,9 +196,10 @@ class Transport:
         the job starts and after it ended reach the job's stderr."""
         return ReportReader()
 
-    def prepare(self, demand):
-        """Start what attempts on ``demand`` slots at once need now.  Called
-        before each round of starts."""
+    def prepare(self, slots_in_demand):
+        """Start what the attempts need now, before a round of starts:
+        ``slots_in_demand()`` says how many slots the run could use at once
+        (asked only when there is something left to start)."""
 
     def master_of(self, slot):
         """The group of the master serving ``slot`` (None: its attempts

@@ -63,49 +63,49 @@ def mux(hosts, sessions_per_master=10):
 
 def test_masters_start_only_for_the_slots_in_demand():
     transport, pool, masters, _ = mux(["h%d" % n for n in range(300)])
-    transport.prepare(2)
+    transport.prepare(lambda: 2)
     assert masters.started == [("h0", 0), ("h1", 0)]
-    transport.prepare(2)
+    transport.prepare(lambda: 2)
     assert len(masters.started) == 2
     assert not pool.acquire()  # the slots wait for their masters
 
 
 def test_a_host_gets_a_master_per_group_of_sessions():
     transport, _, masters, _ = mux(["h"] * 4, sessions_per_master=3)
-    transport.prepare(4)
+    transport.prepare(lambda: 4)
     assert masters.started == [("h", 0), ("h", 1)]
 
 
 def test_a_retired_hosts_slots_are_made_up_for_by_the_next_master():
     transport, pool, masters, _ = mux(["a", "b", "c"])
-    transport.prepare(1)
+    transport.prepare(lambda: 1)
     pool.retire("a", Failure(Kind.REFUSED, "refused"))
-    transport.prepare(1)
+    transport.prepare(lambda: 1)
     assert masters.started == [("a", 0), ("b", 0)]
 
 
 def test_no_master_starts_for_a_retired_host():
     transport, pool, masters, _ = mux(["a", "b", "c"])
     pool.retire("b", Failure(Kind.REFUSED, "refused"))
-    transport.prepare(2)
+    transport.prepare(lambda: 2)
     assert masters.started == [("a", 0), ("c", 0)]
 
 
 def test_a_master_short_of_processes_waits_and_caps_the_masters():
     transport, _, masters, events = mux(["a", "b", "c", "d"])
-    transport.prepare(1)
+    transport.prepare(lambda: 1)
     masters.short = True
-    transport.prepare(4)
+    transport.prepare(lambda: 4)
     assert events.said == [("short", 1)] and transport.waiting_for_resources
     masters.short = False
-    transport.prepare(4)
+    transport.prepare(lambda: 4)
     assert masters.started == [("a", 0)]  # nothing until something ends
     transport.resources_freed()
-    transport.prepare(4)
+    transport.prepare(lambda: 4)
     # Tried again first, and no more at once than were up when it failed.
     assert masters.started == [("a", 0)]
     del masters.done["a", 0]
-    transport.prepare(4)
+    transport.prepare(lambda: 4)
     assert masters.started == [("a", 0), ("b", 0)]
 
 
@@ -115,7 +115,7 @@ def test_a_master_that_cannot_start_ssh_is_a_failure_of_its_host():
     def no_ssh(host, group, on_done):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory")
     masters.start = no_ssh
-    transport.prepare(1)
+    transport.prepare(lambda: 1)
     assert events.said == [("failed", "a", 0, Kind.SSH_ERROR)]
 
 
