@@ -2,6 +2,9 @@
 # copies this file as the archive's __main__.py).  It must still parse on an
 # old Python, even 2.7, so that Python can say it is too old instead of
 # failing with a SyntaxError inside clstr: keep it to the plainest syntax.
+# Its exit statuses are clstr/exits.py's (EXIT_USAGE, EXIT_INTERRUPTED),
+# written out: nothing of clstr's is imported before the version check (a
+# test keeps the two in step).
 import sys
 
 if sys.version_info < (3, 8):  # noqa: UP036 (the point: run on older Pythons)

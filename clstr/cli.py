@@ -14,6 +14,7 @@ import stat
 import sys
 
 from . import __version__
+from .exits import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_LOCAL_IO, EXIT_OK, EXIT_USAGE
 
 EXAMPLES = """\
 examples:
@@ -551,7 +552,7 @@ def main(argv=None):
         # FIFO's reader or for a node list on stdin, or for a slow reader of
         # --dry-run.  No traceback, the status a stopped run has; nothing
         # held is worth writing (and writing it might wait again).
-        os._exit(130)
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _main(argv):
@@ -561,7 +562,7 @@ def _main(argv):
         plan, feed = make_plan(argv)
     except UsageError as error:
         sys.stderr.write("clstr: error: %s (see clstr --help)\n" % error)
-        return 2
+        return EXIT_USAGE
     if plan.dry_run:
         from .dryrun import dry_run_lines
         try:
@@ -569,9 +570,9 @@ def _main(argv):
                 sys.stdout.write(line + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            return 141
-        return 0
-    from .errors import EXIT_LOCAL_IO, LocalIOError
+            return EXIT_BROKEN_PIPE
+        return EXIT_OK
+    from .errors import LocalIOError
     from .runner import Runner
     from .userfiles import InUseError
     try:
@@ -586,4 +587,4 @@ def _main(argv):
     except InUseError as error:
         option = "--joblog" if error.path == plan.joblog_path else "--output-dir"
         sys.stderr.write("clstr: error: %s %s\n" % (option, error))
-        return 2
+        return EXIT_USAGE

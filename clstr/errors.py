@@ -2,13 +2,9 @@
 
 When clstr cannot write one of its own outputs (stdout, stderr, the joblog,
 the active-nodes file, an output directory), no node is to blame: the run
-stops cleanly with its own exit status and one line naming the file and the
-OS error.
+stops cleanly with its own exit status (exits.EXIT_LOCAL_IO) and one line
+naming the file and the OS error.
 """
-
-# Exit status of a run stopped by a local I/O failure.
-EXIT_LOCAL_IO = 3
-
 
 class LocalIOError(Exception):
     """clstr's own read or write of ``what`` (a file name or "stdout") failed

@@ -8,12 +8,12 @@ import collections
 import errno
 import os
 import random
-import signal
 import tempfile
 import time
 
 from .delivery import Delivery
-from .errors import EXIT_LOCAL_IO, LocalIOError
+from .errors import LocalIOError
+from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
 from .failures import Failure, FirstFailures, Kind, judge, not_delivered
 from .limits import GIVE_UP_AFTER, Shortage, limit_words, open_files_limit, out_of_resources
 from .loop import EventLoop
@@ -26,13 +26,6 @@ from .scheduler import Scheduler
 from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
 from .transport import AttemptHandler, RunEvents, stop_grace
 from .transportchoice import transport_for
-
-# Exit statuses.
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_USAGE = 2
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-_SIGNAL_EXITS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 # Files held only for a moment, one at a time: a starting job's two pipe write
 # ends, a master's log, the active-nodes file's temporary, with room to spare.
@@ -197,7 +190,7 @@ class Runner(RunEvents):
     # -- the run ----------------------------------------------------------------
 
     def run(self):
-        for signum in _SIGNAL_EXITS:
+        for signum in SIGNAL_EXITS:
             self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
         try:
             self._fit_slots_to_open_files_limit()
@@ -625,11 +618,11 @@ class Runner(RunEvents):
         if self._stopping:
             # A second signal, or one while the last output is written: leave
             # now, without what the reader has not taken.
-            self.exit_status = _SIGNAL_EXITS[signum]
+            self.exit_status = SIGNAL_EXITS[signum]
             self._leaving = True
             self.loop.stop()
             return
-        self._stop(_SIGNAL_EXITS[signum])
+        self._stop(SIGNAL_EXITS[signum])
 
     def _broken_pipe(self):
         self._stop(EXIT_BROKEN_PIPE)

@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from clstr.errors import EXIT_LOCAL_IO, LocalIOError
+from clstr.errors import LocalIOError
+from clstr.exits import EXIT_LOCAL_IO
 from clstr.loop import EventLoop
 from clstr.output import Sink
 from clstr_run import REPO, RUN_ID, clstr, clstr_argv, node_args, start_clstr

@@ -13,7 +13,7 @@ import termios
 import pytest
 from test_local_io import after_sleeps, sleep_marker, small_tmpfs  # noqa: F401 (a fixture)
 
-from clstr.errors import EXIT_LOCAL_IO
+from clstr.exits import EXIT_LOCAL_IO
 from clstr_run import REPO, clstr, node_args, start_clstr, wait_until
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
