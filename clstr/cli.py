@@ -83,13 +83,6 @@ class _Parser(argparse.ArgumentParser):
                                   namespace)
 
 
-class Plan:
-    """Everything a run needs, checked and resolved."""
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-
 def build_parser():
     parser = _Parser(
         prog="clstr",
@@ -382,7 +375,7 @@ def _transport(args):
         raise UsageError("--exec %r: ssh joins its arguments into one command line, so "
                          "clstr's wrapper would arrive re-split; use --ssh-command "
                          "instead (e.g. --ssh-command 'ssh -F ./config')" % template)
-    return words
+    return tuple(words)
 
 
 def _program_word(words):
@@ -471,8 +464,10 @@ def make_plan(argv):
     if pinned:
         distinct = list(dict.fromkeys(hosts))
         feed.add_pinned(os.fsencode(args.on_each_node), distinct)
+    # Imported only now: --version and --help need no dataclasses.
+    from .plan import Plan
     plan = Plan(
-        hosts=hosts, pinned=pinned, ssh=ssh,
+        hosts=tuple(hosts), pinned=pinned, ssh=ssh,
         # Once per node, a master would cost a connection and save nothing.
         multiplex=(not pinned if args.multiplex is None else args.multiplex) and not exec_words,
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
@@ -490,26 +485,28 @@ def make_plan(argv):
 
 def open_outputs(plan):
     """Open (create, truncate) the files a run writes, now that it really
-    starts: returns the Plan the runner takes (with ``stdout_fd``,
+    starts: returns the Plan the runner takes (``plan`` with ``stdout_fd``,
     ``stderr_fd`` and an open ``output_dir``) and the joblog or None.
     Raises LocalIOError."""
+    import dataclasses
+
     from .records import Joblog
     from .userfiles import OutputDir, open_for_writing
-    opened = dict(vars(plan))
     # The joblog and output directory are locked first: they may be another
     # run's, and then -o and -e must be left as they were.  They change
     # last, once -o and -e (a FIFO may keep us waiting for its reader) are
     # open too.
     joblog = Joblog(plan.joblog_path, resume=plan.resume) if plan.joblog_path else None
-    opened["output_dir"] = None
+    output_dir = None
     if plan.output_dir_path:
-        opened["output_dir"] = OutputDir(plan.output_dir_path, resume=plan.resume)
-    opened["stdout_fd"] = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
-    opened["stderr_fd"] = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
-    for owned in (joblog, opened["output_dir"]):
+        output_dir = OutputDir(plan.output_dir_path, resume=plan.resume)
+    stdout_fd = 1 if plan.stdout_path is None else open_for_writing(plan.stdout_path)
+    stderr_fd = 2 if plan.stderr_path is None else open_for_writing(plan.stderr_path)
+    for owned in (joblog, output_dir):
         if owned is not None:
             owned.start()
-    return Plan(**opened), joblog
+    return dataclasses.replace(plan, stdout_fd=stdout_fd, stderr_fd=stderr_fd,
+                               output_dir=output_dir), joblog
 
 
 def reopen_closed_standard_fds():

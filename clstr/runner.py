@@ -155,8 +155,8 @@ class Runner(RunEvents):
         sinks = {}
         # What a write error names: "stdout"/"stderr", or the -o/-e file.
         std_names = {1: "stdout", 2: "stderr"}
-        file_names = {1: getattr(self.plan, "stdout_path", None) or "the --stdout file",
-                      2: getattr(self.plan, "stderr_path", None) or "the --stderr file",
+        file_names = {1: self.plan.stdout_path or "the --stdout file",
+                      2: self.plan.stderr_path or "the --stderr file",
                       0: "stderr"}
         for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
             for other in sinks.values():

@@ -1,6 +1,7 @@
 """The command line, with a local stand-in for ssh: usage errors are one line
 and exit 2 with nothing started; options behave as documented."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -163,3 +164,20 @@ def test_verbose_counts_and_very_verbose_lists_jobs_not_completed():
 def test_version():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.startswith(b"clstr 0.")
+
+
+def test_a_plan_is_made_once_and_never_changed(tmp_path):
+    from clstr.cli import make_plan, open_outputs
+    out = str(tmp_path / "out")
+    plan, feed = make_plan(["-n", "a", "b", "-j", "x", "-o", out, "--exec", "true -i {host}"])
+    feed.close()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.verbose = 2
+    assert (plan.hosts, plan.exec_words, plan.stdout_fd) == (
+        ("a", "b"), ("true", "-i", "{host}"), None)
+    opened, joblog = open_outputs(plan)
+    try:
+        assert joblog is None and opened.stderr_fd == 2 and os.path.exists(out)
+        assert dataclasses.replace(opened, stdout_fd=None, stderr_fd=None) == plan
+    finally:
+        os.close(opened.stdout_fd)

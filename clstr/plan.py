@@ -1,0 +1,60 @@
+"""The plan of a run: everything the command line decided, checked and
+resolved (cli.py builds it, the run and the dry run read it).
+
+The annotations stay strings (``from __future__``), so that writing them in
+today's syntax costs no ``typing`` import at start-up.
+
+Frozen: nothing changes a plan once made.  ``cli.open_outputs`` opens the
+files it names when a run really starts and returns a copy with the opened
+fds and output directory filled in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .ssh import SshSettings
+from .userfiles import InPlaceFile, OutputDir, ReplacedFile
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    # Where jobs run: every slot's host name (a host listed N times has N
+    # slots).
+    hosts: tuple
+    # How to call ssh (its defaults are filled in even for --exec, which
+    # does not use it).
+    ssh: SshSettings
+    # --on-each-node: one job per distinct host, pinned to it.
+    pinned: bool = False
+    # Share one connection per host (ControlMaster); never with --exec.
+    multiplex: bool = False
+    sessions_per_master: int = 10
+    max_nodes: int = 0  # 0: one job per slot at once
+    max_node_uses: int = 0  # 0: unlimited
+    verbose: int = 0
+    status: bool = False
+    tag: bool = False
+    group: bool = False
+    dry_run: bool = False
+    max_attempts: int = 0  # 0: never give a job up
+    job_failure: str = "node"  # or "job"
+    timeout: float | None = None
+    retry_nodes: float = 0  # 0: a retired node stays retired
+    # The --exec template's words, str (--slurm's srun too); None for ssh.
+    exec_words: tuple | None = None
+    # --slurm itself (not an --exec template naming srun).
+    slurm: bool = False
+    # The outputs, as the user named them (None: clstr's own stdout, stderr;
+    # no joblog, no output directory).
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    joblog_path: str | None = None
+    resume: bool = False
+    output_dir_path: str | None = None
+    # -A's file, resolved and checked, nothing opened yet.
+    active_nodes: ReplacedFile | InPlaceFile | None = None
+    # Filled in by cli.open_outputs once the run starts (None until then).
+    stdout_fd: int | None = None
+    stderr_fd: int | None = None
+    output_dir: OutputDir | None = None
