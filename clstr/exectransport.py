@@ -12,19 +12,19 @@ Unlike ssh (255 for its own errors), srun, docker and kubectl exit 1 when they
 fail, just as a job that exits 1, and srun exits 0 when a node fails under a
 running step.  So their exit status is never taken for the job's: the wrapper
 reports the job's start and end on stderr (endreport.py), and
-``classify_exec`` names only what failed before the start: a node the
-transport could not reach, or a failure no node can cure (the run must stop).
+``failures.classify_exec`` names only what failed before the start: a node
+the transport could not reach, or a failure no node can cure (the run must
+stop).
 
 ``--slurm`` (slurmtransport.py) is this transport with Slurm's nodes and a
 question to Slurm's controller.
 """
 
 import functools
-import re
 import shlex
 
 from .endreport import ReportReader
-from .failures import Failure, Kind
+from .failures import classify_exec
 from .localprocess import ProcessSession
 from .ssh import stdin_payload, wrapper_argv
 from .transport import Transport
@@ -76,55 +76,6 @@ def wrapper_words(command):
     ``command`` (bytes) as one argument (no quoting: no shell reads it as
     text).  The wrapper reports the job's start and end (endreport.py)."""
     return wrapper_argv(command)
-
-
-# --- what a failed attempt means ------------------------------------------
-
-# Said by the transport before the job started, these fail on every node
-# alike, so retiring nodes one by one would only hide them: the run stops.
-# All are the transport's own final errors (srun of Slurm 22.05, docker and
-# kubectl's option parser), not messages after which they retry:
-_NO_NODE_CAN_CURE = re.compile(
-    # MaxStepCount reached: the allocation takes no more steps.
-    rb"Step limit reached for this job"
-    # The allocation ($SLURM_JOB_ID, --jobid) is unknown or already ended.
-    rb"|Invalid job id specified|Job/step already completing or completed"
-    # The template asks for a partition, account or QOS that is not there.
-    rb"|Invalid partition name specified|Invalid account or account/partition combination"
-    rb"|Invalid qos specification"
-    # The template's options are wrong: srun (getopt), docker and kubectl.
-    rb"|unrecognized option|invalid option|unknown (?:shorthand )?flag")
-# Deliberately not here: "Job step creation temporarily disabled, retrying"
-# (srun waits and retries by itself), "Unable to contact slurm controller"
-# (may pass once slurmctld is back), "Invalid node name specified" and
-# "No such container" (one node's fault: that node is retired).
-
-
-def _last_lines(stderr_tail, count):
-    lines = [line.strip() for line in stderr_tail.splitlines() if line.strip()]
-    return lines[-count:]
-
-
-def classify_exec(code, stderr_tail):
-    """The transport's own failure, for an exec transport that exited with
-    ``code`` (-N: killed by signal N) before its job started (failures.judge
-    reads it only then), or None if it exited 0.  ``stderr_tail``: the last
-    few KiB of its stderr (bytes).
-
-    ``Kind.FATAL`` if no node can cure it, else ``Kind.TRANSPORT`` (the node
-    is at fault, like a refused ssh), with the transport's last stderr line
-    as the reason."""
-    if code == 0:
-        return None
-    if code < 0:
-        return Failure(Kind.INTERRUPTED, "transport killed by signal %d" % -code)
-    lines = _last_lines(stderr_tail, 4)
-    for line in reversed(lines):
-        if _NO_NODE_CAN_CURE.search(line):
-            return Failure(Kind.FATAL, line.decode("utf-8", "replace"))
-    if lines:
-        return Failure(Kind.TRANSPORT, lines[-1].decode("utf-8", "replace"))
-    return Failure(Kind.TRANSPORT, "exited %d before the job started" % code)
 
 
 class ExecTransport(Transport):

@@ -1,16 +1,27 @@
 """Why an attempt failed, named once and decided in one place.
 
-ssh exits 255 for its own errors and otherwise with the remote command's
-status, and says what went wrong in its log (``ssh -E FILE``, see
-localprocess.py) or on stderr.  ``classify`` turns an exit code and what ssh
-said into a ``Failure`` with ssh's own words.  The kinds' names (``Kind``
-values) are the one vocabulary of failures: ``-v`` messages, the failure
-report and ``--output-dir``'s index.tsv print them, the scheduler decides by
-them, and README.md lists them (a test keeps the two in step).
+Transports bring evidence; this module alone decides what it means.  ssh
+exits 255 for its own errors and otherwise with the remote command's status,
+and says what went wrong in its log (``ssh -E FILE``, see localprocess.py) or
+on stderr: ``classify`` turns an exit code and what ssh said into a
+``Failure`` with ssh's own words.  ``classify_exec`` does the same for an
+--exec transport, ``classify_mux`` for a session through a master (what the
+master said), ``classify_master`` for a master's start, and
+``classify_allocation`` for Slurm's word on the allocation.  ``judge`` then
+decides how an attempt ended, from the transport's failure and the wrapper's
+reports.
+
+The kinds' names (``Kind`` values) are the one vocabulary of failures: ``-v``
+messages, the failure report and ``--output-dir``'s index.tsv print them, the
+scheduler decides by them, and README.md lists them (a test keeps the two in
+step).
 """
 
 import enum
+import os
 import re
+
+from .muxclient import MuxError
 
 
 class Kind(enum.Enum):
@@ -112,8 +123,8 @@ class MasterKilled(Failure):
 
 
 def job_exit(status):
-    """The Failure of a job that exited with ``status`` (not 0)."""
-    return Failure(Kind.JOB_EXIT, status=status)
+    """The Failure of a job that exited with ``status``; None for 0."""
+    return None if status == 0 else Failure(Kind.JOB_EXIT, status=status)
 
 
 def not_delivered(stored, size):
@@ -123,7 +134,58 @@ def not_delivered(stored, size):
                    % (stored, size))
 
 
+# clstr's own reasons for stopping an attempt.
+
+def stopped_by_clstr():
+    """An attempt clstr stopped (Ctrl-C, a local I/O failure, the run's end)."""
+    return Failure(Kind.INTERRUPTED, "stopped by clstr")
+
+
+def timed_out(seconds):
+    """An attempt stopped for running past --timeout ``seconds``."""
+    return Failure(Kind.TIMEOUT, "stopped after %gs" % seconds)
+
+
+def start_overdue(waited, slurm):
+    """An attempt whose job had not started ``waited`` seconds after its
+    transport did.  Under Slurm (``slurm``) that is a step still pending (the
+    controller is busy, no node is dead): transient, like a throttled
+    connection; otherwise the node does not answer."""
+    kind = Kind.THROTTLED if slurm else Kind.CONNECT_TIMEOUT
+    return Failure(kind, "the job had not started after %gs" % waited)
+
+
+def cannot_start_ssh(error):
+    """ssh itself could not be started (the OSError ``error``)."""
+    return Failure(Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror)
+
+
+# --- evidence ---------------------------------------------------------------
+
+# Bytes of what a transport said (its stderr, ssh's log) kept as evidence:
+# the last few lines are all that is read.
+TAIL_BYTES = 4096
+
+
+def read_log_tail(path, remove=False):
+    """The last TAIL_BYTES bytes of the log file at ``path`` (b"" if it
+    cannot be read, as when ssh never wrote it); ``remove``: delete the file
+    once read."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - TAIL_BYTES))
+            tail = log.read()
+        if remove:
+            os.unlink(path)
+    except OSError:
+        return b""
+    return tail
+
+
 def _last_lines(text, count=4):
+    """The last ``count`` lines of ``text`` (bytes) that are not blank,
+    stripped."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-count:]
 
@@ -175,6 +237,116 @@ def classify(code, stderr_tail, master_gone=False, log_tail=b""):
     return Failure(Kind.SSH_ERROR, _said(last[0]) if last else "ssh exited 255")
 
 
+def refused_log_file(code, stdout_seen, stderr_tail):
+    """Whether an ssh command that never created its -E log refused the
+    option, as a front end that does not know it does: it failed as ssh
+    fails (255) or said so, and nothing of a job came out."""
+    return code != 0 and not stdout_seen and (code == 255 or b"-E" in stderr_tail
+                                              or b"-- E" in stderr_tail)
+
+
+# Failures of a ControlMaster's start that say the host cannot be reached or
+# will not have us; any other failure of a master (ssh error, a front end's
+# own exit status) is no verdict on the host.
+CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.CONNECT_TIMEOUT, Kind.AUTH, Kind.HOST_KEY,
+                                 Kind.UNRESOLVED, Kind.THROTTLED, Kind.CONNECTION_LOST))
+
+
+def classify_master(code, log_tail, has_socket):
+    """How the ssh starting a ControlMaster ended, from its exit status
+    ``code``, its log's tail and whether its control socket exists:
+    ``(failure, unavailable)``.  ``failure``: the host's fault (a connection
+    failure), None when the host answered; ``unavailable``: why connection
+    sharing does not work there (None: the master is up).  Connection
+    sharing is an optimisation, never a reason to lose a node: a master
+    that exits 0 without a socket, or fails for a reason that is not a
+    connection failure (e.g. a front end rejecting ControlMaster), lets a
+    direct connection decide."""
+    failure = classify(code, log_tail)
+    if failure is None:
+        return None, None if has_socket else "the master exited without a control socket"
+    if failure.kind not in CONNECTION_FAILURES:
+        return None, "the master failed: %s" % failure.detail
+    return failure, None
+
+
+def classify_mux(error, detail, master_killed=None):
+    """The Failure of a session through a master that ended without an exit
+    status (``error``, a muxclient.MuxError, and the master's ``detail``)
+    after its request was sent.  ``master_killed``: clstr killed the master
+    for not answering (what it said then), which makes it a lost
+    connection whatever else happened (``MasterKilled``).
+
+    A refused session (sshd's MaxSessions) is transient, like a throttled
+    connection; a session dropped without an exit status is a lost
+    connection, as when a plain ssh is cut off; one clstr abandoned was
+    stopped by clstr."""
+    if master_killed is not None:
+        return MasterKilled(master_killed)
+    if error is MuxError.SESSION_REFUSED:
+        return Failure(Kind.THROTTLED, "session refused: %s" % detail)
+    if error is MuxError.CONNECTION_LOST:
+        return Failure(Kind.CONNECTION_LOST, "shared connection lost: %s" % detail)
+    return stopped_by_clstr()
+
+
+# Said by an --exec transport before the job started, these fail on every
+# node alike, so retiring nodes one by one would only hide them: the run
+# stops.  All are the transport's own final errors (srun of Slurm 22.05,
+# docker and kubectl's option parser), not messages after which they retry:
+_NO_NODE_CAN_CURE = re.compile(
+    # MaxStepCount reached: the allocation takes no more steps.
+    rb"Step limit reached for this job"
+    # The allocation ($SLURM_JOB_ID, --jobid) is unknown or already ended.
+    rb"|Invalid job id specified|Job/step already completing or completed"
+    # The template asks for a partition, account or QOS that is not there.
+    rb"|Invalid partition name specified|Invalid account or account/partition combination"
+    rb"|Invalid qos specification"
+    # The template's options are wrong: srun (getopt), docker and kubectl.
+    rb"|unrecognized option|invalid option|unknown (?:shorthand )?flag")
+# Deliberately not here: "Job step creation temporarily disabled, retrying"
+# (srun waits and retries by itself), "Unable to contact slurm controller"
+# (may pass once slurmctld is back), "Invalid node name specified" and
+# "No such container" (one node's fault: that node is retired).
+
+
+def classify_exec(code, stderr_tail):
+    """The transport's own failure, for an exec transport (exectransport.py)
+    that exited with ``code`` (-N: killed by signal N) before its job
+    started (``judge`` reads it only then), or None if it exited 0.
+    ``stderr_tail``: the last few KiB of its stderr (bytes).
+
+    ``Kind.FATAL`` if no node can cure it, else ``Kind.TRANSPORT`` (the node
+    is at fault, like a refused ssh), with the transport's last stderr line
+    as the reason."""
+    if code == 0:
+        return None
+    if code < 0:
+        return Failure(Kind.INTERRUPTED, "transport killed by signal %d" % -code)
+    lines = _last_lines(stderr_tail)
+    for line in reversed(lines):
+        if _NO_NODE_CAN_CURE.search(line):
+            return Failure(Kind.FATAL, line.decode("utf-8", "replace"))
+    if lines:
+        return Failure(Kind.TRANSPORT, lines[-1].decode("utf-8", "replace"))
+    return Failure(Kind.TRANSPORT, "exited %d before the job started" % code)
+
+
+def classify_allocation(job_id, code, said):
+    """What ``squeue -h -j JOB_ID -o %T`` exiting with ``code`` after
+    saying ``said`` (bytes) means for the run under --slurm: a FATAL Failure
+    if allocation ``job_id`` no longer runs (revoked, expired, cancelled:
+    no node can run jobs any more), None if it runs or if the controller
+    cannot tell (then the attempt's own failure stands)."""
+    words = said.split()
+    if code == 0 and words == [b"RUNNING"]:
+        return None
+    if code == 0 or b"Invalid job id" in said:
+        now = words[0].decode("ascii", "replace") if words else "gone"
+        return Failure(Kind.FATAL, "Slurm allocation %s is %s" % (job_id, now))
+    return None
+
+
 # The joblog's Exitval of an attempt whose job's own status is not known (no
 # end report): what ssh says for a connection it lost.
 UNKNOWN_STATUS = 255
@@ -224,7 +396,7 @@ def judge(transport_failure, code, started, status, stopped=None, undelivered=No
     if status is not None:
         if stopped is not None:
             return Verdict(stopped, status, STOPPED_SIGNAL)
-        return Verdict(None if status == 0 else job_exit(status), status)
+        return Verdict(job_exit(status), status)
     if undelivered is not None and stopped is None:
         return Verdict(undelivered, UNKNOWN_STATUS)
     if isinstance(transport_failure, MasterKilled):

@@ -6,16 +6,14 @@ Neither ssh's exit status (255 for its own errors and for a job's
 job's; srun's 0 after a node failure) is taken for the job's: the wrapper's
 reports on stderr (endreport.py) pass through a ``ReportReader`` here, and
 ``failures.judge`` decides.  The tail of what the transport said on stderr
-is kept for naming its own failure.
+is kept as the evidence from which failures.py names its own failure.
 """
 
 import signal
 
 from .child import ChildProcess
+from .failures import TAIL_BYTES
 from .transport import Session, StdinPipe
-
-# Bytes of stderr, and of ssh's log, kept for classifying a failure.
-STDERR_TAIL = 4096
 
 
 class ProcessSession(Session):
@@ -51,7 +49,7 @@ class ProcessSession(Session):
 
     def _output(self, stream, data):
         if stream == 2:
-            self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL:]
+            self._stderr_tail = (self._stderr_tail + data)[-TAIL_BYTES:]
             data = self._reports.feed(data)
         if data:
             self._handler.output(stream, data)

@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 
-from .failures import Kind, classify
+from .failures import classify_master, read_log_tail
 from .muxclient import AliveCheck, MuxAttempt
 from .muxsession import MuxSession
 from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
@@ -55,11 +55,6 @@ WATCH_INTERVAL = 0.1
 PROBE_OUTPUT_LIMIT = 4096
 # What ssh says at LogLevel VERBOSE once the user is authenticated.
 AUTHENTICATED = b"Authenticated to "
-# Failures that say the host cannot be reached or will not have us; any other
-# failure of a master (ssh error, a front end's own exit status) is no verdict
-# on the host.
-CONNECTION_FAILURES = frozenset((Kind.REFUSED, Kind.CONNECT_TIMEOUT, Kind.AUTH, Kind.HOST_KEY,
-                                 Kind.UNRESOLVED, Kind.THROTTLED, Kind.CONNECTION_LOST))
 
 
 class Master:
@@ -171,7 +166,7 @@ class MasterSet:
         master.watcher = None
         if not master.starter:
             return
-        if master.authenticated_at is None and AUTHENTICATED in self._log_tail(master):
+        if master.authenticated_at is None and AUTHENTICATED in read_log_tail(master.log_path):
             master.authenticated_at = time.monotonic()
         if (master.authenticated_at is not None and not os.path.exists(master.path)
                 and time.monotonic() - master.authenticated_at > SOCKET_AFTER_AUTH):
@@ -188,16 +183,6 @@ class MasterSet:
             except ProcessLookupError:
                 pass
 
-    @staticmethod
-    def _log_tail(master):
-        try:
-            with open(master.log_path, "rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 4096))
-                return log.read()
-        except OSError:
-            return b""
-
     def _started(self, master, code, on_done):
         master.starter = None
         master.timer.cancel()
@@ -206,14 +191,8 @@ class MasterSet:
             master.watcher = None
         failure = None
         if master.unavailable is None:
-            failure = classify(code, self._log_tail(master))
-            if failure is None and not os.path.exists(master.path):
-                master.unavailable = "the master exited without a control socket"
-            elif failure is not None and failure.kind not in CONNECTION_FAILURES:
-                # Not a connection failure (e.g. a front end rejecting
-                # ControlMaster): let a direct connection decide.
-                master.unavailable = "the master failed: %s" % failure.detail
-                failure = None
+            failure, master.unavailable = classify_master(
+                code, read_log_tail(master.log_path), os.path.exists(master.path))
         master.ready = failure is None and master.unavailable is None
         if master.unavailable and os.path.exists(master.path):
             self._ask_to_exit(master)

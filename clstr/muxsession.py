@@ -1,14 +1,13 @@
 """The in-process mux transport: an attempt through a host's ControlMaster
 with no local process (clstr speaks the protocol itself, see muxclient.py).
 
-What a mux client's failure means for the node:
+What a mux client's failure means for the node (``failures.classify_mux``
+names the kind from what the master said):
 - the master cannot be reached, or speaks a protocol clstr does not know:
   nothing ran, so the attempt goes on through the ssh client instead (which
   makes a connection of its own if the master has gone);
-- the master refuses the session (sshd's MaxSessions): transient, like a
-  throttled connection;
-- the master drops the session without an exit status: the connection was
-  lost, as when a plain ssh is cut off;
+- the master refuses the session (sshd's MaxSessions), or drops it without
+  an exit status: a failure, as ``classify_mux`` names it;
 - the master stops answering (a stopped or hung ssh process): the master's
   owner (multiplex.py) kills it and says so through ``master_killed``, and
   the session ends as a lost connection whatever clstr had done to it.  A
@@ -17,7 +16,7 @@ What a mux client's failure means for the node:
   master relays nothing) is not the job's timeout if the master was frozen.
 """
 
-from .failures import Failure, Kind, MasterKilled, job_exit
+from .failures import classify_mux, job_exit
 from .muxclient import MuxAttempt, MuxError
 from .transport import Session
 
@@ -70,7 +69,7 @@ class MuxSession(Session):
         self._handler.ended(code, failure)
 
     def _exited(self, code):
-        self._end(code, None if code == 0 else job_exit(code))
+        self._end(code, job_exit(code))
 
     def _failed(self, error, detail):
         if self._left:
@@ -81,20 +80,12 @@ class MuxSession(Session):
             if self._paused:
                 self._inner.pause()
             return
-        if self._master_killed is not None:
-            self._end(None, MasterKilled(self._master_killed))
-            return
-        if error in (MuxError.CONNECTION_LOST, MuxError.ABANDONED) and not self._checked:
+        if (self._master_killed is None and not self._checked
+                and error in (MuxError.CONNECTION_LOST, MuxError.ABANDONED)):
             self._checked = True
             self._carrier.check(lambda: self._failed(error, detail))
             return
-        if error is MuxError.SESSION_REFUSED:
-            failure = Failure(Kind.THROTTLED, "session refused: %s" % detail)
-        elif error is MuxError.CONNECTION_LOST:
-            failure = Failure(Kind.CONNECTION_LOST, "shared connection lost: %s" % detail)
-        else:
-            failure = Failure(Kind.INTERRUPTED, "stopped by clstr")
-        self._end(None, failure)
+        self._end(None, classify_mux(error, detail, self._master_killed))
 
     def stop(self, grace):
         self._stopped = True

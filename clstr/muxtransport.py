@@ -20,7 +20,7 @@ at once.
 
 import collections
 
-from .failures import Failure, Kind
+from .failures import cannot_start_ssh
 from .limits import out_of_resources
 from .muxclient import MuxError
 from .ssh import stdin_payload, wrapped_command
@@ -98,8 +98,7 @@ class MuxTransport(Transport):
             if out_of_resources(error):
                 self._wait(host, group, error)
                 return
-            self._events.master_failed(host, group, Failure(
-                Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror))
+            self._events.master_failed(host, group, cannot_start_ssh(error))
 
     def _started(self, host, group, failure, unavailable):
         if failure is not None:

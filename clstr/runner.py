@@ -14,7 +14,14 @@ import time
 from .delivery import Delivery
 from .errors import LocalIOError
 from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
-from .failures import Failure, FirstFailures, Kind, judge, not_delivered
+from .failures import (
+    FirstFailures,
+    judge,
+    not_delivered,
+    start_overdue,
+    stopped_by_clstr,
+    timed_out,
+)
 from .limits import GIVE_UP_AFTER, Shortage, limit_words, open_files_limit, out_of_resources
 from .loop import EventLoop
 from .nodehealth import Backoff, Direct, NodeHealth, Readmit, Reconnect, Retire
@@ -345,8 +352,7 @@ class Runner(RunEvents):
         self._shortage.eased()
         if self.plan.timeout:
             attempt.timer = self.loop.call_later(
-                self.plan.timeout, lambda: self._kill(
-                    attempt, Failure(Kind.TIMEOUT, "stopped after %gs" % self.plan.timeout)))
+                self.plan.timeout, lambda: self._kill(attempt, timed_out(self.plan.timeout)))
         if self._paused:
             attempt.session.pause()
         else:
@@ -373,8 +379,7 @@ class Runner(RunEvents):
         if attempt.reports.started or attempt.stopped is not None:
             return
         waited = self.plan.ssh.connect_timeout + START_GRACE
-        kind = Kind.THROTTLED if self.plan.slurm else Kind.CONNECT_TIMEOUT
-        self._kill(attempt, Failure(kind, "the job had not started after %gs" % waited))
+        self._kill(attempt, start_overdue(waited, self.plan.slurm))
 
     def _unstarted(self, attempt, error):
         """The transport found that ``attempt`` never started (``error``:
@@ -646,7 +651,7 @@ class Runner(RunEvents):
         self._stopping = True
         self.exit_status = status
         for attempt in list(self.attempts):
-            self._kill(attempt, Failure(Kind.INTERRUPTED, "stopped by clstr"))
+            self._kill(attempt, stopped_by_clstr())
         self._maybe_finish_stop()
 
     def _maybe_finish_stop(self):

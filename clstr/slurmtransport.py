@@ -16,7 +16,7 @@ import time
 
 from .child import ChildProcess
 from .exectransport import ExecTransport
-from .failures import Failure, Kind
+from .failures import classify_allocation
 from .limits import out_of_resources
 from .nodeset import MAX_NAMES, NodeSpecError, expand
 
@@ -116,14 +116,7 @@ def ask_slurm_allocation(loop, job_id, done, deadline=None):
             return
         answered.append(True)
         timer.cancel()
-        said = b"".join(state).split()
-        if code == 0 and said == [b"RUNNING"]:
-            done(None)
-        elif code == 0 or b"Invalid job id" in b"".join(state):
-            now = said[0].decode("ascii", "replace") if said else "gone"
-            done(Failure(Kind.FATAL, "Slurm allocation %s is %s" % (job_id, now)))
-        else:
-            done(None)
+        done(classify_allocation(job_id, code, b"".join(state)))
 
     def gave_up():
         if not answered:

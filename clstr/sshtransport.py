@@ -5,13 +5,14 @@ transport (muxtransport.py) for hosts whose connection cannot be shared and
 whenever clstr's own mux client cannot talk to a master.  ssh logs to a file
 of its own (``ssh -E``, one per attempt, in the run's private directory), so
 the job's stderr carries only what the job and the user's own configuration
-of ssh let through; the log names ssh's own failure.
+of ssh let through; the log is the evidence from which failures.classify
+names ssh's own failure.
 """
 
 import os
 
-from .failures import Failure, Kind, classify
-from .localprocess import STDERR_TAIL, ProcessSession
+from .failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
+from .localprocess import ProcessSession
 from .ssh import stdin_payload
 from .transport import AttemptHandler, Session, Transport
 
@@ -46,20 +47,6 @@ class SshTransport(Transport):
         return self._ssh.argv(slot.host.name, job.command, control_path, log_path)
 
 
-def read_log_tail(path):
-    """The last STDERR_TAIL bytes of ssh's log at ``path``, which is then
-    deleted (b"" if ssh never wrote it)."""
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - STDERR_TAIL))
-            tail = log.read()
-        os.unlink(path)
-    except OSError:
-        return b""
-    return tail
-
-
 def _command_words(argv):
     """The --ssh-command words at the head of an ssh argv (before the first
     -o, which clstr always passes)."""
@@ -75,14 +62,6 @@ def _without_log_file(argv, log_path):
     argv = argv[:at - 1] + argv[at + 1:]
     at = last("LogLevel=INFO", argv)
     return argv[:at - 1] + argv[at + 1:]
-
-
-def _refused_log_file(code, stdout_seen, stderr_tail):
-    """Whether an ssh command that never created its -E log refused the
-    option, as a front end that does not know it does: it failed as ssh
-    fails (255) or said so, and nothing of a job came out."""
-    return code != 0 and not stdout_seen and (code == 255 or b"-E" in stderr_tail
-                                              or b"-- E" in stderr_tail)
 
 
 class _SshSession(Session, AttemptHandler):
@@ -126,7 +105,7 @@ class _SshSession(Session, AttemptHandler):
         elif not self._logging:
             self._logging = os.path.exists(self._log_path)
             if not self._logging:
-                self._held = (self._held + data)[-STDERR_TAIL:]
+                self._held = (self._held + data)[-TAIL_BYTES:]
                 return
             data, self._held = self._held + data, b""
         self._handler.output(stream, data)
@@ -134,13 +113,13 @@ class _SshSession(Session, AttemptHandler):
     def _classify(self, code, stderr_tail, done):
         if not self._logging:  # before reading the log deletes it
             self._logging = os.path.exists(self._log_path)
-        log_tail = read_log_tail(self._log_path) if self._log_path else b""
+        log_tail = read_log_tail(self._log_path, remove=True) if self._log_path else b""
         master_gone = bool(self._control_path) and not os.path.exists(self._control_path)
         done(classify(code, stderr_tail, master_gone, log_tail))
 
     def ended(self, code, failure):
         if (not self._logging and not self._stopped
-                and _refused_log_file(code, self._stdout_seen, self._held)):
+                and refused_log_file(code, self._stdout_seen, self._held)):
             self._refusing.add(_command_words(self._argv))
             self._argv = _without_log_file(self._argv, self._log_path)
             self._log_path, self._held, self._logging = None, b"", True
@@ -148,7 +127,7 @@ class _SshSession(Session, AttemptHandler):
                 self._current = self._start()
                 return
             except OSError as error:
-                failure = Failure(Kind.SSH_ERROR, "cannot start ssh: %s" % error.strerror)
+                failure = cannot_start_ssh(error)
         if self._held:
             self._handler.output(2, self._held)
         self._handler.ended(code, failure)

@@ -9,12 +9,11 @@ import pytest
 from clstr.endreport import ReportReader
 from clstr.exectransport import (
     ExecTemplateError,
-    classify_exec,
     exec_argv,
     parse_exec_template,
     wrapper_words,
 )
-from clstr.failures import Kind
+from clstr.failures import Kind, classify_exec
 from clstr.slurmtransport import (
     SRUN_TEMPLATE,
     SlurmEnvironmentError,

@@ -6,8 +6,23 @@ import random
 import pytest
 
 from clstr.delivery import tag_lines
-from clstr.failures import Failure, Kind, classify, job_exit, not_delivered
+from clstr.failures import (
+    TAIL_BYTES,
+    Failure,
+    Kind,
+    MasterKilled,
+    classify,
+    classify_allocation,
+    classify_master,
+    classify_mux,
+    job_exit,
+    not_delivered,
+    read_log_tail,
+    refused_log_file,
+    start_overdue,
+)
 from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
+from clstr.muxclient import MuxError
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
 from clstr.records import completed_in_joblog, joblog_line
@@ -142,6 +157,91 @@ def test_job_exit_is_told_apart_from_ssh_failure():
 
 def test_a_mux_client_whose_master_has_gone_lost_its_connection():
     assert classify(255, b"", master_gone=True).kind is Kind.CONNECTION_LOST
+
+
+REFUSED_LOG = b"ssh: connect to host h port 22: Connection refused\n"
+
+
+def test_a_master_that_cannot_reach_its_host_is_the_hosts_failure():
+    failure, unavailable = classify_master(255, REFUSED_LOG, has_socket=False)
+    assert failure.kind is Kind.REFUSED and unavailable is None
+
+
+def test_a_throttled_master_is_the_hosts_failure_to_back_off_from():
+    log = b"kex_exchange_identification: read: Connection reset by peer\n"
+    failure, unavailable = classify_master(255, log, has_socket=False)
+    assert failure.kind is Kind.THROTTLED and unavailable is None
+
+
+@pytest.mark.parametrize("code, log, has_socket, why", [
+    (0, b"", False, "the master exited without a control socket"),
+    (255, b"front end: unknown option ControlMaster\n", False,
+     "the master failed: front end: unknown option ControlMaster"),
+])
+def test_a_master_that_cannot_share_means_direct_connections_not_a_failure(code, log, has_socket,
+                                                                          why):
+    assert classify_master(code, log, has_socket) == (None, why)
+
+
+def test_a_master_up_with_its_socket_is_no_failure():
+    assert classify_master(0, b"Authenticated to h\n", has_socket=True) == (None, None)
+
+
+def test_a_refused_mux_session_is_throttled_and_a_dropped_one_lost():
+    refused = classify_mux(MuxError.SESSION_REFUSED, "Session open refused by peer")
+    assert (refused.kind, refused.detail) == (Kind.THROTTLED,
+                                              "session refused: Session open refused by peer")
+    lost = classify_mux(MuxError.CONNECTION_LOST, "EOF")
+    assert (lost.kind, lost.detail) == (Kind.CONNECTION_LOST, "shared connection lost: EOF")
+    assert str(classify_mux(MuxError.ABANDONED, "")) == "interrupted: stopped by clstr"
+
+
+def test_a_session_on_a_killed_master_is_lost_whatever_the_master_said():
+    failure = classify_mux(MuxError.SESSION_REFUSED, "x", master_killed="frozen; killed")
+    assert isinstance(failure, MasterKilled) and str(failure) == "connection lost: frozen; killed"
+
+
+def test_a_start_overdue_under_slurm_is_a_pending_step_not_a_dead_node():
+    assert start_overdue(20, slurm=True).kind is Kind.THROTTLED
+    overdue = start_overdue(20, slurm=False)
+    assert str(overdue) == "connect timeout: the job had not started after 20s"
+
+
+@pytest.mark.parametrize("code, said, fatal", [
+    (0, b"RUNNING\n", False),
+    (0, b"", True),
+    (0, b"COMPLETING\n", True),
+    (1, b"slurm_load_jobs error: Invalid job id specified\n", True),
+    (1, b"slurm_load_jobs error: Unable to contact slurm controller\n", False),
+])
+def test_only_slurms_word_that_the_allocation_ended_stops_the_run(code, said, fatal):
+    failure = classify_allocation("7", code, said)
+    assert (failure is not None and failure.kind is Kind.FATAL) is fatal
+
+
+def test_an_allocation_that_ended_is_named_with_its_state():
+    assert classify_allocation("7", 0, b"COMPLETING\n").detail == "Slurm allocation 7 is COMPLETING"
+    assert classify_allocation("7", 0, b"").detail == "Slurm allocation 7 is gone"
+
+
+@pytest.mark.parametrize("code, stdout_seen, stderr, refused", [
+    (255, False, b"", True),
+    (1, False, b"front: unknown option -- E\n", True),
+    (1, False, b"job failed\n", False),
+    (255, True, b"", False),
+    (0, False, b"", False),
+])
+def test_an_ssh_front_end_refused_its_log_file_only_on_evidence(code, stdout_seen, stderr,
+                                                                refused):
+    assert refused_log_file(code, stdout_seen, stderr) is refused
+
+
+def test_a_log_tail_is_its_last_bytes_and_a_missing_log_is_silence(tmp_path):
+    log = tmp_path / "ssh.log"
+    log.write_bytes(b"x" * TAIL_BYTES + b"the end\n")
+    assert read_log_tail(str(log)) == (b"x" * TAIL_BYTES + b"the end\n")[-TAIL_BYTES:]
+    assert read_log_tail(str(log), remove=True).endswith(b"the end\n")
+    assert not log.exists() and read_log_tail(str(log)) == b""
 
 # -- slots and scheduling -----------------------------------------------------
 
