@@ -14,8 +14,9 @@ build:
 # lists every skip with its reason (under CI=true a skip fails, see
 # tests/conftest.py).  pytest exits 5 when it collected no tests: that must
 # fail, never pass.  tests/slurm runs under `make test-slurm` only.
+# setuptools and wheel: the packaging test installs clstr with pip, offline.
 test:
-	$(DEPS) pytest vermin
+	$(DEPS) pytest vermin setuptools wheel
 	$(VPY) -m pytest -q -rs --ignore=tests/slurm tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected" >&2; exit 1; fi; exit $$rc
 

@@ -2,9 +2,12 @@
 # Build clstr.pyz: one executable file, the clstr package and nothing else,
 # that runs with any python3 >= 3.8 (`./clstr.pyz --help`).
 #
-# Reproducible: files are added in sorted order with a fixed timestamp and
-# fixed permissions, so building twice gives the same bytes.  The stdlib
-# zipapp module then adds the interpreter line to that archive.
+# Every module under clstr/, subpackages included, at any depth.
+# Reproducible: files are added in sorted order of their paths with a fixed
+# timestamp and fixed permissions, so building twice from the same tree gives
+# the same bytes, whatever the files' times and modes or the order the file
+# system lists them in.  The stdlib zipapp module then adds the interpreter
+# line to that archive.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -26,13 +29,21 @@ def add(archive, name, data):
     info.external_attr = 0o644 << 16
     archive.writestr(info, data)
 
+def modules(package):
+    """The archive names of every .py file under ``package``, sorted."""
+    names = []
+    for directory, subdirectories, files in os.walk(package):
+        subdirectories[:] = [name for name in subdirectories if name != "__pycache__"]
+        names += [os.path.join(directory, name).replace(os.sep, "/")
+                  for name in files if name.endswith(".py")]
+    return sorted(names)
+
 buffer = io.BytesIO()
 with zipfile.ZipFile(buffer, "w") as archive:
     add(archive, "__main__.py", MAIN)
-    for name in sorted(os.listdir("clstr")):
-        if name.endswith(".py"):
-            with open(os.path.join("clstr", name), "rb") as source:
-                add(archive, "clstr/" + name, source.read())
+    for name in modules("clstr"):
+        with open(name, "rb") as source:
+            add(archive, name, source.read())
 buffer.seek(0)
 temporary = out + ".tmp"
 zipapp.create_archive(buffer, temporary, interpreter="/usr/bin/env python3")
