@@ -485,7 +485,7 @@ def make_plan(argv):
 
 def open_outputs(plan):
     """Open (create, truncate) the files a run writes, now that it really
-    starts: returns the Plan the runner takes (``plan`` with ``stdout_fd``,
+    starts: returns the Plan the run takes (``plan`` with ``stdout_fd``,
     ``stderr_fd`` and an open ``output_dir``) and the joblog or None.
     Raises LocalIOError."""
     import dataclasses
@@ -570,14 +570,14 @@ def _main(argv):
             return EXIT_BROKEN_PIPE
         return EXIT_OK
     from .errors import LocalIOError
-    from .runner import Runner
+    from .run import Run
     from .userfiles import InUseError
     try:
         run_plan, joblog = open_outputs(plan)
         raise_open_file_limit()
-        return Runner(run_plan, feed, joblog).run()
+        return Run(run_plan, feed, joblog).run()
     except LocalIOError as error:
-        # The runner stops a run cleanly on its own I/O failures; this is
+        # The run stops a run cleanly on its own I/O failures; this is
         # for those before it starts, and a last guard.
         sys.stderr.write("clstr: %s\n" % error)
         return EXIT_LOCAL_IO

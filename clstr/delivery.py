@@ -3,7 +3,7 @@ the host), grouped per job, or files per job.
 
 ``Delivery.open(attempt_id, job, host)`` returns an object with
 ``data(stream, bytes)`` and ``close(succeeded)``; stream is 1 (stdout) or 2
-(stderr).  The runner feeds it and never needs to know which mode is on.
+(stderr).  The run feeds it and never needs to know which mode is on.
 """
 
 import os

@@ -59,7 +59,7 @@ class _Masters:
 
 
 class _Rehearsal(RunEvents):
-    """The run's side, as in runner.Runner when every master comes up."""
+    """The run's side, as in run.Run when every master comes up."""
 
     def __init__(self, pool, due):
         self._pool = pool

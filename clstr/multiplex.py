@@ -33,6 +33,7 @@ from .failures import classify_master, read_log_tail
 from .muxclient import AliveCheck, MuxAttempt
 from .muxsession import MuxSession
 from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
+from .transport import START_GRACE
 
 # A master with no sessions for this long exits by itself: the safety net if
 # clstr is killed before it can stop its masters, short so that none outlives
@@ -40,9 +41,6 @@ from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
 MASTER_IDLE_EXIT = 10
 # How long clstr waits for its masters to confirm they exit.
 EXIT_WAIT = 5.0
-# A master not up this long after its connect timeout is given up: ssh can
-# fall back to a plain session that never returns (e.g. a socket in the way).
-START_GRACE = 15.0
 # ssh creates the control socket right after authenticating, before it goes
 # to the background; a master that has authenticated and still has no socket
 # this much later will never have one (a front end that drops the Control

@@ -34,6 +34,35 @@ def _take_batch(chunks):
     return b"".join(batch)
 
 
+def same_file(fd_a, fd_b):
+    a, b = os.fstat(fd_a), os.fstat(fd_b)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def open_sinks(loop, stdout_fd, stderr_fd, names, pressure, stdout_closed, failed):
+    """Sinks for jobs' stdout (1), jobs' stderr (2) and clstr's own
+    messages (0, on fd 2).  Fds that are the same file share one sink, or
+    partial writes to a shared pipe could cut each other's lines.
+    ``names``: what a write error names for keys 1 and 2 when they are not
+    fds 1 and 2 (the -o/-e files).  A closed stdout pipe is `clstr | head`:
+    ``stdout_closed()``; any other reader gone (stderr's, an -e FIFO's) is a
+    write error for ``failed(LocalIOError)``, like every other."""
+    sinks = {}
+    std_names = {1: "stdout", 2: "stderr"}
+    for key, fd in ((1, stdout_fd), (2, stderr_fd), (0, 2)):
+        for other in sinks.values():
+            if same_file(other.fd, fd):
+                sinks[key] = other
+                break
+        else:
+            name = std_names.get(fd) or names.get(key, "stderr")
+            on_broken = stdout_closed if key == 1 else (
+                lambda name=name: failed(LocalIOError(
+                    name, OSError(errno.EPIPE, os.strerror(errno.EPIPE)))))
+            sinks[key] = Sink(loop, fd, pressure, on_broken, name=name, on_error=failed)
+    return sinks
+
+
 class Sink:
     """An output fd fed with whole lines from many sources.
 

@@ -168,3 +168,20 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20,
         if len(incomplete_jobs) > limit:
             lines.append("  ... and %d more" % (len(incomplete_jobs) - limit))
     return lines
+
+
+def why_never_started(job, pool, max_node_uses):
+    """The report's words for ``job``, which ended the run without an
+    attempt, from ``pool`` (nodes.NodePool) as the run left it."""
+    if job.host is not None and pool.hosts[job.host].retired:
+        return "never started: %s was retired" % job.host
+    if pool.usable:
+        return "never started"
+    # Slots that are neither retired nor usable were used up.
+    used_up = any(not host.retired for host in pool.hosts.values())
+    if used_up and max_node_uses:
+        uses = "--max-node-uses %d" % max_node_uses
+        if pool.retired_hosts():
+            return "never started: no node left (retired, or every slot used up: %s)" % uses
+        return "never started: every slot used up (%s)" % uses
+    return "never started: no node left"

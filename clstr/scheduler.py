@@ -1,7 +1,7 @@
 """Policy: which job runs on which slot, and what a finished attempt means
 for the job (what it means for the node is nodehealth.py's).
 
-No processes, sockets or timers here: the runner asks for assignments and
+No processes, sockets or timers here: the run asks for assignments and
 reports results, so the rules can be tested with synthetic events (the only
 I/O is the job feed reading its files when a job is taken).
 

@@ -3,6 +3,8 @@
 import os
 import time
 
+from .errors import LocalIOError
+
 # At most this many redraws of the status line per second.
 REDRAW_INTERVAL = 0.1
 
@@ -161,4 +163,9 @@ class ActiveNodesFile:
             self._timer.cancel()
             self._timer = None
         text = active_nodes_text(self._entries())
-        self.target.write(text.encode("utf-8", "backslashreplace"))
+        try:
+            self.target.write(text.encode("utf-8", "backslashreplace"))
+        except LocalIOError:
+            raise
+        except OSError as error:
+            raise LocalIOError(self.target.shown, error)

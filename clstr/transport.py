@@ -39,6 +39,14 @@ STARTED_STOP_GRACE = 3.0
 UNSTARTED_STOP_GRACE = 0.2
 
 
+# A master, or an attempt's job, that has not started --connect-timeout plus
+# this long after it was started is given up (a transport that hangs before
+# the job: a silent host behind --exec, a login that never ends, an ssh
+# that fell back to a plain session).  ssh's own ConnectTimeout bounds only
+# the TCP connection and the banner; this leaves room for a slow key
+# exchange, login and rc files.
+START_GRACE = 15.0
+
 def stop_grace(started):
     """The grace for stopping an attempt whose job has (not) started."""
     return STARTED_STOP_GRACE if started else UNSTARTED_STOP_GRACE
@@ -228,7 +236,7 @@ class Transport:
 
 
 class Session:
-    """One running attempt, as the runner sees it; it reports to its
+    """One running attempt, as the run sees it; it reports to its
     AttemptHandler.  Subclasses implement ``stop()``, ``kill()``,
     ``pause()`` and ``resume()``."""
 

@@ -350,9 +350,9 @@ def test_a_low_open_files_limit_runs_fewer_jobs_at_once_and_finishes(cluster, tm
 def test_too_many_open_files_while_starting_a_job_waits_for_a_running_one_to_end(cluster):
     # Make clstr's estimate far too generous, so that starting jobs really
     # runs out of fds: the job goes back in the queue and nothing aborts.
-    script = ("import sys, clstr.runner as runner, clstr.transport as transport; "
+    script = ("import sys, clstr.startlimits as startlimits, clstr.transport as transport; "
               "transport.Transport.fds_per_attempt = 1; "
-              "runner.FDS_SPARE = -1000; from clstr.cli import main; sys.exit(main())")
+              "startlimits.FDS_SPARE = -1000; from clstr.cli import main; sys.exit(main())")
     argv = clstr_argv(cluster, "--no-multiplex", *node_args(cluster.nodes(60)),
                       *["-j", "echo done"] * 120)
     argv[1:3] = ["-c", script]

@@ -1,0 +1,97 @@
+"""Carries out node health's decisions (nodehealth.py decides, purely): the
+pool's part at once, delays as the loop's timers, masters through the
+transport, news as -v lines."""
+
+from .nodehealth import Backoff, Direct, Readmit, Reconnect, Retire
+
+
+class NodeCare:
+    """Applies ``health``'s decisions to ``pool`` and ``transport``.
+    ``say(text)``: one of clstr's -v lines; ``dispatch()``: start what can
+    start; ``run_over()``: whether the run needs no more nodes (stopping, or
+    every job done)."""
+
+    def __init__(self, loop, pool, transport, health, say, dispatch, run_over):
+        self._loop = loop
+        self._pool = pool
+        self._transport = transport
+        self._health = health
+        self._say = say
+        self._dispatch = dispatch
+        self._run_over = run_over
+
+    # -- what happened -----------------------------------------------------------
+
+    def attempt_ended(self, host, failure):
+        self._apply(self._health.attempt_ended(host, failure))
+
+    def master_started(self, host, group, failure, unavailable=None):
+        self._apply(self._health.master_started(self._pool.hosts[host], group, failure,
+                                                unavailable))
+
+    def master_gone(self, host, expired):
+        """Whether another master may be started for ``host``."""
+        direct = self._health.master_gone(host, expired)
+        self._apply(direct)
+        return not direct
+
+    # -- carrying it out ---------------------------------------------------------
+
+    def _apply(self, decisions):
+        for decision in decisions:
+            name = decision.host
+            if isinstance(decision, Retire):
+                self._pool.retire(name, decision.failure)
+                self._say("node %s retired: %s" % (name, decision.failure))
+                if decision.probe_after is not None:
+                    self._loop.call_later(decision.probe_after, lambda name=name: self._probe(name))
+            elif isinstance(decision, Backoff):
+                self._loop.call_later(decision.seconds, lambda name=name, group=decision.group:
+                                      self._try_again(name, group))
+            elif isinstance(decision, Readmit):
+                self._pool.admit(name, self._admitted(decision))
+                if decision.back:
+                    self._say("node %s is back" % name)
+            elif isinstance(decision, Reconnect):
+                # A master coming up admits its slots; failing, it retires
+                # the host again with a longer cooldown.
+                held = self._pool.hosts[name].held
+                for group in sorted({self._transport.master_of(slot) for slot in held}):
+                    self._start_master(name, group)
+            elif isinstance(decision, Direct) and decision.news:
+                self._say("%s: connection sharing unavailable (%s), using direct "
+                          "connections" % (name, decision.why))
+
+    def _admitted(self, readmit):
+        """Which held slots a Readmit lets take jobs (a test for NodePool.admit)."""
+        if readmit.probation:
+            first = self._pool.hosts[readmit.host].held[0]
+            return lambda slot: slot is first
+        if readmit.group is None:
+            return lambda slot: True
+        return lambda slot: self._transport.master_of(slot) == readmit.group
+
+    def _start_master(self, host, group):
+        if not self._run_over():
+            self._transport.start_master(host, group)
+
+    def _try_again(self, name, group):
+        """A throttled connection's rest is over: the host's held slots take
+        jobs again (``group`` None), or the master of ``group`` starts."""
+        if group is None:
+            self._pool.admit(name)
+            self._dispatch()
+        else:
+            self._start_master(name, group)
+
+    def _probe(self, name):
+        """--retry-nodes: try a host retired for a transport failure again.
+        Pending probes do not keep a run alive: it still ends when no live
+        node is left."""
+        if self._run_over() or not self._pool.hosts[name].retired:
+            return
+        if not self._pool.reinstate(name):
+            return
+        self._say("node %s: trying again" % name)
+        self._apply(self._health.probe(name))
+        self._dispatch()

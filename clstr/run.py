@@ -1,0 +1,368 @@
+"""A run: wires the pieces for one plan and owns its life (start, signals,
+stop, shut-down).
+
+Each piece knows only what it is handed: the transport (transportchoice.py)
+opens attempts and starts masters; attempts.py turns each attempt's end
+into a verdict and records it; the scheduler decides what a verdict means
+for the job, node health (nodehealth.py, carried out by nodecare.py) what
+it means for the node, startlimits.py what this machine's limits allow.
+Every failure of clstr's own I/O comes here (``local_io_failed``) and
+stops the run, never a node.
+"""
+
+import os
+import random
+import time
+
+from .attempts import Attempts, AttemptsOwner
+from .delivery import Delivery
+from .errors import LocalIOError
+from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
+from .failures import FirstFailures
+from .limits import out_of_resources
+from .loop import EventLoop
+from .nodecare import NodeCare
+from .nodehealth import NodeHealth
+from .nodes import NodePool
+from .output import open_sinks, same_file
+from .privatedir import PrivateDirectory
+from .records import failure_report, why_never_started
+from .scheduler import Scheduler
+from .startlimits import StartLimits
+from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
+from .transport import RunEvents
+from .transportchoice import transport_for
+
+
+class Run(RunEvents, AttemptsOwner):
+    """Runs ``plan`` with jobs from ``feed`` to the end; ``run()`` returns
+    clstr's exit status.  Its transport tells it about masters
+    (transport.RunEvents), its attempts about their ends (AttemptsOwner)."""
+
+    def __init__(self, plan, feed, joblog=None):
+        self.plan = plan
+        self.feed = feed
+        self.joblog = joblog
+        self.loop = EventLoop()
+        # Masters' sockets and logs, and ssh's log of each attempt.
+        self.private = PrivateDirectory()
+        self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
+        self.transport = transport_for(plan, self.loop, self.private, self.pool, self)
+        self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
+                                   max_attempts=plan.max_attempts, job_failure=plan.job_failure)
+        health = NodeHealth(random.Random(), job_failure=plan.job_failure,
+                            retry_after=plan.retry_nodes, masters=self.transport.has_masters)
+        self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
+                              self._dispatch, lambda: self._stopping or self.scheduler.done())
+        wanted = len(plan.hosts)
+        self.limits = StartLimits(self.loop, self.pool, self.transport,
+                                  min(wanted, plan.max_nodes) if plan.max_nodes else wanted,
+                                  self._message, lambda: self._stop(EXIT_INCOMPLETE),
+                                  self._dispatch)
+        self.exit_status = None
+        self._stopping = False
+        self._leaving = False  # a second signal: drop unwritten output, exit now
+        self._io_error = None  # the first LocalIOError of the run
+        self._started = time.monotonic()
+        self._first_failures = FirstFailures()
+        self._report_when_stopped = False
+        self.sinks = open_sinks(self.loop, plan.stdout_fd, plan.stderr_fd,
+                                {1: plan.stdout_path or "the --stdout file",
+                                 2: plan.stderr_path or "the --stderr file"},
+                                self._pressure, lambda: self._stop(EXIT_BROKEN_PIPE),
+                                self.local_io_failed)
+        self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
+                                 output_dir=plan.output_dir)
+        self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
+        self.loop.handle_errors((LocalIOError,), self.local_io_failed)
+        self.status = None
+        terminal = status_terminal() if plan.status else None
+        if terminal is not None:
+            self.status = StatusLine(self.loop, terminal, self._status_fields,
+                                     self._summary_fields)
+            for sink in set(self.sinks.values()):
+                if os.isatty(sink.fd) and same_file(sink.fd, terminal):
+                    sink.before_write = self.status.clear
+        self.active_nodes = None
+        if plan.active_nodes:
+            # Its own timer's failures reach local_io_failed through the loop.
+            self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes,
+                                                self.attempts.entries)
+
+    def guarded(self, what, write, *args):
+        """Run one of clstr's own writes (joblog, -A, --output-dir); if it
+        fails, stop the run as for any local I/O error.  Returns whether it
+        succeeded."""
+        try:
+            write(*args)
+            return True
+        except LocalIOError as error:
+            self.local_io_failed(error)
+        except OSError as error:
+            self.local_io_failed(LocalIOError(what, error))
+        return False
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self):
+        for signum in SIGNAL_EXITS:
+            self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
+        try:
+            self.limits.fit(self.plan, self.scheduler)
+            if self.active_nodes:
+                self.guarded(self.plan.active_nodes.shown, self.active_nodes.write)
+            self.feed.start(self.loop, self._dispatch)
+            self._dispatch()
+            if self.exit_status is None:
+                self.loop.run()
+        finally:
+            self._shut_down()
+        return self.exit_status
+
+    def _dispatch(self):
+        """Start every attempt that can start now; end the run when nothing
+        more can happen."""
+        if self._stopping:
+            return
+        self.transport.prepare(self.scheduler.slots_in_demand)
+        next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
+                           else self.scheduler.next_assignment)
+        while not self._stopping and not self.limits.starved:
+            assignment = next_assignment()
+            if assignment is None:
+                break
+            if self.attempts.start(*assignment):
+                self.limits.started()
+        self._changed()
+        if not self.pool.busy and self._nothing_more_can_run():
+            self._finish()
+
+    def _nothing_more_can_run(self):
+        if self.scheduler.done() or not self.pool.usable:
+            return True
+        if self.pool.waiting_for_admission:
+            return False
+        # Input is all read, yet nothing could start: no slot will ever take
+        # what is left (pinned to retired hosts, or slots used up).
+        return self.feed.input_done
+
+    # -- what the transport says (RunEvents) ------------------------------------
+
+    def master_up(self, host, group, unavailable):
+        self._master_started(host, group, None, unavailable)
+
+    def master_failed(self, host, group, failure):
+        self._master_started(host, group, failure)
+
+    def _master_started(self, host, group, failure, unavailable=None):
+        if self._stopping:
+            return
+        if failure is None:
+            self.limits.started()
+        self.nodes.master_started(host, group, failure, unavailable)
+        self._dispatch()
+
+    def master_gone(self, host, group, expired):
+        return self.nodes.master_gone(host, expired)
+
+    def masters_short_of(self, covered, error):
+        self.limits.say_slot_limit(covered, error)
+        self.limits.short_of(error, len(self.attempts))
+
+    def note(self, text):
+        if self.plan.verbose and not self._stopping:
+            self._message(text)
+
+    # -- what attempts say (AttemptsOwner) ------------------------------------------
+
+    def start_failed(self, attempt, error):
+        """No node is to blame: the job goes back to the front of the
+        queue.  Out of fds or processes, the slot rests until a job ends."""
+        self.feed.requeue(attempt.job)
+        if out_of_resources(error):
+            self.limits.slot_rests(attempt.slot, len(self.attempts), error)
+            return
+        self.pool.put_back(attempt.slot)
+        if isinstance(error, LocalIOError):
+            self.local_io_failed(error)
+            return
+        # Not even one ssh can start (ssh missing): stop with what we have.
+        self._message("cannot start ssh: %s" % error.strerror)
+        self._stop(EXIT_INCOMPLETE)
+
+    def master_restarting(self, attempt):
+        """The job goes back to the queue, and its slot waits for the new
+        master."""
+        self.feed.requeue(attempt.job)
+        attempt.slot.uses -= 1
+        self.pool.hold(attempt.slot)
+        self.loop.call_later(0, self._dispatch)
+
+    def attempt_ended(self, attempt, verdict):
+        self.limits.job_ended()
+        job, host, failure = attempt.job, attempt.slot.host.name, verdict.failure
+        if attempt.reports.started:
+            self._first_failures.job_started()
+        blameless = failure and self._first_failures.no_node_can_cure(host, failure)
+        for name in blameless or ():
+            # Retired for words that turned out to be this machine's fault.
+            self.pool.reinstate(name)
+        if failure and (failure.kind.stops_run or blameless) and not self._stopping:
+            # Every node would fail the same way (Slurm's step limit, say):
+            # stop instead of retiring them one by one.
+            self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
+            # Unlike Ctrl-C, nobody asked for this stop: say what is left.
+            self._report_when_stopped = True
+            self._stop(EXIT_INCOMPLETE)
+        if self._stopping and failure is not None:
+            job.failures.append((host, failure))
+            self.pool.release(attempt.slot)
+            self.feed.requeue(job)
+            self._maybe_finish_stop()
+            return
+        outcome = self.scheduler.attempt_finished(job, attempt.slot, failure)
+        if failure is None or outcome.gave_up:
+            index = self.plan.output_dir_path and os.path.join(self.plan.output_dir_path,
+                                                              "index.tsv")
+            self.guarded(index, self.delivery.record, job.seq, failure, host, job.text)
+        if self._stopping:
+            # It completed before clstr's stop reached it.
+            self._maybe_finish_stop()
+            return
+        self.nodes.attempt_ended(attempt.slot.host, failure)
+        if failure:
+            self.note("job %d on %s: %s; %s" % (job.seq, host, failure,
+                                                "requeued" if outcome.requeued else "given up"))
+        self._dispatch()
+        if self.limits.waiting and not self.limits.starved and not self._stopping:
+            # The slot this job freed went first; now one that rests.
+            self.limits.eased()
+            self._dispatch()
+
+    # -- ending -------------------------------------------------------------
+
+    def _finish(self):
+        incomplete = self._incomplete()
+        ok = not incomplete and self.feed.input_done
+        self._stopping = True  # nothing new starts now
+        self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
+        self._report(incomplete)
+        self.loop.stop()
+
+    def _incomplete(self):
+        """The jobs that did not complete, the rest of the job files read."""
+        incomplete = self.scheduler.not_completed()
+        if incomplete or not self.feed.input_done:
+            self.feed.drain_regular_files()
+            incomplete = self.scheduler.not_completed()
+        return incomplete
+
+    def _report(self, incomplete):
+        """The failure report: always when jobs did not complete; with -v also
+        when nodes were retired on the way (node filtering does that by
+        design, so it is not news by itself)."""
+        retired = self.pool.retired_hosts()
+        if not incomplete and self.feed.input_done and not (retired and self.plan.verbose):
+            return
+        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20,
+                               never_started=lambda job: why_never_started(
+                                   job, self.pool, self.plan.max_node_uses))
+        if incomplete or not self.feed.input_done:
+            unread = "" if self.feed.input_done else " (job input not read to its end)"
+            lines.append("%d of %d jobs were not completed%s" % (
+                len(incomplete), self.feed.total - self.feed.skipped, unread))
+        for line in lines:
+            self._message(line)
+
+    def _interrupted(self, signum):
+        if self._stopping:
+            # A second signal, or one while the last output is written: leave
+            # now, without what the reader has not taken.
+            self.exit_status = SIGNAL_EXITS[signum]
+            self._leaving = True
+            self.loop.stop()
+            return
+        self._stop(SIGNAL_EXITS[signum])
+
+    def local_io_failed(self, error):
+        """clstr could not write one of its own files (``error``, a
+        LocalIOError).  No node is to blame: stop the jobs as Ctrl-C does
+        (they count as interrupted and not completed, never as failures of
+        their nodes) and end with EXIT_LOCAL_IO."""
+        if self._io_error is None:
+            self._io_error = error
+            self._message("cannot write %s" % error)
+        if not self._leaving:
+            self.exit_status = EXIT_LOCAL_IO
+        self._stop(EXIT_LOCAL_IO)
+
+    def _stop(self, status):
+        """Stop every running attempt, then end the run with ``status``."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.exit_status = status
+        self.attempts.stop_all()
+        self._maybe_finish_stop()
+
+    def _maybe_finish_stop(self):
+        if not len(self.attempts):
+            if self._report_when_stopped:
+                self._report(self._incomplete())
+            self.loop.stop()
+
+    def _shut_down(self):
+        self.attempts.kill_all()
+        self.transport.shutdown()
+        self.private.remove()
+        self.feed.close()
+        if self.active_nodes:
+            self.guarded(self.plan.active_nodes.shown, self.active_nodes.write)
+        index = self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
+        self.guarded(index, self.delivery.close)
+        if self.joblog:
+            self.guarded(self.joblog.path, self.joblog.close)
+        # Last, so that what the files above had to say is written too.
+        self._write_out()
+        if self.status:
+            self.status.finish()
+            if self.status.fd != 2:
+                os.close(self.status.fd)
+        for sink in set(self.sinks.values()):
+            sink.close()
+        self.loop.close()
+
+    def _write_out(self):
+        """Let the loop write what the sinks still hold, as slowly as their
+        readers take it.  Signals are still handled meanwhile: one drops the
+        rest and leaves (a stalled reader never makes clstr unkillable)."""
+        sinks = set(self.sinks.values())
+        if not self._leaving:
+            self.loop.run_while(lambda: not self._leaving
+                                and any(sink.pending for sink in sinks))
+
+    # -- watching -----------------------------------------------------------
+
+    def _pressure(self, pressed):
+        """A sink is backed up: stop reading children until it drains."""
+        self.attempts.pause(pressed)
+
+    def _changed(self):
+        if self.status:
+            self.status.changed()
+        if self.active_nodes:
+            self.active_nodes.changed()
+
+    def _status_fields(self):
+        expected, known = self.feed.expected_total
+        return progress_fields(self.scheduler.completed, expected - self.feed.skipped,
+                               self.pool.busy, self.pool.live_slots, known,
+                               time.monotonic() - self._started, len(self.pool.retired_hosts()))
+
+    def _summary_fields(self):
+        return summary_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
+                              time.monotonic() - self._started, len(self.pool.retired_hosts()))
+
+    def _message(self, text):
+        """One line from clstr itself, on stderr, in order with job output."""
+        self.sinks[0].write(self, ("clstr: %s\n" % text).encode("utf-8", "backslashreplace"))
