@@ -2,6 +2,7 @@
 pool's part at once, delays as the loop's timers, masters through the
 transport, news as -v lines."""
 
+from .failures import FirstFailures
 from .nodehealth import Backoff, Direct, Readmit, Reconnect, Retire
 
 
@@ -19,11 +20,26 @@ class NodeCare:
         self._say = say
         self._dispatch = dispatch
         self._run_over = run_over
+        self._first_failures = FirstFailures()
 
     # -- what happened -----------------------------------------------------------
 
     def attempt_ended(self, host, failure):
         self._apply(self._health.attempt_ended(host, failure))
+
+    def no_node_can_cure(self, attempt, failure):
+        """Whether ``attempt``'s ``failure`` is one no node can cure (the run
+        must stop): one that says so, or the same words from several nodes
+        before any job started, whose nodes are then reinstated (retired for
+        what was this machine's fault)."""
+        if attempt.reports.started:
+            self._first_failures.job_started()
+        if failure is None:
+            return False
+        blameless = self._first_failures.no_node_can_cure(attempt.slot.host.name, failure)
+        for name in blameless or ():
+            self._pool.reinstate(name)
+        return bool(failure.kind.stops_run or blameless)
 
     def master_started(self, host, group, failure, unavailable=None):
         self._apply(self._health.master_started(self._pool.hosts[host], group, failure,

@@ -63,6 +63,13 @@ def open_sinks(loop, stdout_fd, stderr_fd, names, pressure, stdout_closed, faile
     return sinks
 
 
+def write_out(loop, sinks, leaving):
+    """Let ``loop`` write what ``sinks`` still hold, as slowly as their
+    readers take it, until ``leaving()`` says to drop the rest."""
+    sinks = set(sinks)
+    loop.run_while(lambda: not leaving() and any(sink.pending for sink in sinks))
+
+
 class Sink:
     """An output fd fed with whole lines from many sources.
 

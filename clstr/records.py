@@ -185,3 +185,20 @@ def why_never_started(job, pool, max_node_uses):
             return "never started: no node left (retired, or every slot used up: %s)" % uses
         return "never started: every slot used up (%s)" % uses
     return "never started: no node left"
+
+
+def run_report(pool, feed, incomplete, verbose, max_node_uses):
+    """The lines of a run's failure report: always when jobs did not
+    complete (``incomplete``) or the job input was not read to its end;
+    with -v (``verbose``) also when nodes were retired on the way (node
+    filtering does that by design, so it is not news by itself)."""
+    retired = pool.retired_hosts()
+    if not incomplete and feed.input_done and not (retired and verbose):
+        return []
+    lines = failure_report(retired, incomplete, limit=None if verbose > 1 else 20,
+                           never_started=lambda job: why_never_started(job, pool, max_node_uses))
+    if incomplete or not feed.input_done:
+        unread = "" if feed.input_done else " (job input not read to its end)"
+        lines.append("%d of %d jobs were not completed%s" % (
+            len(incomplete), feed.total - feed.skipped, unread))
+    return lines

@@ -18,18 +18,17 @@ from .attempts import Attempts, AttemptsOwner
 from .delivery import Delivery
 from .errors import LocalIOError
 from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
-from .failures import FirstFailures
 from .limits import out_of_resources
 from .loop import EventLoop
 from .nodecare import NodeCare
 from .nodehealth import NodeHealth
 from .nodes import NodePool
-from .output import open_sinks, same_file
+from .output import open_sinks, write_out
 from .privatedir import PrivateDirectory
-from .records import failure_report, why_never_started
+from .records import run_report
 from .scheduler import Scheduler
 from .startlimits import StartLimits
-from .status import ActiveNodesFile, StatusLine, progress_fields, status_terminal, summary_fields
+from .status import ActiveNodesFile, open_status_line, progress_fields, summary_fields
 from .transport import RunEvents
 from .transportchoice import transport_for
 
@@ -64,7 +63,6 @@ class Run(RunEvents, AttemptsOwner):
         self._leaving = False  # a second signal: drop unwritten output, exit now
         self._io_error = None  # the first LocalIOError of the run
         self._started = time.monotonic()
-        self._first_failures = FirstFailures()
         self._report_when_stopped = False
         self.sinks = open_sinks(self.loop, plan.stdout_fd, plan.stderr_fd,
                                 {1: plan.stdout_path or "the --stdout file",
@@ -76,13 +74,9 @@ class Run(RunEvents, AttemptsOwner):
         self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
         self.status = None
-        terminal = status_terminal() if plan.status else None
-        if terminal is not None:
-            self.status = StatusLine(self.loop, terminal, self._status_fields,
-                                     self._summary_fields)
-            for sink in set(self.sinks.values()):
-                if os.isatty(sink.fd) and same_file(sink.fd, terminal):
-                    sink.before_write = self.status.clear
+        if plan.status:
+            self.status = open_status_line(self.loop, self.sinks.values(), self._status_fields,
+                                           self._summary_fields)
         self.active_nodes = None
         if plan.active_nodes:
             # Its own timer's failures reach local_io_failed through the loop.
@@ -101,6 +95,10 @@ class Run(RunEvents, AttemptsOwner):
         except OSError as error:
             self.local_io_failed(LocalIOError(what, error))
         return False
+
+    @property
+    def _index_path(self):
+        return self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
 
     # -- the run ----------------------------------------------------------------
 
@@ -134,17 +132,8 @@ class Run(RunEvents, AttemptsOwner):
             if self.attempts.start(*assignment):
                 self.limits.started()
         self._changed()
-        if not self.pool.busy and self._nothing_more_can_run():
+        if not self.pool.busy and self.scheduler.nothing_more_can_run():
             self._finish()
-
-    def _nothing_more_can_run(self):
-        if self.scheduler.done() or not self.pool.usable:
-            return True
-        if self.pool.waiting_for_admission:
-            return False
-        # Input is all read, yet nothing could start: no slot will ever take
-        # what is left (pinned to retired hosts, or slots used up).
-        return self.feed.input_done
 
     # -- what the transport says (RunEvents) ------------------------------------
 
@@ -201,13 +190,7 @@ class Run(RunEvents, AttemptsOwner):
     def attempt_ended(self, attempt, verdict):
         self.limits.job_ended()
         job, host, failure = attempt.job, attempt.slot.host.name, verdict.failure
-        if attempt.reports.started:
-            self._first_failures.job_started()
-        blameless = failure and self._first_failures.no_node_can_cure(host, failure)
-        for name in blameless or ():
-            # Retired for words that turned out to be this machine's fault.
-            self.pool.reinstate(name)
-        if failure and (failure.kind.stops_run or blameless) and not self._stopping:
+        if self.nodes.no_node_can_cure(attempt, failure) and not self._stopping:
             # Every node would fail the same way (Slurm's step limit, say):
             # stop instead of retiring them one by one.
             self._message("%s: %s: no node can run jobs, stopping" % (host, failure.detail))
@@ -222,9 +205,7 @@ class Run(RunEvents, AttemptsOwner):
             return
         outcome = self.scheduler.attempt_finished(job, attempt.slot, failure)
         if failure is None or outcome.gave_up:
-            index = self.plan.output_dir_path and os.path.join(self.plan.output_dir_path,
-                                                              "index.tsv")
-            self.guarded(index, self.delivery.record, job.seq, failure, host, job.text)
+            self.guarded(self._index_path, self.delivery.record, job.seq, failure, host, job.text)
         if self._stopping:
             # It completed before clstr's stop reached it.
             self._maybe_finish_stop()
@@ -258,20 +239,8 @@ class Run(RunEvents, AttemptsOwner):
         return incomplete
 
     def _report(self, incomplete):
-        """The failure report: always when jobs did not complete; with -v also
-        when nodes were retired on the way (node filtering does that by
-        design, so it is not news by itself)."""
-        retired = self.pool.retired_hosts()
-        if not incomplete and self.feed.input_done and not (retired and self.plan.verbose):
-            return
-        lines = failure_report(retired, incomplete, limit=None if self.plan.verbose > 1 else 20,
-                               never_started=lambda job: why_never_started(
-                                   job, self.pool, self.plan.max_node_uses))
-        if incomplete or not self.feed.input_done:
-            unread = "" if self.feed.input_done else " (job input not read to its end)"
-            lines.append("%d of %d jobs were not completed%s" % (
-                len(incomplete), self.feed.total - self.feed.skipped, unread))
-        for line in lines:
+        for line in run_report(self.pool, self.feed, incomplete, self.plan.verbose,
+                               self.plan.max_node_uses):
             self._message(line)
 
     def _interrupted(self, signum):
@@ -318,12 +287,14 @@ class Run(RunEvents, AttemptsOwner):
         self.feed.close()
         if self.active_nodes:
             self.guarded(self.plan.active_nodes.shown, self.active_nodes.write)
-        index = self.plan.output_dir_path and os.path.join(self.plan.output_dir_path, "index.tsv")
-        self.guarded(index, self.delivery.close)
+        self.guarded(self._index_path, self.delivery.close)
         if self.joblog:
             self.guarded(self.joblog.path, self.joblog.close)
         # Last, so that what the files above had to say is written too.
-        self._write_out()
+        if not self._leaving:
+            # Signals are still handled meanwhile: one drops the rest and
+            # leaves (a stalled reader never makes clstr unkillable).
+            write_out(self.loop, self.sinks.values(), lambda: self._leaving)
         if self.status:
             self.status.finish()
             if self.status.fd != 2:
@@ -331,15 +302,6 @@ class Run(RunEvents, AttemptsOwner):
         for sink in set(self.sinks.values()):
             sink.close()
         self.loop.close()
-
-    def _write_out(self):
-        """Let the loop write what the sinks still hold, as slowly as their
-        readers take it.  Signals are still handled meanwhile: one drops the
-        rest and leaves (a stalled reader never makes clstr unkillable)."""
-        sinks = set(self.sinks.values())
-        if not self._leaving:
-            self.loop.run_while(lambda: not self._leaving
-                                and any(sink.pending for sink in sinks))
 
     # -- watching -----------------------------------------------------------
 

@@ -108,6 +108,17 @@ class Scheduler:
                         if failure.kind is not Kind.THROTTLED}
         return len(failed_hosts) >= self.max_attempts
 
+    def nothing_more_can_run(self):
+        """With no job running: whether the run is over (every job done, no
+        usable slot, or no slot will ever take what is left)."""
+        if self.done() or not self.pool.usable:
+            return True
+        if self.pool.waiting_for_admission:
+            return False
+        # Input is all read, yet nothing could start: no slot will ever take
+        # what is left (pinned to retired hosts, or slots used up).
+        return self.feed.input_done
+
     def done(self):
         """True when every job has been read and none is waiting or running."""
         return not self.pool.busy and self.feed.empty

@@ -4,6 +4,7 @@ import os
 import time
 
 from .errors import LocalIOError
+from .output import same_file
 
 # At most this many redraws of the status line per second.
 REDRAW_INTERVAL = 0.1
@@ -169,3 +170,16 @@ class ActiveNodesFile:
             raise
         except OSError as error:
             raise LocalIOError(self.target.shown, error)
+
+
+def open_status_line(loop, sinks, fields, summary):
+    """The live status line on the terminal, if there is one (None if not),
+    cleared before any of ``sinks`` writes to that same terminal."""
+    terminal = status_terminal()
+    if terminal is None:
+        return None
+    line = StatusLine(loop, terminal, fields, summary)
+    for sink in set(sinks):
+        if os.isatty(sink.fd) and same_file(sink.fd, terminal):
+            sink.before_write = line.clear
+    return line
