@@ -15,21 +15,19 @@ A master lives as long as the run needs it, no longer: it leaves by itself
 after MASTER_IDLE_EXIT seconds without sessions (also when clstr was killed),
 and one found gone when its host gets work (idle expiry, killed, socket
 removed) is started again, as often as node health allows for exits that
-were not idle expiry (nodehealth.MASTER_RESTARTS).  While a master carries sessions, clstr checks
-every ``alive_interval`` seconds that it answers (MUX_C_ALIVE_CHECK on a
-connection of its own): one that does not within the alive budget
-(ServerAliveInterval * ServerAliveCountMax, what ssh allows a silent node) is
-stopped or hung, and is killed; its sessions end as lost connections.  Idle
-masters are not checked: a control connection counts as a session and would
-hold off the idle exit.  A hung network link is ssh's own ServerAlive's job.
+were not idle expiry (nodehealth.MASTER_RESTARTS).
+
+This module starts masters, learns what they know (pid, login shell), hands
+out their sessions and stops them; whether a master carrying sessions still
+answers, and killing one that does not, is masterwatch.py's job.
 """
 
 import os
 import signal
-import socket
 import time
 
 from .failures import classify_master, read_log_tail
+from .masterwatch import MasterWatch
 from .muxclient import AliveCheck, MuxAttempt
 from .muxsession import MuxSession
 from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
@@ -108,6 +106,7 @@ class MasterSet:
         self._ssh = ssh
         self._masters = {}
         self._alive_budget = ssh.alive_interval * ssh.alive_count
+        self._alive_watch = MasterWatch(loop, ssh.alive_interval, self._alive_budget)
         self._start_timeout = start_timeout or ssh.connect_timeout + START_GRACE
         # The run's private directory (privatedir.py); its owner removes it.
         self.directory = directory
@@ -139,7 +138,7 @@ class MasterSet:
             master.login_shell_unknown = None
             master.pid = None
             master.sessions = set()
-            self._stop_checking(master)
+            self._alive_watch.stop(master)
             try:
                 os.unlink(master.path)
             except FileNotFoundError:
@@ -268,7 +267,7 @@ class MasterSet:
             return False
         return True
 
-    # -- sessions and the masters' health ----------------------------------------
+    # -- sessions ------------------------------------------------------------------
 
     def session(self, host, group, remote_command, handler, fall_back, reports,
                 stdin_data=None):
@@ -277,77 +276,8 @@ class MasterSet:
         master of ``group`` on ``host``, which carries it until it ends."""
         master = self._masters[(host, group)]
         return MuxSession(self._loop, master.path, remote_command, handler, fall_back, reports,
-                          _Carrier(self, master), reply_timeout=self._alive_budget,
+                          self._alive_watch.carrier(master), reply_timeout=self._alive_budget,
                           stdin_data=stdin_data)
-
-    def _drop(self, master, carried, session):
-        carried.discard(session)
-        if carried is master.sessions and not carried:
-            master.idle_since = time.monotonic()
-            if master.check_timer is not None:
-                master.check_timer.cancel()
-                master.check_timer = None
-
-    def _keep_checking(self, master):
-        if master.sessions and master.check is None and master.check_timer is None:
-            master.check_timer = self._loop.call_later(self._ssh.alive_interval,
-                                                       lambda: self._check_now(master))
-
-    def _check_now(self, master, then=None):
-        """Check that ``master`` answers, now or with the check under way;
-        ``then()`` runs once it is judged (killed, if it did not answer)."""
-        if master.check_timer is not None:
-            master.check_timer.cancel()
-            master.check_timer = None
-        if then is not None:
-            master.waiters.append(then)
-        if master.check is None:
-            try:
-                master.check = AliveCheck(self._loop, master.path, self._alive_budget,
-                                          lambda pid, why: self._checked(master, pid, why))
-            except OSError:
-                # Out of fds: no verdict (never a kill on no evidence); the
-                # next check is due an interval later.
-                waiters, master.waiters = master.waiters, []
-                for then in waiters:
-                    then()
-                self._keep_checking(master)
-
-    def _checked(self, master, pid, why):
-        master.check = None
-        if pid is None and _listening(master.path):
-            self._kill(master, "the master did not answer for %gs (%s); killed"
-                       % (self._alive_budget, why))
-        waiters, master.waiters = master.waiters, []
-        for then in waiters:
-            then()
-        if pid is not None:
-            self._keep_checking(master)
-        # Otherwise it has gone (its sessions end by themselves) or is out of
-        # reach (its socket removed): nothing more to check.
-
-    def _kill(self, master, detail):
-        """Kill a master that still takes connections and does not answer:
-        stopped (SIGSTOP) or hung.  Its sessions' control connections close
-        as it dies, which ends them."""
-        for session in master.sessions:
-            session.master_killed(detail)
-        if master.pid is not None:
-            try:
-                os.kill(master.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def _stop_checking(self, master):
-        if master.check_timer is not None:
-            master.check_timer.cancel()
-            master.check_timer = None
-        if master.check is not None:
-            master.check.close()
-            master.check = None
-        waiters, master.waiters = master.waiters, []
-        for then in waiters:
-            then()
 
     def starting(self, host, group):
         """True while the master of ``group`` on ``host`` is being started."""
@@ -361,8 +291,8 @@ class MasterSet:
         Returns whether it had expired as it should, after carrying nothing
         for MASTER_IDLE_EXIT (node health counts the other exits)."""
         master = self._masters[(host, group)]
-        if _listening(master.path):
-            self._kill(master, "the master did not answer for %gs; killed" % self._alive_budget)
+        self._alive_watch.kill_if_frozen(master, "the master did not answer for %gs; killed"
+                                   % self._alive_budget)
         master.ready = False
         return (not master.sessions and master.idle_since is not None
                 and time.monotonic() - master.idle_since >= MASTER_IDLE_EXIT - 1)
@@ -389,7 +319,7 @@ class MasterSet:
         Runs its own loop iterations: the run is over by now."""
         pending = set()
         for master in self._masters.values():
-            self._stop_checking(master)
+            self._alive_watch.stop(master)
             if master.probe:
                 master.probe.close()
                 master.probe = None
@@ -407,43 +337,3 @@ class MasterSet:
             self._loop.run_while(lambda: bool(pending))
             timer.cancel()
         os.close(self._devnull)
-
-
-class _Carrier:
-    """A master's side of the sessions it carries, as it was when they
-    started (one started again carries a new set; a session of the old one
-    leaves the old set)."""
-
-    __slots__ = ("_masters", "_master", "_carried")
-
-    def __init__(self, masters, master):
-        self._masters = masters
-        self._master = master
-        self._carried = master.sessions
-
-    def carry(self, session):
-        self._carried.add(session)
-        self._masters._keep_checking(self._master)
-
-    def drop(self, session):
-        self._masters._drop(self._master, self._carried, session)
-
-    def check(self, then):
-        self._masters._check_now(self._master, then)
-
-
-def _listening(path):
-    """Whether a process still listens on the unix socket at ``path``: a
-    stopped or hung master does; a dead one leaves its socket file refusing
-    connections, and one may have been removed."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        sock.connect(path)
-    except (BlockingIOError, InterruptedError):
-        return True  # its backlog is full: listening, not accepting
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
