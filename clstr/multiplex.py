@@ -75,7 +75,7 @@ class Master:
         self.unavailable = None
         self.login_shell = None
         self.login_shell_unknown = None  # why the probe found no login shell
-        self.probe = None  # the MuxAttempt asking for the login shell
+        self.probe = None  # the _LoginShellProbe under way
         self.pid = None  # the master's own (it went to the background)
         self.sessions = set()  # the MuxSessions it carries
         self.check = None  # the AliveCheck under way
@@ -217,45 +217,13 @@ class MasterSet:
             answered(None, error.strerror)
 
     def _learn_login_shell(self, master, then):
-        """Ask the host, through its new master, which login shell sshd runs
-        commands in (``ssh.LOGIN_SHELL_PROBE``), then call ``then()``.  A POSIX
-        login shell runs the remote wrapper itself, saving every job an exec;
-        any failure or odd answer leaves the shell unknown, and jobs get the
-        wrapper every shell can start (the jobs themselves find out whether
-        the host works)."""
-        stdout = []
-
-        def collect(stream, data):
-            if stream == 1 and sum(map(len, stdout)) < PROBE_OUTPUT_LIMIT:
-                stdout.append(data)
-
-        def finished(code=None, why=None):
-            if master.probe is None:
-                return
-            master.probe = None
-            timer.cancel()
-            answer = b"".join(stdout)
-            master.login_shell = login_shell_from_probe(code, answer)
-            if master.login_shell is None:
-                master.login_shell_unknown = why or "the probe answered %r, exit %s" % (
-                    answer[:60], code)
-            then()
-
-        def give_up():
-            if master.probe is not None:
-                master.probe.close()
-                finished(why="no answer in %gs" % self._ssh.connect_timeout)
-
-        timer = self._loop.call_later(self._ssh.connect_timeout, give_up)
+        """Learn the host's login shell through its new master
+        (_LoginShellProbe), then call ``then()``."""
         try:
-            master.probe = MuxAttempt(self._loop, master.path, LOGIN_SHELL_PROBE, collect,
-                                      finished, lambda kind, detail: finished(why=detail))
+            master.probe = _LoginShellProbe(self._loop, master, self._ssh.connect_timeout, then)
         except OSError as error:
-            timer.cancel()
             master.login_shell_unknown = "cannot ask: %s" % error.strerror
             then()
-            return
-        master.probe.close_stdin()
 
     def _ask_to_exit(self, master, on_exit=lambda code: None):
         """Ask the master at ``master.path`` to exit; False if ssh could not
@@ -337,3 +305,63 @@ class MasterSet:
             self._loop.run_while(lambda: bool(pending))
             timer.cancel()
         os.close(self._devnull)
+
+
+class _LoginShellProbe:
+    """Asks the host, through its new ``master``, which login shell sshd
+    runs commands in (``ssh.LOGIN_SHELL_PROBE``), sets the master's
+    ``login_shell`` or ``login_shell_unknown``, then calls ``then()``.  A
+    POSIX login shell runs the remote wrapper itself, saving every job an
+    exec; any failure or odd answer, or none in ``timeout`` seconds, leaves
+    the shell unknown, and jobs get the wrapper every shell can start (the
+    jobs themselves find out whether the host works).  Raises OSError if it
+    cannot ask (out of fds)."""
+
+    __slots__ = ("_master", "_then", "_timeout", "_stdout", "_timer", "_attempt")
+
+    def __init__(self, loop, master, timeout, then):
+        self._master = master
+        self._then = then
+        self._timeout = timeout
+        self._stdout = []
+        self._timer = loop.call_later(timeout, self._give_up)
+        try:
+            self._attempt = MuxAttempt(loop, master.path, LOGIN_SHELL_PROBE, self._collect,
+                                       self._finished, self._failed)
+        except OSError:
+            self._timer.cancel()
+            raise
+        self._attempt.close_stdin()
+
+    def close(self):
+        """Drop the probe, without calling ``then()``."""
+        if self._attempt is not None:
+            self._attempt.close()
+            self._attempt = None
+            self._timer.cancel()
+
+    def _collect(self, stream, data):
+        if stream == 1 and sum(map(len, self._stdout)) < PROBE_OUTPUT_LIMIT:
+            self._stdout.append(data)
+
+    def _failed(self, kind, detail):
+        self._finished(why=detail)
+
+    def _give_up(self):
+        if self._attempt is not None:
+            self._attempt.close()
+            self._finished(why="no answer in %gs" % self._timeout)
+
+    def _finished(self, code=None, why=None):
+        if self._attempt is None:
+            return
+        self._attempt = None
+        self._timer.cancel()
+        master = self._master
+        master.probe = None
+        answer = b"".join(self._stdout)
+        master.login_shell = login_shell_from_probe(code, answer)
+        if master.login_shell is None:
+            master.login_shell_unknown = why or "the probe answered %r, exit %s" % (
+                answer[:60], code)
+        self._then()
