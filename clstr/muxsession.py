@@ -9,7 +9,7 @@ names the kind from what the master said):
 - the master refuses the session (sshd's MaxSessions), or drops it without
   an exit status: a failure, as ``classify_mux`` names it;
 - the master stops answering (a stopped or hung ssh process): the master's
-  owner (multiplex.py) kills it and says so through ``master_killed``, and
+  owner (masterwatch.py) kills it and says so through ``master_killed``, and
   the session ends as a lost connection whatever clstr had done to it.  A
   session that ends without an exit status first waits for the owner's
   verdict on its master: a stop that gave up on the session (a frozen
@@ -30,7 +30,7 @@ class MuxSession(Session):
     (nothing has run then; it reports to the same handler).
     ``reply_timeout``: how long the master has to answer
     (muxclient.ControlSession).  ``carrier``: the master's side
-    (multiplex.py): ``carry(session)`` and ``drop(session)`` as the session
+    (masterwatch.py): ``carry(session)`` and ``drop(session)`` as the session
     starts and leaves it, ``check(then)`` has the master checked that it
     answers, killing it if not, then calls ``then()``.  ``stdin_data``: what
     to write on the command's stdin first (a big job's command), or None."""
