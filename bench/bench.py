@@ -615,7 +615,7 @@ def slurm(tools, results, reps, jobs_count):
         return
     from slurm_cluster import NODE, LoopbackSlurm
 
-    from clstr.slurmtransport import SRUN_TEMPLATE
+    from clstr.transport.slurm import SRUN_TEMPLATE
     jobs = _job_file(tools, "srun-jobs", jobs_count)
     salloc = ["salloc", "--quiet", "-N1", "-n4"]
     srun = SRUN_TEMPLATE.replace("{host}", NODE).split()

@@ -4,7 +4,7 @@
 
 Starts the loopback cluster the tests use and one ControlMaster on node001,
 then runs ``--jobs`` jobs through it, ``--parallel`` at a time (a new one as
-soon as one ends, as clstr does), four ways: clstr.muxclient.MuxAttempt and
+soon as one ends, as clstr does), four ways: clstr.transport.muxclient.MuxAttempt and
 ``ssh -S socket node001 cmd``, each with the bare command ``true`` and with
 ``true`` under clstr's remote wrapper.  All four run in one clstr EventLoop.
 Prints jobs/s and CPU per job: this process's own (user+sys), its children's
@@ -27,10 +27,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from clstr.child import ChildProcess  # noqa: E402
 from clstr.loop import EventLoop  # noqa: E402
-from clstr.muxclient import MuxAttempt  # noqa: E402
-from clstr.ssh import wrapped_command  # noqa: E402
+from clstr.transport.child import ChildProcess  # noqa: E402
+from clstr.transport.muxclient import MuxAttempt  # noqa: E402
+from clstr.transport.wrapper import wrapped_command  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 HOST = "node001"

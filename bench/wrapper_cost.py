@@ -41,7 +41,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 
-from clstr.ssh import wrapped_command  # noqa: E402
+from clstr.transport.wrapper import wrapped_command  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -13,7 +13,7 @@ import time
 
 from .errors import LocalIOError
 from .failures import judge, not_delivered, start_overdue, stopped_by_clstr, timed_out
-from .transport import START_GRACE, AttemptHandler, stop_grace
+from .transport.interface import START_GRACE, AttemptHandler, stop_grace
 
 
 class AttemptsOwner:

@@ -274,7 +274,7 @@ def _hosts(args):
     except NodeSpecError as error:
         raise UsageError(str(error))
     if not hosts and args.slurm:
-        from .slurmtransport import SlurmEnvironmentError, slurm_nodes
+        from .transport.slurm import SlurmEnvironmentError, slurm_nodes
         try:
             hosts = [validate_host(name) for name in slurm_nodes(os.environ)]
         except SlurmEnvironmentError as error:
@@ -349,8 +349,8 @@ def _check_outputs_are_not_inputs(args, sources, active_nodes):
 def _transport(args):
     """The --exec template's words (None for ssh), after checking that no
     ssh-only option came with it; fills in the ssh options' defaults."""
-    from .exectransport import ExecTemplateError, parse_exec_template
-    from .slurmtransport import SRUN_TEMPLATE
+    from .transport.exec import ExecTemplateError, parse_exec_template
+    from .transport.slurm import SRUN_TEMPLATE
     template = args.exec_template
     if template is None and args.slurm:
         template = SRUN_TEMPLATE
@@ -391,7 +391,7 @@ def _program_word(words):
 
 
 def _ssh_settings(args):
-    from .ssh import SshSettings
+    from .transport.sshcommand import SshSettings
     try:
         command = shlex.split(args.ssh_command)
     except ValueError as error:

@@ -2,11 +2,11 @@
 run would start, and nothing else.
 
 The lines come from a rehearsal of a run in which every job succeeds: the
-run's own transport (transportchoice.py) and scheduler, with masters that
+run's own transport (transport/choice.py) and scheduler, with masters that
 come up as soon as they are started and jobs that end in the order they
 started, so the dry run starts the masters a run would (only for the slots
 the jobs can use at once).  A command too big for a command line goes on
-the attempt's stdin (ssh.py): its line says so in a comment, with the
+the attempt's stdin (transport/wrapper.py): its line says so in a comment, with the
 command's first bytes.
 """
 
@@ -14,13 +14,13 @@ import collections
 import os
 import shlex
 
-from .multiplex import MASTER_IDLE_EXIT
 from .nodes import NodePool
 from .privatedir import PrivateDirectory
 from .scheduler import Scheduler
-from .ssh import command_on_stdin
-from .transport import RunEvents
-from .transportchoice import transport_for
+from .transport.choice import transport_for
+from .transport.interface import RunEvents
+from .transport.masters import MASTER_IDLE_EXIT
+from .transport.wrapper import command_on_stdin
 
 # Masters' sockets and ssh's logs live in a directory made when the run
 # starts (privatedir.py); a dry run shows where, with this stand-in name.
@@ -33,7 +33,7 @@ def quote_argv(argv):
 
 
 class _Masters:
-    """Masters that come up at once: the stand-in for multiplex.MasterSet.
+    """Masters that come up at once: the stand-in for masters.MasterSet.
     Each one started is a line; its ``on_done`` is due next in ``due``."""
 
     def __init__(self, ssh, due, lines):

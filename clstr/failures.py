@@ -2,7 +2,7 @@
 
 Transports bring evidence; this module alone decides what it means.  ssh
 exits 255 for its own errors and otherwise with the remote command's status,
-and says what went wrong in its log (``ssh -E FILE``, see localprocess.py) or
+and says what went wrong in its log (``ssh -E FILE``, see transport/process.py) or
 on stderr: ``classify`` turns an exit code and what ssh said into a
 ``Failure`` with ssh's own words.  ``classify_exec`` does the same for an
 --exec transport, ``classify_mux`` for a session through a master (what the
@@ -21,7 +21,7 @@ import enum
 import os
 import re
 
-from .muxclient import MuxError
+from .transport.muxclient import MuxError
 
 
 class Kind(enum.Enum):
@@ -42,7 +42,7 @@ class Kind(enum.Enum):
     # the --exec template): the run stops instead of retiring every node.
     FATAL = "fatal"
     # A command too big for a command line that the node could not store
-    # (it comes on stdin, ssh.py): the job never ran, and it fails alone.
+    # (it comes on stdin, transport/wrapper.py): the job never ran, and it fails alone.
     NOT_DELIVERED = "not delivered"
     JOB_EXIT = "job exit"
     TIMEOUT = "timeout"
@@ -111,7 +111,7 @@ class Failure:
 
 class MasterKilled(Failure):
     """A connection lost because clstr killed the ControlMaster carrying it
-    (it stopped answering, multiplex.py): whether the job ended, and how,
+    (it stopped answering, transport/masters.py): whether the job ended, and how,
     is unknown, whatever clstr had done to the attempt before (a --timeout
     stop included), so it stays a lost connection: requeued, never a
     ``timeout``."""
@@ -311,7 +311,7 @@ _NO_NODE_CAN_CURE = re.compile(
 
 
 def classify_exec(code, stderr_tail):
-    """The transport's own failure, for an exec transport (exectransport.py)
+    """The transport's own failure, for an exec transport (transport/exec.py)
     that exited with ``code`` (-N: killed by signal N) before its job
     started (``judge`` reads it only then), or None if it exited 0.
     ``stderr_tail``: the last few KiB of its stderr (bytes).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .ssh import SshSettings
+from .transport.sshcommand import SshSettings
 from .userfiles import InPlaceFile, OutputDir, ReplacedFile
 
 

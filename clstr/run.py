@@ -1,7 +1,7 @@
 """A run: wires the pieces for one plan and owns its life (start, signals,
 stop, shut-down).
 
-Each piece knows only what it is handed: the transport (transportchoice.py)
+Each piece knows only what it is handed: the transport (transport/choice.py)
 opens attempts and starts masters; attempts.py turns each attempt's end
 into a verdict and records it; the scheduler decides what a verdict means
 for the job, node health (nodehealth.py, carried out by nodecare.py) what
@@ -15,7 +15,6 @@ import random
 import time
 
 from .attempts import Attempts, AttemptsOwner
-from .delivery import Delivery
 from .errors import LocalIOError
 from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
 from .limits import out_of_resources
@@ -23,14 +22,15 @@ from .loop import EventLoop
 from .nodecare import NodeCare
 from .nodehealth import NodeHealth
 from .nodes import NodePool
-from .output import open_sinks, write_out
+from .output.delivery import Delivery
+from .output.sinks import open_sinks, write_out
 from .privatedir import PrivateDirectory
 from .records import run_report
 from .scheduler import Scheduler
 from .startlimits import StartLimits
 from .status import ActiveNodesFile, open_status_line, progress_fields, summary_fields
-from .transport import RunEvents
-from .transportchoice import transport_for
+from .transport.choice import transport_for
+from .transport.interface import RunEvents
 
 
 class Run(RunEvents, AttemptsOwner):

@@ -4,7 +4,7 @@ import os
 import time
 
 from .errors import LocalIOError
-from .output import same_file
+from .output.sinks import same_file
 
 # At most this many redraws of the status line per second.
 REDRAW_INTERVAL = 0.1

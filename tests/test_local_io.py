@@ -20,7 +20,7 @@ import pytest
 from clstr.errors import LocalIOError
 from clstr.exits import EXIT_LOCAL_IO
 from clstr.loop import EventLoop
-from clstr.output import Sink
+from clstr.output.sinks import Sink
 from clstr_run import REPO, RUN_ID, clstr, clstr_argv, node_args, start_clstr
 
 _serial = itertools.count(1)
@@ -350,7 +350,8 @@ def test_a_low_open_files_limit_runs_fewer_jobs_at_once_and_finishes(cluster, tm
 def test_too_many_open_files_while_starting_a_job_waits_for_a_running_one_to_end(cluster):
     # Make clstr's estimate far too generous, so that starting jobs really
     # runs out of fds: the job goes back in the queue and nothing aborts.
-    script = ("import sys, clstr.startlimits as startlimits, clstr.transport as transport; "
+    script = ("import sys, clstr.startlimits as startlimits; "
+              "import clstr.transport.interface as transport; "
               "transport.Transport.fds_per_attempt = 1; "
               "startlimits.FDS_SPARE = -1000; from clstr.cli import main; sys.exit(main())")
     argv = clstr_argv(cluster, "--no-multiplex", *node_args(cluster.nodes(60)),

@@ -1,4 +1,4 @@
-"""clstr's own mux client (clstr/muxclient.py) against real ControlMasters on
+"""clstr's own mux client (clstr/transport/muxclient.py) against real ControlMasters on
 the loopback sshd, and against fake masters for what a real one never says.
 
 What a job gives through MuxAttempt must be what ``ssh -S socket host cmd``
@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from clstr import muxclient
-from clstr.endreport import ReportReader
 from clstr.loop import EventLoop
-from clstr.muxclient import (
+from clstr.transport import muxclient
+from clstr.transport.endreport import ReportReader
+from clstr.transport.muxclient import (
     MUX_MSG_HELLO,
     AliveCheck,
     MalformedMessage,
@@ -33,7 +33,7 @@ from clstr.muxclient import (
     new_session_packet,
     split_packets,
 )
-from clstr.ssh import wrapped_command
+from clstr.transport.wrapper import wrapped_command
 from clstr_run import RUN_ID
 from cluster import LoopbackCluster
 

@@ -164,7 +164,7 @@ def test_status_and_active_nodes_example():
 
 
 def test_the_front_ends_section_names_every_option_clstr_passes():
-    from clstr.ssh import SshSettings
+    from clstr.transport.sshcommand import SshSettings
     settings = SshSettings()
     argvs = [settings.argv("h", b"c", "/s", "/log"), settings.argv("h", b"c"),
              settings.master_argv("h", "/s", 60), settings.master_exit_argv("h", "/s")]

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from clstr.ssh import wrapped_command
+from clstr.transport.wrapper import wrapped_command
 from clstr_run import RUN_ID, clstr, start_clstr
 
 SHELLS = [("node", "dash"), ("bashnode", "bash")]

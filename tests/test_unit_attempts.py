@@ -3,14 +3,14 @@ whose job has (not) reported its end.  The transport, delivery and run are
 stand-ins; the loop and the end reports are real."""
 
 from clstr.attempts import Attempts, AttemptsOwner
-from clstr.endreport import RUN_TOKEN, ReportReader
 from clstr.failures import Kind
 from clstr.jobs import Job
 from clstr.loop import EventLoop
 from clstr.nodes import NodePool
 from clstr.plan import Plan
-from clstr.ssh import SshSettings
-from clstr.transport import Session
+from clstr.transport.endreport import RUN_TOKEN, ReportReader
+from clstr.transport.interface import Session
+from clstr.transport.sshcommand import SshSettings
 
 
 class StoppableSession(Session):

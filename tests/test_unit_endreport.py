@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from clstr.endreport import ReportReader, report_printf
 from clstr.failures import Failure, FirstFailures, Kind, judge, not_delivered
+from clstr.transport.endreport import ReportReader, report_printf
 
 TOKEN = "0123456789abcdef"
 MARK = b"\x1eclstr-" + TOKEN.encode() + b":"

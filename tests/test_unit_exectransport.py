@@ -6,15 +6,15 @@ import subprocess
 
 import pytest
 
-from clstr.endreport import ReportReader
-from clstr.exectransport import (
+from clstr.failures import Kind, classify_exec
+from clstr.transport.endreport import ReportReader
+from clstr.transport.exec import (
     ExecTemplateError,
     exec_argv,
     parse_exec_template,
     wrapper_words,
 )
-from clstr.failures import Kind, classify_exec
-from clstr.slurmtransport import (
+from clstr.transport.slurm import (
     SRUN_TEMPLATE,
     SlurmEnvironmentError,
     parse_tasks_per_node,

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from clstr.child import ChildProcess
-from clstr.lines import LineAssembler
 from clstr.loop import EventLoop
-from clstr.output import HIGH_WATER, Sink, SpillBuffer
+from clstr.output.lines import LineAssembler
+from clstr.output.sinks import HIGH_WATER, Sink, SpillBuffer
+from clstr.transport.child import ChildProcess
 
 
 def run_children(commands, stdin=None):

@@ -1,5 +1,5 @@
-"""Pure tier: cutting job streams into lines (clstr/lines.py) and tagging
-them (clstr/delivery.py), without processes."""
+"""Pure tier: cutting job streams into lines (clstr/output/lines.py) and tagging
+them (clstr/output/delivery.py), without processes."""
 
 import functools
 import random
@@ -7,10 +7,10 @@ import tracemalloc
 
 import pytest
 
-from clstr import lines as lines_module
-from clstr.delivery import Delivery, tag_lines
-from clstr.lines import LineAssembler
-from clstr.output import SpillBuffer
+from clstr.output import lines as lines_module
+from clstr.output.delivery import Delivery, tag_lines
+from clstr.output.lines import LineAssembler
+from clstr.output.sinks import SpillBuffer
 
 READ = 65536  # what a child's pipe gives per read
 

@@ -5,7 +5,6 @@ import random
 
 import pytest
 
-from clstr.delivery import tag_lines
 from clstr.failures import (
     TAIL_BYTES,
     Failure,
@@ -22,13 +21,15 @@ from clstr.failures import (
     start_overdue,
 )
 from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
-from clstr.muxclient import MuxError
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
+from clstr.output.delivery import tag_lines
 from clstr.records import completed_in_joblog, joblog_line
 from clstr.scheduler import Scheduler
-from clstr.ssh import SshSettings, shell_quote
 from clstr.status import active_nodes_text, status_text
+from clstr.transport.muxclient import MuxError
+from clstr.transport.sshcommand import SshSettings
+from clstr.transport.wrapper import shell_quote
 
 # -- node specs ---------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The transport seam without sshd: the masters' start-up policy
-(muxtransport.py) driven by stand-in masters, and --dry-run rehearsing it."""
+(transport/mux.py) driven by stand-in masters, and --dry-run rehearsing it."""
 
 import errno
 
@@ -8,9 +8,9 @@ import pytest
 from clstr.cli import make_plan
 from clstr.dryrun import dry_run_lines
 from clstr.failures import Failure, Kind
-from clstr.muxtransport import MuxTransport
 from clstr.nodes import NodePool
-from clstr.transport import RunEvents
+from clstr.transport.interface import RunEvents
+from clstr.transport.mux import MuxTransport
 
 
 class Masters:

@@ -1,4 +1,4 @@
-"""The remote wrapper (ssh.py) run locally under dash and bash, with
+"""The remote wrapper (transport/wrapper.py) run locally under dash and bash, with
 `setsid -w` standing in for sshd (which starts every session's shell in a
 session of its own), and the login shell probe's answers.  The same
 guarantees over the real sshd are in test_sshd_wrapper.py."""
@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from clstr.endreport import ReportReader
-from clstr.ssh import (
+from clstr.transport.endreport import ReportReader
+from clstr.transport.wrapper import (
     LOGIN_SHELL_PROBE,
     STDIN_ABOVE,
     login_shell_from_probe,

@@ -466,7 +466,7 @@ def _make_full(fd):
 
 
 def test_output_dir_write_failures_are_local_io_errors_and_leave_no_partial(tmp_path):
-    from clstr.delivery import Delivery
+    from clstr.output.delivery import Delivery
     from clstr.userfiles import OutputDir
     outdir = OutputDir(str(tmp_path / "out"))
     outdir.start()

@@ -16,7 +16,7 @@ from slurm_cluster import NODE, LoopbackSlurm  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from clstr.slurmtransport import SRUN_TEMPLATE  # noqa: E402
+from clstr.transport.slurm import SRUN_TEMPLATE  # noqa: E402
 
 JOBS = 50
 PARALLEL = 4

@@ -17,15 +17,15 @@ import time
 import pytest
 from slurm_cluster import NODE, NODES, LoopbackSlurm
 
-from clstr.endreport import ReportReader
-from clstr.exectransport import (
+from clstr.failures import Kind
+from clstr.transport.endreport import ReportReader
+from clstr.transport.exec import (
     classify_exec,
     exec_argv,
     parse_exec_template,
     wrapper_words,
 )
-from clstr.failures import Kind
-from clstr.slurmtransport import SRUN_TEMPLATE
+from clstr.transport.slurm import SRUN_TEMPLATE
 from clstr_run import REPO, joblog_rows, wait_until
 
 SKIP_REASON = "real Slurm test: runs only under `make test-slurm` (CLSTR_SLURM_TEST=1)"

@@ -16,18 +16,18 @@ reports the job's start and end on stderr (endreport.py), and
 the transport could not reach, or a failure no node can cure (the run must
 stop).
 
-``--slurm`` (slurmtransport.py) is this transport with Slurm's nodes and a
+``--slurm`` (transport/slurm.py) is this transport with Slurm's nodes and a
 question to Slurm's controller.
 """
 
 import functools
 import shlex
 
+from ..failures import classify_exec
 from .endreport import ReportReader
-from .failures import classify_exec
-from .localprocess import ProcessSession
-from .ssh import stdin_payload, wrapper_argv
-from .transport import Transport
+from .interface import Transport
+from .process import ProcessSession
+from .wrapper import stdin_payload, wrapper_argv
 
 HOST_FIELD = "{host}"
 

@@ -13,7 +13,7 @@ reaches ``MAX_LINE`` bytes is handed on in pieces of ``MAX_LINE`` bytes.
 
 import re
 
-from .output import SPILL_AFTER, SpillBuffer
+from .sinks import SPILL_AFTER, SpillBuffer
 
 # What ends a line: "\r\n" (one line end, never cut in two), "\n", or a
 # lone "\r".

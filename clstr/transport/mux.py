@@ -12,7 +12,7 @@ health decides what a master's failure means; this transport only starts
 the masters it is asked to (``start_master``).
 
 An attempt goes through clstr's mux client while its master is up, through
-the ssh client (sshtransport.py) otherwise: for a host whose connection
+the ssh client (transport/ssh.py) otherwise: for a host whose connection
 cannot be shared, and whenever the mux client cannot talk to the master.
 ``--dry-run`` walks the same policy (dryrun.py), with masters that come up
 at once.
@@ -20,18 +20,18 @@ at once.
 
 import collections
 
-from .failures import cannot_start_ssh
-from .limits import out_of_resources
+from ..failures import cannot_start_ssh
+from ..limits import out_of_resources
+from .interface import NoSession, Transport
 from .muxclient import MuxError
-from .ssh import stdin_payload, wrapped_command
-from .transport import NoSession, Transport
+from .wrapper import stdin_payload, wrapped_command
 
 
 class MuxTransport(Transport):
-    """Attempts through the masters in ``masters`` (multiplex.MasterSet, or
+    """Attempts through the masters in ``masters`` (masters.MasterSet, or
     --dry-run's stand-in) for the slots of ``pool`` (nodes.NodePool, whose
     slots this holds until their master is up), falling back to ``direct``
-    (sshtransport.SshTransport).  ``events``: the run (transport.RunEvents).
+    (ssh.SshTransport).  ``events``: the run (transport.RunEvents).
     ``shuffle(items)`` puts the masters in the order they start."""
 
     # The control socket, besides the three pipe ends (the ends passed to

@@ -1,4 +1,4 @@
-"""``--slurm``: the exec transport (exectransport.py) through srun, in the
+"""``--slurm``: the exec transport (transport/exec.py) through srun, in the
 allocation clstr runs in.
 
 The nodes and their task slots come from the allocation's environment
@@ -14,11 +14,11 @@ import re
 import signal
 import time
 
+from ..failures import classify_allocation
+from ..limits import out_of_resources
+from ..nodeset import MAX_NAMES, NodeSpecError, expand
 from .child import ChildProcess
-from .exectransport import ExecTransport
-from .failures import classify_allocation
-from .limits import out_of_resources
-from .nodeset import MAX_NAMES, NodeSpecError, expand
+from .exec import ExecTransport
 
 
 class SlurmEnvironmentError(ValueError):

@@ -13,7 +13,7 @@ import os
 import stat
 import tempfile
 
-from .errors import LocalIOError
+from ..errors import LocalIOError
 
 # Above this many buffered bytes the sink asks for reading to pause; below the
 # low mark it asks to resume.  Children then block on their full pipes.

@@ -1,7 +1,7 @@
 """The ssh client transport: a local ``ssh`` process per attempt.
 
 Used with ``--no-multiplex``, for ``--on-each-node``, and by the mux
-transport (muxtransport.py) for hosts whose connection cannot be shared and
+transport (transport/mux.py) for hosts whose connection cannot be shared and
 whenever clstr's own mux client cannot talk to a master.  ssh logs to a file
 of its own (``ssh -E``, one per attempt, in the run's private directory), so
 the job's stderr carries only what the job and the user's own configuration
@@ -11,14 +11,14 @@ names ssh's own failure.
 
 import os
 
-from .failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
-from .localprocess import ProcessSession
-from .ssh import stdin_payload
-from .transport import AttemptHandler, Session, Transport
+from ..failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
+from .interface import AttemptHandler, Session, Transport
+from .process import ProcessSession
+from .wrapper import stdin_payload
 
 
 class SshTransport(Transport):
-    """Attempts through the ssh client ``ssh`` (ssh.SshSettings), each
+    """Attempts through the ssh client ``ssh`` (sshcommand.SshSettings), each
     logging to a new file in ``private`` (privatedir.PrivateDirectory)."""
 
     def __init__(self, ssh, loop, private):

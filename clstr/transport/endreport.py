@@ -3,7 +3,7 @@
 No transport's exit status can be trusted to mean the job's: ssh exits 255
 for its own failures and for a job's ``exit 255``, srun exits 0 when a node
 fails mid-step, and a mux master that dies closes the session with no status
-at all.  So the remote wrapper (ssh.py) writes two reports on stderr: one as
+at all.  So the remote wrapper (transport/wrapper.py) writes two reports on stderr: one as
 the job starts, one once it has ended (every holder of its fd 8 gone), with
 its exit status.  ``ReportReader`` takes them out of the stream and clstr
 decides from them (failures.judge): an attempt that started and ended
@@ -11,7 +11,7 @@ without its end report lost its connection, whatever its transport said.
 
 A report is ``RS clstr-TOKEN:s LF`` (start) or ``RS clstr-TOKEN:e<status> LF``
 (end), or, for a job whose command came on stdin and could not all be stored
-on the node (ssh.py ``_read_job``), ``RS clstr-TOKEN:u<bytes stored> LF``
+on the node (transport/wrapper.py ``_read_job``), ``RS clstr-TOKEN:u<bytes stored> LF``
 after the start, in place of an end: the job never ran.  ``TOKEN`` is random
 for each clstr process, so no job output can forge one by accident, and it
 is looked for anywhere in the stream, not only at the start of a line: a job

@@ -8,10 +8,10 @@ the host), grouped per job, or files per job.
 
 import os
 
-from .errors import LocalIOError
+from ..errors import LocalIOError
+from ..userfiles import write_all
 from .lines import LINE_ENDS, LineAssembler, final_line_end
-from .output import SpillBuffer
-from .userfiles import write_all
+from .sinks import SpillBuffer
 
 
 def tag_lines(prefix, lines):

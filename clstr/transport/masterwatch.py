@@ -1,9 +1,9 @@
 """Is a master that carries sessions still answering?
 
-Starting a master (multiplex.py) and watching one are different jobs with
+Starting a master (transport/masters.py) and watching one are different jobs with
 different clocks: start-up is over in seconds and ends in a verdict once;
 the watch runs for as long as a master carries sessions and may end in a
-kill.  They share only the ``multiplex.Master`` record.
+kill.  They share only the ``masters.Master`` record.
 
 While a master carries sessions it is checked every ``interval`` seconds
 (MUX_C_ALIVE_CHECK on a connection of its own, muxclient.AliveCheck).  One
@@ -26,7 +26,7 @@ from .muxclient import AliveCheck
 
 
 class MasterWatch:
-    """Checks the masters of one run (``multiplex.Master``) while they carry
+    """Checks the masters of one run (``masters.Master``) while they carry
     sessions, and kills one found frozen.  ``loop``: the run's loop;
     ``interval``: seconds between checks; ``budget``: how long a master has
     to answer one."""

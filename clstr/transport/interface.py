@@ -1,7 +1,7 @@
 """The transport seam: how a run's attempts reach their nodes.
 
 A run has one ``Transport`` (chosen once from the plan,
-transportchoice.py), which prepares what its attempts need (masters),
+transport/choice.py), which prepares what its attempts need (masters),
 opens each attempt, says what an attempt costs in open files, describes an
 attempt for ``--dry-run`` with the code that opens it, and shuts down.  Each
 attempt reports to one ``AttemptHandler``; a transport with masters tells
@@ -17,10 +17,10 @@ ran an attempt.  Kinds, one module each:
 - ``slurmtransport``: ``--slurm``, srun in the allocation clstr runs in.
 
 Every attempt gets its own stdin pipe whose write end only clstr holds.
-clstr writes on it only a command too big for a command line (ssh.py
+clstr writes on it only a command too big for a command line (transport/wrapper.py
 ``stdin_payload``), through ``StdinWriter``, before the job starts; closing
 it is how clstr stops that attempt, whatever the
-transport: the remote wrapper takes EOF as "stop the job" (see ssh.py) and
+transport: the remote wrapper takes EOF as "stop the job" (see transport/wrapper.py) and
 still reports how the job ended (endreport.py).  A transport that has not
 ended ``stop_grace(started)`` seconds later (an ssh still connecting, a hung
 link) is sent SIGTERM, or its mux session dropped.

@@ -1,5 +1,5 @@
-"""One local process per attempt: what the ssh client (sshtransport.py) and
-``--exec`` templates (exectransport.py) have in common.
+"""One local process per attempt: what the ssh client (transport/ssh.py) and
+``--exec`` templates (transport/exec.py) have in common.
 
 Neither ssh's exit status (255 for its own errors and for a job's
 ``exit 255``) nor an exec transport's (1 for its own failures as for a
@@ -11,9 +11,9 @@ is kept as the evidence from which failures.py names its own failure.
 
 import signal
 
+from ..failures import TAIL_BYTES
 from .child import ChildProcess
-from .failures import TAIL_BYTES
-from .transport import Session, StdinPipe
+from .interface import Session, StdinPipe
 
 
 class ProcessSession(Session):

@@ -1,14 +1,14 @@
-"""The one place that chooses a run's transport from its plan (transport.py
+"""The one place that chooses a run's transport from its plan (transport/interface.py
 says what a transport does)."""
 
 import os
 import random
 
-from .exectransport import ExecTransport
-from .multiplex import MasterSet
-from .muxtransport import MuxTransport
-from .slurmtransport import SlurmTransport
-from .sshtransport import SshTransport
+from .exec import ExecTransport
+from .masters import MasterSet
+from .mux import MuxTransport
+from .slurm import SlurmTransport
+from .ssh import SshTransport
 
 
 def transport_for(plan, loop, private, pool, events, masters=None, shuffle=random.shuffle):
@@ -16,7 +16,7 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
     its files in ``private`` (privatedir.PrivateDirectory), for the slots of
     ``pool`` (nodes.NodePool) and telling ``events`` (transport.RunEvents)
     about its masters.  ``masters``: the masters' owner (None: a
-    multiplex.MasterSet); ``shuffle(items)``: the order masters start in
+    masters.MasterSet); ``shuffle(items)``: the order masters start in
     (--dry-run gives stand-ins for both)."""
     if plan.slurm:
         return SlurmTransport(plan.exec_words, loop, os.environ.get("SLURM_JOB_ID", ""))

@@ -5,7 +5,7 @@ authentication (tens of ms of CPU on each side); with it, a job is one new
 session on a connection that is already up.
 
 A master serves a group of a host's slots (which, and when masters start,
-is the mux transport's policy: muxtransport.py).  Sockets live in the run's private directory
+is the mux transport's policy: transport/mux.py).  Sockets live in the run's private directory
 (privatedir.py) with short names, because unix socket paths are limited to
 about 100 bytes.  Masters write to a log file there, at LogLevel VERBOSE,
 never to clstr's pipes: a master lives on after the ssh that started it, and
@@ -26,12 +26,12 @@ import os
 import signal
 import time
 
-from .failures import classify_master, read_log_tail
+from ..failures import classify_master, read_log_tail
+from .interface import START_GRACE
 from .masterwatch import MasterWatch
 from .muxclient import AliveCheck, MuxAttempt
 from .muxsession import MuxSession
-from .ssh import LOGIN_SHELL_PROBE, login_shell_from_probe
-from .transport import START_GRACE
+from .wrapper import LOGIN_SHELL_PROBE, login_shell_from_probe
 
 # A master with no sessions for this long exits by itself: the safety net if
 # clstr is killed before it can stop its masters, short so that none outlives
@@ -309,7 +309,7 @@ class MasterSet:
 
 class _LoginShellProbe:
     """Asks the host, through its new ``master``, which login shell sshd
-    runs commands in (``ssh.LOGIN_SHELL_PROBE``), sets the master's
+    runs commands in (``wrapper.LOGIN_SHELL_PROBE``), sets the master's
     ``login_shell`` or ``login_shell_unknown``, then calls ``then()``.  A
     POSIX login shell runs the remote wrapper itself, saving every job an
     exec; any failure or odd answer, or none in ``timeout`` seconds, leaves

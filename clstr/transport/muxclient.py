@@ -45,7 +45,7 @@ Three things the protocol leaves to the client:
   HELLO, NEW_SESSION, ALIVE_CHECK, TERMINATE (the whole master),
   OPEN_FWD/CLOSE_FWD, NEW_STDIO_FWD, STOP_LISTENING and PROXY).  A job is
   stopped by closing the write end of its stdin pipe: the master forwards
-  the EOF and the remote wrapper's watcher stops the job (see ``ssh.py``).
+  the EOF and the remote wrapper's watcher stops the job (see ``transport/wrapper.py``).
   Dropping the control connection also ends the session (the master closes
   the channel), but takes the exit status and any unread output with it.
 """
@@ -57,9 +57,9 @@ import socket
 import struct
 import time
 
+from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
-from .limits import out_of_resources
-from .transport import StdinWriter
+from .interface import StdinWriter
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
