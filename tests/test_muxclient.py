@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from clstr.failures import MuxError
 from clstr.loop import EventLoop
 from clstr.transport import muxclient
 from clstr.transport.endreport import ReportReader
@@ -25,8 +26,6 @@ from clstr.transport.muxclient import (
     AliveCheck,
     MalformedMessage,
     MuxAttempt,
-    MuxError,
-    ProtocolMismatch,
     alive_check_packet,
     alive_reply_pid,
     hello_packet,
@@ -463,7 +462,7 @@ def test_a_master_speaking_otherwise_is_a_protocol_mismatch(loop, tmp_path, repl
         [outcome] = run_mux(loop, str(tmp_path / "s"), [b"echo hi"])
     finally:
         fake.close()
-    assert outcome.result[0] is ProtocolMismatch
+    assert outcome.result[0] is MuxError.PROTOCOL_MISMATCH
     assert not outcome.opened
     # No request goes to a master that did not say version 4.
     assert bytes(fake.received).startswith(hello_packet())
@@ -502,7 +501,7 @@ def test_a_master_that_closes_before_its_hello_is_unreachable(loop, tmp_path):
 
 
 @pytest.mark.parametrize("answer, result", [
-    (_packet(MUX_MSG_HELLO, 99), ProtocolMismatch),
+    (_packet(MUX_MSG_HELLO, 99), MuxError.PROTOCOL_MISMATCH),
     (b"", MuxError.CONNECT_FAILED),
 ], ids=["version-99", "no-hello"])
 def test_a_master_that_hangs_up_before_reading_our_hello_is_judged_by_its_answer(

@@ -10,6 +10,7 @@ from clstr.failures import (
     Failure,
     Kind,
     MasterKilled,
+    MuxError,
     classify,
     classify_allocation,
     classify_master,
@@ -27,7 +28,6 @@ from clstr.output.delivery import tag_lines
 from clstr.records import completed_in_joblog, joblog_line
 from clstr.scheduler import Scheduler
 from clstr.status import active_nodes_text, status_text
-from clstr.transport.muxclient import MuxError
 from clstr.transport.sshcommand import SshSettings
 from clstr.transport.wrapper import shell_quote
 

@@ -8,20 +8,20 @@ attempt reports to one ``AttemptHandler``; a transport with masters tells
 the run about them through ``RunEvents``.  The run never knows which kind
 ran an attempt.  Kinds, one module each:
 
-- ``sshtransport``: a local ``ssh`` process per attempt (``--no-multiplex``,
-  ``-E``, and hosts whose connection cannot be shared);
-- ``muxtransport``: clstr itself speaks OpenSSH's multiplexing protocol to a
-  host's ControlMaster, so an attempt costs no local process;
-- ``exectransport``: a local ``--exec`` process per attempt (srun, docker
-  exec, kubectl exec);
-- ``slurmtransport``: ``--slurm``, srun in the allocation clstr runs in.
+- ``ssh``: a local ``ssh`` process per attempt (``--no-multiplex``, ``-E``,
+  and hosts whose connection cannot be shared);
+- ``mux``: clstr itself speaks OpenSSH's multiplexing protocol to a host's
+  ControlMaster, so an attempt costs no local process;
+- ``exec``: a local ``--exec`` process per attempt (srun, docker exec,
+  kubectl exec);
+- ``slurm``: ``--slurm``, srun in the allocation clstr runs in.
 
 Every attempt gets its own stdin pipe whose write end only clstr holds.
-clstr writes on it only a command too big for a command line (transport/wrapper.py
+clstr writes on it only a command too big for a command line (wrapper.py
 ``stdin_payload``), through ``StdinWriter``, before the job starts; closing
-it is how clstr stops that attempt, whatever the
-transport: the remote wrapper takes EOF as "stop the job" (see transport/wrapper.py) and
-still reports how the job ended (endreport.py).  A transport that has not
+it is how clstr stops that attempt, whatever the transport: the remote
+wrapper takes EOF as "stop the job" (see wrapper.py) and still reports how
+the job ended (endreport.py).  A transport that has not
 ended ``stop_grace(started)`` seconds later (an ssh still connecting, a hung
 link) is sent SIGTERM, or its mux session dropped.
 """

@@ -20,10 +20,9 @@ at once.
 
 import collections
 
-from ..failures import cannot_start_ssh
+from ..failures import MuxError, cannot_start_ssh
 from ..limits import out_of_resources
 from .interface import NoSession, Transport
-from .muxclient import MuxError
 from .wrapper import stdin_payload, wrapped_command
 
 

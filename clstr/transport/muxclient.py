@@ -51,12 +51,12 @@ Three things the protocol leaves to the client:
 """
 
 import array
-import enum
 import os
 import socket
 import struct
 import time
 
+from ..failures import MuxError
 from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
 from .interface import StdinWriter
@@ -91,47 +91,7 @@ PIPE_EOF_GRACE = 2.0
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
 
-class MuxError(enum.Enum):
-    """Why a session through a master did not end with an exit status.  What
-    each means for the node:
 
-    - ``CONNECT_FAILED``: the master is not there (socket missing, refused:
-      a stale socket, not accepting), dropped us before its hello, or did
-      not say hello within the reply timeout (a stopped or hung master).
-      Nothing ran.  The master is gone or useless, not necessarily the node:
-      run the job another way (a new master, or ``ssh``'s own connection).
-    - ``SESSION_REFUSED``: the master answered MUX_S_FAILURE or
-      MUX_S_PERMISSION_DENIED; the detail is its reason.  Nothing ran.  With
-      9.2p1 the reasons are "Session open refused by peer" (sshd refused the
-      channel: MaxSessions reached on that connection, or sshd out of
-      resources): the connection is up and the node answers, so it is
-      transient, like a throttled connection: back off and retry, retire only
-      if it persists (MaxSessions 0 would make it permanent); "Permission
-      denied" (only with ControlMaster ask/autoask, never for clstr's own
-      masters); "did not receive file descriptors" / "Multiple sessions not
-      supported" (a bug on our side).
-    - ``CONNECTION_LOST``: the master closed the connection without an exit
-      status after the request was sent (the master died, or its connection
-      to the node dropped), or did not answer the request within the reply
-      timeout.  The job may have run in part: a connection
-      failure of the attempt, classified like ssh's "connection lost".
-    - ``PROTOCOL_MISMATCH``: the master speaks a version or sends a message
-      this module does not know, before the session opened.  Nothing ran (the
-      request is sent only to a master that said version 4).  Fall back to
-      the ssh client for this master, and say so once.
-    - ``ABANDONED``: ``MuxAttempt.stop`` gave up waiting and dropped the
-      session; only ever the result of the caller's own stop.
-    """
-
-    CONNECT_FAILED = "master unreachable"
-    SESSION_REFUSED = "session refused"
-    CONNECTION_LOST = "connection lost"
-    PROTOCOL_MISMATCH = "protocol mismatch"
-    ABANDONED = "abandoned"
-
-
-# The signal a caller looks for to fall back to the ssh client.
-ProtocolMismatch = MuxError.PROTOCOL_MISMATCH
 
 
 # -- wire format -------------------------------------------------------------

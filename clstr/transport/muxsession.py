@@ -16,9 +16,9 @@ names the kind from what the master said):
   master relays nothing) is not the job's timeout if the master was frozen.
 """
 
-from ..failures import classify_mux, job_exit
+from ..failures import MuxError, classify_mux, job_exit
 from .interface import Session
-from .muxclient import MuxAttempt, MuxError
+from .muxclient import MuxAttempt
 
 
 class MuxSession(Session):

@@ -35,9 +35,10 @@ from .endreport import RUN_TOKEN, report_printf
 # - HUP, INT or TERM sent to the wrapper's shell (a job's `kill 0`, or
 #   `kill $$`: $$ is that shell, as with a plain ssh) end it with 128+N once
 #   the job has ended, so there always is an exit status.
-# - Neither a process nor an exec is added to a job: the wrapper needs only
-#   sh builtins (the watcher and the job are forks of the shell sshd starts),
-#   which is what makes a job through a ControlMaster cheap.
+# - No exec is added to a job: the wrapper needs only sh builtins (the
+#   watcher and the job's subshell are forks of the shell sshd starts, two
+#   processes and no exec), which is what makes a job through a ControlMaster
+#   cheap.
 # The watcher's output goes to /dev/null: sshd keeps a session open while
 # anything holds its stdout or stderr.  No single quotes (the wrapper is
 # quoted as is), no names that zsh or bash reserve (status, _).
