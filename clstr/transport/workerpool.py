@@ -23,7 +23,7 @@ import itertools
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
 from .process import ProcessSession
-from .worker import STOP_FRAME, job_frame, worker_argv
+from .worker import ACK_FRAME, STOP_FRAME, job_frame, worker_argv
 
 
 class WorkerTransport(Transport):
@@ -148,6 +148,8 @@ class WorkerSession(Session):
         if all(reader.ended for reader in self._readers.values()):
             self._worker.job = None
             self._end(None, None)
+        else:
+            self._worker.process.send(ACK_FRAME)
 
     def lost(self, code, failure):
         """The worker ended under this job."""
