@@ -604,7 +604,8 @@ def dead_nodes(tools, results, reps, jobs_count):
 
 
 def slurm(tools, results, reps, jobs_count):
-    """clstr --slurm against xargs -P + srun, both as steps inside one
+    """clstr --slurm (a step per job, and --workers: a step per slot) against
+    xargs -P + srun, all as steps inside one
     salloc on a throwaway one-node Slurm (tests/slurm_cluster.py); only
     where Slurm is installed (make test-slurm installs it) and as root."""
     scenario = "%d `true` jobs through srun, 4 tasks" % jobs_count
@@ -624,6 +625,10 @@ def slurm(tools, results, reps, jobs_count):
         run_one(results, scenario, "clstr --slurm",
                 salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,
                 jobs_count, reference=True)
+        # A worker per slot: 4 steps, not one per job (tests/slurm counts them).
+        run_one(results, scenario, "clstr --slurm --workers",
+                salloc + [sys.executable, tools.pyz, "--slurm", "--workers", "-J", jobs], reps,
+                env, jobs_count)
         run_one(results, scenario, "xargs -P 4 + srun",
                 salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"], reps, env, jobs_count,
                 stdin_path=jobs)

@@ -205,6 +205,10 @@ def build_parser():
                        help="inside a Slurm allocation: nodes and their task slots from "
                        "$SLURM_JOB_NODELIST and $SLURM_TASKS_PER_NODE, jobs run as srun "
                        "steps (%s)" % _SRUN_SHOWN)
+    other.add_argument("--workers", action="store_true",
+                       help="start one long-lived worker per slot (under --slurm one srun "
+                       "step per slot, not per job) and send it the slot's jobs one at a "
+                       "time: a job costs a fork on its node; --exec and --slurm only")
     return parser
 
 
@@ -441,6 +445,8 @@ def make_plan(argv):
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
     exec_words = _transport(args)
+    if args.workers and not exec_words:
+        raise UsageError("--workers works with --slurm/--exec only for now")
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)
@@ -475,7 +481,7 @@ def make_plan(argv):
         tag=args.tag, group=args.group, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
         retry_nodes=args.retry_nodes, exec_words=exec_words,
-        slurm=bool(args.slurm and args.exec_template is None),
+        slurm=bool(args.slurm and args.exec_template is None), workers=args.workers,
         # Where output goes: paths, and the -A file resolved but untouched.
         stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,
         resume=args.resume, output_dir_path=args.output_dir,

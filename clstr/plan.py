@@ -45,6 +45,9 @@ class Plan:
     exec_words: tuple | None = None
     # --slurm itself (not an --exec template naming srun).
     slurm: bool = False
+    # --workers: a long-lived worker per slot runs the slot's jobs
+    # (transport/workerpool.py); --exec and --slurm only.
+    workers: bool = False
     # The outputs, as the user named them (None: clstr's own stdout, stderr;
     # no joblog, no output directory).
     stdout_path: str | None = None

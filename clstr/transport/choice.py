@@ -9,6 +9,7 @@ from .masters import MasterSet
 from .mux import MuxTransport
 from .slurm import SlurmTransport
 from .ssh import SshTransport
+from .workerpool import WorkerTransport
 
 
 def transport_for(plan, loop, private, pool, events, masters=None, shuffle=random.shuffle):
@@ -18,10 +19,12 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
     about its masters.  ``masters``: the masters' owner (None: a
     masters.MasterSet); ``shuffle(items)``: the order masters start in
     (--dry-run gives stand-ins for both)."""
-    if plan.slurm:
-        return SlurmTransport(plan.exec_words, loop, os.environ.get("SLURM_JOB_ID", ""))
     if plan.exec_words:
-        return ExecTransport(plan.exec_words, loop)
+        if plan.slurm:
+            base = SlurmTransport(plan.exec_words, loop, os.environ.get("SLURM_JOB_ID", ""))
+        else:
+            base = ExecTransport(plan.exec_words, loop)
+        return WorkerTransport(base, loop) if plan.workers else base
     direct = SshTransport(plan.ssh, loop, private)
     if not plan.multiplex:
         return direct

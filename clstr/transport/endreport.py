@@ -51,6 +51,7 @@ class ReportReader:
     transport's words about a job that has already ended)."""
 
     def __init__(self, token=RUN_TOKEN, before_start="pass", after_end="pass"):
+        self.token = token
         self.mark = b"\x1eclstr-" + token.encode() + b":"
         self.started = False
         self.status = None

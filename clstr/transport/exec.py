@@ -102,7 +102,11 @@ class ExecTransport(Transport):
                               stdin_data=stdin_payload(attempt.job.command))
 
     def describe(self, job, slot):
-        return exec_argv(self._words, slot.host.name, wrapper_words(job.command))
+        return self.argv_on(slot, wrapper_words(job.command))
+
+    def argv_on(self, slot, words):
+        """The template's argv for ``slot``'s node, running ``words``."""
+        return exec_argv(self._words, slot.host.name, words)
 
     def classify_end(self, reports, code, stderr_tail, done):
         """Calls ``done(failure)`` with the failure of the attempt whose

@@ -84,6 +84,12 @@ class StdinWriter:
         if not self._rest:
             self.cancel()
 
+    def take_rest(self):
+        """Stop writing; returns what was not written yet."""
+        rest = bytes(self._rest or b"")
+        self.cancel()
+        return rest
+
     def cancel(self):
         if self._fd is not None:
             self._loop.remove_writer(self._fd)
@@ -101,7 +107,10 @@ class StdinPipe:
         self._writer = None
 
     def send(self, loop, data):
-        """Write ``data`` to the job's stdin from ``loop`` (``StdinWriter``)."""
+        """Write ``data`` to the job's stdin from ``loop`` (``StdinWriter``),
+        after what an earlier ``send`` has not written yet."""
+        if self._writer is not None:
+            data = self._writer.take_rest() + data
         self._writer = StdinWriter(loop, self.write_end, data)
 
     def handed_over(self):

@@ -63,6 +63,12 @@ class ProcessSession(Session):
             self._handler.output(2, rest)
         self._classify(code, self._stderr_tail, lambda failure: self._handler.ended(code, failure))
 
+    def send(self, data):
+        """Write ``data`` on the transport's stdin, after what was sent
+        before (a worker's frames, transport/worker.py)."""
+        if not self._stdin.closed:
+            self._stdin.send(self._loop, data)
+
     def stop(self, grace):
         """Close stdin (the wrapper stops the job and reports); the
         transport is sent TERM after ``grace`` seconds if it has not ended,

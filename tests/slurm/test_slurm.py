@@ -136,6 +136,55 @@ def test_slurm_inside_salloc_runs_every_job_exactly_once(slurm, tmp_path):
     assert_every_job_ran_once(result, JOBS)
 
 
+# --- --workers: a worker per slot, one step each ------------------------------
+
+def marker_jobs(tmp_path, count):
+    """Jobs that each append their step (job.step) to a file named after
+    their number."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    path = tmp_path / "jobs"
+    path.write_text("".join("echo $SLURM_JOB_ID.$SLURM_STEP_ID >> %s/%d\n" % (markers, n)
+                            for n in range(count)))
+    return str(path), markers
+
+
+def test_workers_run_every_job_exactly_once_in_one_step_per_slot(slurm, tmp_path):
+    jobs, markers = marker_jobs(tmp_path, JOBS)
+    result = run_clstr(slurm, ["--slurm", "--workers", "-J", jobs], allocation=EVERY_SLOT)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    steps = {}
+    for n in range(JOBS):
+        lines = (markers / str(n)).read_text().split()
+        assert len(lines) == 1, (n, lines)
+        steps[lines[0]] = steps.get(lines[0], 0) + 1
+    # 200 jobs, 8 slots: at most a step per slot, not one per job.
+    assert len(steps) <= SLOTS * len(NODES), steps
+
+
+def test_workers_keep_a_jobs_cd_and_export_from_the_next(slurm):
+    result = run_clstr(slurm, ["--slurm", "--workers", "-j", "cd /; export LEAK=1; ulimit -n 64",
+                               "-j", "echo ${LEAK-unset} $(pwd) $(ulimit -n)"],
+                       allocation=["-N1", "-n1", "-w", NODE])
+    assert result.returncode == 0, result.stderr
+    leak, cwd, files = result.stdout.decode().split()
+    assert (leak, cwd) == ("unset", REPO) and files != "64"
+
+
+def test_workers_timeout_stops_one_job_and_the_worker_runs_the_next(slurm, tmp_path):
+    joblog = str(tmp_path / "joblog")
+    result = run_clstr(slurm, ["--slurm", "--workers", "--timeout", "3", "--joblog", joblog,
+                               "-j", "echo $SLURM_STEP_ID", "-j", "sleep 300",
+                               "-j", "echo $SLURM_STEP_ID"],
+                       allocation=["-N1", "-n1", "-w", NODE])
+    assert result.returncode == 1, result.stderr
+    rows = {int(row[0]): row for row in joblog_rows(joblog)}
+    assert [(rows[n][6], rows[n][7]) for n in (1, 2, 3)] == [
+        (b"0", b"0"), (b"143", b"15"), (b"0", b"0")], result.stderr
+    before, after = result.stdout.decode().split()
+    assert before == after  # the same worker's step
+
+
 def test_slurm_outside_an_allocation_is_one_line_and_exit_2(slurm):
     result = run_clstr(slurm, ["--slurm", "-j", "true"])
     assert result.returncode == 2
@@ -204,8 +253,8 @@ def fault_run(slurm, tmp_path):
     cluster (every slurmd running, every node idle) for the next test."""
     runs = []
 
-    def start(seconds, allocation_options=()):
-        runs.append(FaultRun(slurm, tmp_path, seconds, allocation_options))
+    def start(seconds, allocation_options=(), options=()):
+        runs.append(FaultRun(slurm, tmp_path, seconds, allocation_options, options))
         return runs[-1]
     try:
         yield start
@@ -219,7 +268,7 @@ def fault_run(slurm, tmp_path):
 class FaultRun:
     """clstr --slurm with FAULT_JOBS marker-leaving jobs, in the background."""
 
-    def __init__(self, cluster, directory, seconds, allocation_options=()):
+    def __init__(self, cluster, directory, seconds, allocation_options=(), options=()):
         self.seconds = seconds
         self.directory = str(directory)
         self.token = "run%d-%s" % (os.getpid(), os.urandom(4).hex())
@@ -230,7 +279,7 @@ class FaultRun:
                 out.write("echo $SLURMD_NODENAME >> %s; sleep %g; echo $SLURMD_NODENAME >> %s\n"
                           % (self._marker(n, "start"), seconds, self._marker(n, "done")))
         argv = (["salloc", "--quiet"] + EVERY_SLOT + list(allocation_options)
-                + clstr_argv("--slurm", "-vv", "--joblog", self.joblog, "-J", jobs))
+                + clstr_argv("--slurm", "-vv", "--joblog", self.joblog, "-J", jobs, *options))
         # A session of its own: kill() reaches salloc, clstr and their sruns.
         self.process = subprocess.Popen(argv, cwd=REPO, env=cluster.env(),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -320,17 +369,22 @@ class FaultRun:
             lost, self.stderr)
 
 
-def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run):
+@pytest.mark.parametrize("options", [(), ("--workers",)], ids=["per-job", "workers"])
+def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run, options):
     # The node's slurmd dies; its running steps go on and end as usual, new
     # steps there cannot launch.  --no-kill: the allocation outlives the node
     # (test_a_crash_that_revokes_the_allocation_stops_the_run is the other way).
-    run = fault_run(1, ["--no-kill"])
+    run = fault_run(1, ["--no-kill"], options)
     run.wait_mid_run(VICTIM)
     slurm.kill_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
     retired = run.retired()
     assert retired <= {VICTIM}, run.stderr
+    if options:
+        # The node's workers are steps that were already running: they
+        # carry on, and need no new step there.
+        return
     # A step that has not started on n2 by the start deadline is throttled
     # under --slurm (a pending step is no dead node): n2 backs off, and is
     # retired only if srun itself gives up first, or it stays throttled.
@@ -353,12 +407,13 @@ def test_a_stopped_slurmd_sets_back_its_node_only(slurm, fault_run):
     assert retired == {VICTIM} or "on %s: throttled" % VICTIM in run.stderr, run.stderr
 
 
-def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run):
+@pytest.mark.parametrize("options", [(), ("--workers",)], ids=["per-job", "workers"])
+def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run, options):
     # The node dies with its jobs.  Their sruns end when Slurm declares the
     # node down ("Node failure on n2", exit 0): those jobs must run again
     # elsewhere, and the allocation (--no-kill) goes on without the node.
     # 3 s jobs: the crash must find n2's jobs still running on a loaded box.
-    run = fault_run(3, ["--no-kill"])
+    run = fault_run(3, ["--no-kill"], options)
     run.wait_mid_run(VICTIM)
     lost = run.running_on(VICTIM)
     slurm.crash(VICTIM)

@@ -1,0 +1,185 @@
+"""``--workers``: a worker per slot (transport/worker.py), each job an attempt
+riding on its slot's worker.
+
+A slot's worker is started through the run's transport (one srun step per
+slot under ``--slurm``, one ``--exec`` process per slot) when the slot first
+gets a job, and kept until the run ends.  A job's attempt is a frame sent to
+it; the attempt's output is what the worker writes between the job's start
+and end reports, on each stream, and its verdict comes from the same
+reports as in per-job mode (failures.judge).  Since a slot runs one job at
+a time and its attempt ends only at both end reports, clstr sends the next
+frame only after them.
+
+A worker that dies or is lost ends its running job as that transport's
+process would have ended (``classify_end``: started without an end report
+is a lost connection, requeued); the slot's next job starts a new worker.
+A job that does not end within its stop grace after a stop frame leaves
+the worker untrusted: its stdin is closed and it is signalled, as a
+per-job process would be.
+"""
+
+import itertools
+
+from .endreport import RUN_TOKEN, ReportReader
+from .interface import AttemptHandler, Session, Transport
+from .process import ProcessSession
+from .worker import ACK_FRAME, STOP_FRAME, job_frame, worker_argv
+
+
+class WorkerTransport(Transport):
+    """Attempts through a worker per slot, started through ``base`` (an
+    ExecTransport: its ``argv_on`` and ``classify_end``) under ``loop``."""
+
+    def __init__(self, base, loop):
+        self._base = base
+        self._loop = loop
+        self._workers = {}  # slot -> its Worker
+        self._attempt_numbers = itertools.count(1)
+
+    def report_reader(self):
+        # Each attempt's reports carry a token of their own, and what the
+        # worker's transport says outside a job is not the job's.
+        token = "%s-%d" % (RUN_TOKEN, next(self._attempt_numbers))
+        return ReportReader(token, before_start="drop", after_end="drop")
+
+    def open(self, attempt, handler):
+        slot = attempt.slot
+        worker = self._workers.get(slot)
+        if worker is None:
+            worker = Worker(self._loop, self.describe(attempt.job, slot), self._base.classify_end,
+                            lambda gone: self._gone(slot, gone))
+            self._workers[slot] = worker
+        return worker.run(attempt, handler)
+
+    def _gone(self, slot, worker):
+        if self._workers.get(slot) is worker:
+            del self._workers[slot]
+
+    def describe(self, job, slot):
+        """The worker's argv on ``slot`` (each job is a frame on its stdin)."""
+        return self._base.argv_on(slot, worker_argv())
+
+    def shutdown(self):
+        # EOF: an idle worker exits, a running job is stopped by its watcher.
+        for worker in list(self._workers.values()):
+            worker.close()
+        self._workers.clear()
+
+
+class _AsIs:
+    """The worker's stderr as it comes: each job's reports are read by its
+    own session."""
+
+    @staticmethod
+    def feed(data):
+        return data
+
+    @staticmethod
+    def close():
+        return b""
+
+
+class Worker(AttemptHandler):
+    """One worker process running ``argv`` under ``loop``, carrying one job
+    at a time (``run``).  Its process's end is named by
+    ``classify_end(reports, code, stderr_tail, done)`` for the job it
+    carried; ``gone(worker)`` is told that it has ended."""
+
+    def __init__(self, loop, argv, classify_end, gone):
+        self.loop = loop
+        self._classify_end = classify_end
+        self._gone = gone
+        self.job = None  # the running WorkerSession
+        # Signalled as a whole process group, as an --exec process is.
+        self.process = ProcessSession(loop, argv, self, self._classify, _AsIs(), group=True)
+
+    def run(self, attempt, handler):
+        """Send ``attempt``'s job; returns its Session."""
+        assert self.job is None, "a worker runs one job at a time"
+        self.job = WorkerSession(self, attempt.reports, handler)
+        # Reading may have been paused under the previous job.
+        self.process.resume()
+        self.process.send(job_frame(attempt.reports.token, attempt.job.command))
+        return self.job
+
+    def close(self):
+        self.process.stop(0)
+
+    # -- what the worker's process says (it is its AttemptHandler) ------------
+
+    def output(self, stream, data):
+        if self.job is not None:
+            self.job.output(stream, data)
+
+    def _classify(self, code, stderr_tail, done):
+        if self.job is None:
+            done(None)
+        else:
+            self._classify_end(self.job.reports, code, stderr_tail, done)
+
+    def ended(self, code, failure):
+        self._gone(self)
+        job, self.job = self.job, None
+        if job is not None:
+            job.lost(code, failure)
+
+    def unstarted(self, error):
+        raise AssertionError("a process session is never unstarted")
+
+
+class WorkerSession(Session):
+    """One job on a worker, reporting to ``handler``; ``reports`` (the
+    attempt's ReportReader) reads its stderr, a reader of the same token its
+    stdout.  It ends at both end reports, or with its worker."""
+
+    def __init__(self, worker, reports, handler):
+        self._worker = worker
+        self._handler = handler
+        self.reports = reports
+        self._readers = {1: ReportReader(reports.token, before_start="drop", after_end="drop"),
+                         2: reports}
+        self._grace = None
+        self._over = False
+
+    def output(self, stream, data):
+        data = self._readers[stream].feed(data)
+        if data:
+            self._handler.output(stream, data)
+        if all(reader.ended for reader in self._readers.values()):
+            self._worker.job = None
+            self._end(None, None)
+        else:
+            self._worker.process.send(ACK_FRAME)
+
+    def lost(self, code, failure):
+        """The worker ended under this job."""
+        for stream, reader in self._readers.items():
+            rest = reader.close()
+            if rest:
+                self._handler.output(stream, rest)
+        self._end(code, failure)
+
+    def _end(self, code, failure):
+        if self._grace is not None:
+            self._grace.cancel()
+        self._over = True
+        self._handler.ended(code, failure)
+
+    def stop(self, grace):
+        """Ask the worker to stop the job; a worker that has not ended it
+        ``grace`` seconds later is stopped itself (its stdin closed, then
+        signals)."""
+        if self._over or self._grace is not None:
+            return
+        self._worker.process.send(STOP_FRAME)
+        self._grace = self._worker.loop.call_later(grace,
+                                                   lambda: self._worker.process.stop(grace))
+
+    def kill(self):
+        self._worker.process.kill()
+
+    def pause(self):
+        self._worker.process.pause()
+
+    def resume(self):
+        self._worker.process.resume()

@@ -1,0 +1,131 @@
+"""The worker (transport/worker.py) run locally under dash and bash, fed its
+frames as clstr feeds them (the next only after the last one's end
+reports), and the framing itself.  The same worker over the real Slurm is
+in tests/slurm/test_slurm.py."""
+
+import os
+import select
+import shutil
+import subprocess
+
+import pytest
+
+from clstr.transport.endreport import ReportReader
+from clstr.transport.worker import STOP_FRAME, job_frame, worker_argv
+from clstr_run import wait_until
+
+SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
+
+
+class LocalWorker:
+    """The worker under ``shell``, its stdout and stderr read per job."""
+
+    def __init__(self, shell, cwd):
+        argv = [os.fsdecode(word) for word in worker_argv()]
+        argv[0] = shell
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, cwd=cwd,
+                                        env=dict(os.environ, SHELL=shutil.which(shell)))
+        self.count = 0
+
+    def send(self, data):
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def start(self, command):
+        """Send ``command``; returns its token."""
+        self.count += 1
+        token = "t%d-%d" % (os.getpid(), self.count)
+        self.send(job_frame(token, command))
+        return token
+
+    def finish(self, token):
+        """Read until both end reports of ``token``: (status, stdout, stderr)."""
+        out = {}
+        for stream in (self.process.stdout, self.process.stderr):
+            reader = ReportReader(token, before_start="drop", after_end="drop")
+            data = b""
+            while not reader.ended:
+                # A worker that stopped answering fails the test, never hangs it.
+                ready, _, _ = select.select([stream], [], [], 30)
+                assert ready, "no end report from the worker within 30 s"
+                chunk = os.read(stream.fileno(), 65536)
+                assert chunk, "the worker ended before the job's end report"
+                data += reader.feed(chunk)
+            out[stream] = (reader.status, data)
+        assert out[self.process.stdout][0] == out[self.process.stderr][0]
+        return out[self.process.stdout][0], out[self.process.stdout][1], out[self.process.stderr][1]
+
+    def run(self, command):
+        return self.finish(self.start(command))
+
+    def close(self):
+        """Close its stdin: (its exit status, what it wrote on stdout since)."""
+        self.process.stdin.close()
+        code = self.process.wait(timeout=30)
+        rest = self.process.stdout.read()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code, rest
+
+
+@pytest.fixture(params=SHELLS)
+def worker(request, tmp_path):
+    started = LocalWorker(request.param, str(tmp_path))
+    yield started
+    if started.process.poll() is None:
+        started.process.kill()
+        started.process.wait()
+
+
+def test_a_frame_is_one_line_whatever_the_command_holds():
+    command = b"echo 'a'\n\"b\" $c \\\r\n\n"
+    frame = job_frame("tok-1", command)
+    assert frame.count(b"\n") == 1 and frame.endswith(b"\n")
+
+
+def test_the_command_arrives_byte_for_byte(worker):
+    command = b"printf '%s|' \"it's\" '\"q\"' '$x' 'a\\b'\nprintf '%s' \"two\nlines\""
+    status, out, err = worker.run(command)
+    assert (status, out, err) == (0, b"it's|\"q\"|$x|a\\b|two\nlines", b"")
+
+
+def test_a_frame_cut_short_never_runs(worker, tmp_path):
+    marker = tmp_path / "ran"
+    assert worker.run(b"echo first") == (0, b"first\n", b"")
+    # The worker's stdin ends in the middle of a frame: no newline, no job.
+    worker.send(job_frame("cut", b"touch %s" % os.fsencode(marker))[:-1])
+    code, said = worker.close()
+    assert (code, said) == (0, b"")
+    assert not marker.exists()
+
+
+def test_a_jobs_cd_export_and_ulimit_do_not_reach_the_next_job(worker, tmp_path):
+    (tmp_path / "sub").mkdir()
+    assert worker.run(b"cd sub; export LEAK=1; ulimit -n 64; umask 077")[0] == 0
+    status, out, _ = worker.run(b'echo "${LEAK-unset}"; pwd; ulimit -n; umask')
+    assert status == 0
+    leak, cwd, files, umask = out.decode().split()
+    assert (leak, cwd) == ("unset", str(tmp_path))
+    assert files != "64" and umask != "0077"
+
+
+def test_a_job_reading_stdin_cannot_take_the_next_frame(worker):
+    assert worker.run(b"cat; echo read-nothing") == (0, b"read-nothing\n", b"")
+    assert worker.run(b"echo next") == (0, b"next\n", b"")
+
+
+def test_a_stop_frame_stops_the_jobs_group_and_the_worker_runs_on(worker, tmp_path):
+    started = tmp_path / "started"
+    token = worker.start(b"touch %s; sleep 300 & sleep 301" % os.fsencode(started))
+    wait_until(started.exists, what="the job to start")
+    worker.send(STOP_FRAME)
+    status, _, _ = worker.finish(token)
+    assert status == 143
+    assert worker.run(b"echo after") == (0, b"after\n", b"")
+
+
+def test_a_stop_frame_after_its_job_ended_is_ignored(worker):
+    assert worker.run(b"true")[0] == 0
+    worker.send(STOP_FRAME + b"\n" + b"garbage\n")
+    assert worker.run(b"echo still") == (0, b"still\n", b"")
