@@ -115,6 +115,13 @@ def test_a_job_reading_stdin_cannot_take_the_next_frame(worker):
     assert worker.run(b"echo next") == (0, b"next\n", b"")
 
 
+def test_a_job_holds_none_of_the_workers_fds(worker):
+    # fd 3 carries the frames: a job (or an ssh it runs) holding it could
+    # read the next job's frame or keep the pipe open past clstr's EOF.
+    probe = b"if { true <&3; } 2>/dev/null; then echo has-fd-3; else echo no-fd-3; fi"
+    assert worker.run(probe) == (0, b"no-fd-3\n", b"")
+
+
 def test_a_stop_frame_stops_the_jobs_group_and_the_worker_runs_on(worker, tmp_path):
     started = tmp_path / "started"
     token = worker.start(b"touch %s; sleep 300 & sleep 301" % os.fsencode(started))
