@@ -46,7 +46,7 @@ class Plan:
     # --slurm itself (not an --exec template naming srun).
     slurm: bool = False
     # --workers: a long-lived worker per slot runs the slot's jobs
-    # (transport/workerpool.py); --exec and --slurm only.
+    # (transport/workerpool.py); over ssh an ssh login per slot (no master).
     workers: bool = False
     # The outputs, as the user named them (None: clstr's own stdout, stderr;
     # no joblog, no output directory).

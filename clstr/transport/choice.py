@@ -26,6 +26,9 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
             base = ExecTransport(plan.exec_words, loop)
         return WorkerTransport(base, loop) if plan.workers else base
     direct = SshTransport(plan.ssh, loop, private)
+    if plan.workers:
+        # An ssh login per slot: no worker goes through a master yet.
+        return WorkerTransport(direct, loop)
     if not plan.multiplex:
         return direct
     if masters is None:

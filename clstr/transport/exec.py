@@ -104,6 +104,15 @@ class ExecTransport(Transport):
     def describe(self, job, slot):
         return self.argv_on(slot, wrapper_words(job.command))
 
+    def worker_process(self, slot, words, handler, classify_end):
+        """A worker's process (workerpool.Worker): ``words`` run on
+        ``slot``'s node, reporting to ``handler``, its end named by
+        ``classify_end(code, stderr_tail, done)``; its stderr as it comes
+        (each job's session reads its own reports)."""
+        # Signalled as a whole process group, as an attempt's process is.
+        return ProcessSession(self._loop, self.argv_on(slot, words), handler, classify_end,
+                              None, group=True)
+
     def argv_on(self, slot, words):
         """The template's argv for ``slot``'s node, running ``words``."""
         return exec_argv(self._words, slot.host.name, words)

@@ -22,7 +22,8 @@ class ProcessSession(Session):
     names how the transport ended (None: success) and calls ``done(failure)``
     with it, at once or later (Slurm asks the controller first).  Stderr
     passes through ``reports`` (endreport.ReportReader), which takes the
-    wrapper's reports out of it.  ``stdin_data``: what to write on the
+    wrapper's reports out of it (None: stderr as it comes, for a worker,
+    whose jobs' sessions read their own reports).  ``stdin_data``: what to write on the
     transport's stdin first (a big job's command), or None."""
 
     def __init__(self, loop, argv, handler, classify_end, reports, group=False,
@@ -50,7 +51,8 @@ class ProcessSession(Session):
     def _output(self, stream, data):
         if stream == 2:
             self._stderr_tail = (self._stderr_tail + data)[-TAIL_BYTES:]
-            data = self._reports.feed(data)
+            if self._reports is not None:
+                data = self._reports.feed(data)
         if data:
             self._handler.output(stream, data)
 
@@ -58,7 +60,7 @@ class ProcessSession(Session):
         if self._grace is not None:
             self._grace.cancel()
         self._stdin.close()
-        rest = self._reports.close()
+        rest = self._reports.close() if self._reports is not None else b""
         if rest:
             self._handler.output(2, rest)
         self._classify(code, self._stderr_tail, lambda failure: self._handler.ended(code, failure))

@@ -14,7 +14,7 @@ import os
 from ..failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
 from .interface import AttemptHandler, Session, Transport
 from .process import ProcessSession
-from .wrapper import stdin_payload
+from .wrapper import login_shell_command, stdin_payload
 
 
 class SshTransport(Transport):
@@ -42,6 +42,27 @@ class SshTransport(Transport):
 
     def describe(self, job, slot, control_path=None):
         return self._argv(job, slot, control_path, self._private.new_path("attempt-", ".log"))
+
+    def worker_process(self, slot, words, handler, classify_end=None):
+        """A worker's ssh (workerpool.Worker, ``--workers``): ``words`` run
+        on ``slot``'s node through the login shell, reporting to
+        ``handler``.  Its end is named from its log as an attempt's ssh's
+        is (failures.classify): a refused node is ssh's refusal, a worker
+        lost under a job a lost connection.  ``classify_end``, an exec
+        transport's way, is not needed: ssh's log is the evidence."""
+        log_path = self._private.new_path("worker-", ".log")
+        return _SshSession(self._loop, self._worker_argv(slot, words, log_path), handler, None,
+                           None, log_path, None, self._refuse_log_file)
+
+    def argv_on(self, slot, words):
+        """The argv of a worker running ``words`` on ``slot``'s node
+        (--dry-run)."""
+        return self._worker_argv(slot, words, self._private.new_path("worker-", ".log"))
+
+    def _worker_argv(self, slot, words, log_path):
+        # One word each for the login shell, as the per-job wrapper's.
+        return self._ssh.remote_argv(slot.host.name, login_shell_command(words),
+                                     log_path=log_path)
 
     def _argv(self, job, slot, control_path, log_path):
         return self._ssh.argv(slot.host.name, job.command, control_path, log_path)
@@ -131,6 +152,14 @@ class _SshSession(Session, AttemptHandler):
         if self._held:
             self._handler.output(2, self._held)
         self._handler.ended(code, failure)
+
+    def send(self, data):
+        """Write ``data`` on ssh's stdin (a worker's frames).  Until the log
+        exists it is kept too: an ssh that refuses -E is started again,
+        and given it again."""
+        if not self._logging:
+            self._stdin_data = (self._stdin_data or b"") + data
+        self._current.send(data)
 
     def stop(self, grace):
         self._stopped = True

@@ -59,6 +59,11 @@ class SshSettings:
         connection ended ("Timeout, server not responding"), only fills that
         file: clstr never adds to the job's output what the user's LogLevel
         hides ("Warning: Permanently added ..." under LogLevel ERROR)."""
+        return self.remote_argv(host, wrapped_command(command), control_path, log_path)
+
+    def remote_argv(self, host, remote, control_path=None, log_path=None):
+        """As ``argv``, but running ``remote`` (bytes), a command line for
+        the login shell, as it is (a worker: wrapper.login_shell_command)."""
         options, extra_args = [], []
         if control_path:
             options = ["ControlMaster=no", "ControlPath=" + control_path]
@@ -66,7 +71,7 @@ class SshSettings:
             options.append("LogLevel=INFO")
             # After the --ssh-command words: ssh takes the last -E given.
             extra_args = ["-E", log_path]
-        return self._argv(host, options, extra_args, remote=wrapped_command(command))
+        return self._argv(host, options, extra_args, remote=remote)
 
     def master_argv(self, host, control_path, idle_exit):
         """The argv starting a ControlMaster for ``host``.  With ControlPersist

@@ -68,7 +68,9 @@ def worker_script():
     stdin ends."""
     run = "$clstr_setsid \"${SHELL:-sh}\" -c \"$2\" 3<&- & "
     return (
-        "nl=\"\n\"; exec 3<&0 </dev/null; "
+        # No newline in the text itself: through ssh it is one word for the
+        # login shell, and csh refuses a newline inside quotes.
+        "nl=$(printf \"\\nx\"); nl=${nl%x}; exec 3<&0 </dev/null; "
         "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
         "clstr_job() { " + _report("s", "\"$1\"") + run + "job=$!; "
         "{ while IFS= read -r line; do [ \"$line\" = k ] && break; done; "

@@ -2,17 +2,19 @@
 riding on its slot's worker.
 
 A slot's worker is started through the run's transport (one srun step per
-slot under ``--slurm``, one ``--exec`` process per slot) when the slot first
-gets a job, and kept until the run ends.  A job's attempt is a frame sent to
-it; the attempt's output is what the worker writes between the job's start
-and end reports, on each stream, and its verdict comes from the same
-reports as in per-job mode (failures.judge).  Since a slot runs one job at
+slot under ``--slurm``, one ``--exec`` process per slot, one ssh login per
+slot over ssh) when the slot first gets a job, and kept until the run ends.
+A job's attempt is a frame sent to it; the attempt's output is what the
+worker writes between the job's start and end reports, on each stream, and
+its verdict comes from the same reports as in per-job mode
+(failures.judge).  Since a slot runs one job at
 a time and its attempt ends only at both end reports, clstr sends the next
 frame only after them.
 
 A worker that dies or is lost ends its running job as that transport's
-process would have ended (``classify_end``: started without an end report
-is a lost connection, requeued); the slot's next job starts a new worker.
+process would have ended (its ``classify_end``, or ssh's log: started
+without an end report is a lost connection, requeued); the slot's next job
+starts a new worker.
 A job that does not end within its stop grace after a stop frame leaves
 the worker untrusted: its stdin is closed and it is signalled, as a
 per-job process would be.
@@ -22,13 +24,13 @@ import itertools
 
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
-from .process import ProcessSession
 from .worker import ACK_FRAME, STOP_FRAME, job_frame, worker_argv
 
 
 class WorkerTransport(Transport):
     """Attempts through a worker per slot, started through ``base`` (an
-    ExecTransport: its ``argv_on`` and ``classify_end``) under ``loop``."""
+    ExecTransport or SshTransport: its ``argv_on`` and ``worker_process``)
+    under ``loop``."""
 
     def __init__(self, base, loop):
         self._base = base
@@ -46,8 +48,7 @@ class WorkerTransport(Transport):
         slot = attempt.slot
         worker = self._workers.get(slot)
         if worker is None:
-            worker = Worker(self._loop, self.describe(attempt.job, slot), self._base.classify_end,
-                            lambda gone: self._gone(slot, gone))
+            worker = Worker(self._loop, self._base, slot, lambda gone: self._gone(slot, gone))
             self._workers[slot] = worker
         return worker.run(attempt, handler)
 
@@ -66,32 +67,18 @@ class WorkerTransport(Transport):
         self._workers.clear()
 
 
-class _AsIs:
-    """The worker's stderr as it comes: each job's reports are read by its
-    own session."""
-
-    @staticmethod
-    def feed(data):
-        return data
-
-    @staticmethod
-    def close():
-        return b""
-
-
 class Worker(AttemptHandler):
-    """One worker process running ``argv`` under ``loop``, carrying one job
-    at a time (``run``).  Its process's end is named by
-    ``classify_end(reports, code, stderr_tail, done)`` for the job it
-    carried; ``gone(worker)`` is told that it has ended."""
+    """One worker on ``slot``, started by ``base.worker_process`` under
+    ``loop``, carrying one job at a time (``run``).  Its process's end is
+    named for the job it carried (``classify``); ``gone(worker)`` is told
+    that it has ended."""
 
-    def __init__(self, loop, argv, classify_end, gone):
+    def __init__(self, loop, base, slot, gone):
         self.loop = loop
-        self._classify_end = classify_end
+        self._base = base
         self._gone = gone
         self.job = None  # the running WorkerSession
-        # Signalled as a whole process group, as an --exec process is.
-        self.process = ProcessSession(loop, argv, self, self._classify, _AsIs(), group=True)
+        self.process = base.worker_process(slot, worker_argv(), self, self._classify)
 
     def run(self, attempt, handler):
         """Send ``attempt``'s job; returns its Session."""
@@ -112,10 +99,12 @@ class Worker(AttemptHandler):
             self.job.output(stream, data)
 
     def _classify(self, code, stderr_tail, done):
+        """As a ProcessSession's ``classify_end``: the transport's
+        ``classify_end`` for the running job (no job: nothing failed)."""
         if self.job is None:
             done(None)
         else:
-            self._classify_end(self.job.reports, code, stderr_tail, done)
+            self._base.classify_end(self.job.reports, code, stderr_tail, done)
 
     def ended(self, code, failure):
         self._gone(self)

@@ -190,6 +190,14 @@ def wrapper_argv(command, token=RUN_TOKEN):
     return [b"sh", b"-c", exec_wrapper(token).encode(), b"clstr-job", command]
 
 
+def login_shell_command(words):
+    """The command line (bytes) for sshd to hand the login shell, running
+    ``words`` (bytes, e.g. worker.worker_argv) as argv: each word quoted,
+    as the non-POSIX form of ``wrapped_command`` quotes its wrapper, so
+    every login shell passes them on untouched."""
+    return b"exec " + b" ".join(shell_quote(word) for word in words)
+
+
 def is_posix_login_shell(name):
     """Whether the login shell ``name`` (a path or sshd's argv[0]) runs the
     wrapper itself."""
