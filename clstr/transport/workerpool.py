@@ -92,6 +92,14 @@ class Worker(AttemptHandler):
     def close(self):
         self.process.stop(0)
 
+    def untrusted(self, grace):
+        """Its job outlived a stop frame's grace: stopped as a per-job
+        process is (stdin closed, then signals ``grace`` later).  Out of
+        the pool at once: with its stdin closed, a job sent to it would
+        never run, even if the stopped job still ends with its report."""
+        self._gone(self)
+        self.process.stop(grace)
+
     # -- what the worker's process says (it is its AttemptHandler) ------------
 
     def output(self, stream, data):
@@ -161,8 +169,7 @@ class WorkerSession(Session):
         if self._over or self._grace is not None:
             return
         self._worker.process.send(STOP_FRAME)
-        self._grace = self._worker.loop.call_later(grace,
-                                                   lambda: self._worker.process.stop(grace))
+        self._grace = self._worker.loop.call_later(grace, lambda: self._worker.untrusted(grace))
 
     def kill(self):
         self._worker.process.kill()
