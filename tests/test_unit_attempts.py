@@ -9,25 +9,18 @@ from clstr.loop import EventLoop
 from clstr.nodes import NodePool
 from clstr.plan import Plan
 from clstr.transport.endreport import RUN_TOKEN, ReportReader
-from clstr.transport.interface import Session
+from clstr.transport.interface import NoSession
 from clstr.transport.sshcommand import SshSettings
 
 
-class StoppableSession(Session):
+class StoppableSession(NoSession):
+    """Records each stop it is asked for."""
+
     def __init__(self):
         self.stops = []
 
     def stop(self, grace):
         self.stops.append(grace)
-
-    def kill(self):
-        pass
-
-    def pause(self):
-        pass
-
-    def resume(self):
-        pass
 
 
 class OneSessionTransport:
