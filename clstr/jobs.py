@@ -20,7 +20,8 @@ import io
 import os
 import stat
 
-READ_SIZE = 65536
+# Bytes read from a job source at a time.
+JOB_INPUT_READ_SIZE = 65536
 # Checking a regular file for NUL bytes before the run reads it this much at
 # a time.
 SCAN_SIZE = 1 << 20
@@ -168,8 +169,8 @@ class _FileSource:
 
     def _read(self):
         if self._whole is not None:
-            return self._whole.read(READ_SIZE)
-        return os.read(self.fd, READ_SIZE)
+            return self._whole.read(JOB_INPUT_READ_SIZE)
+        return os.read(self.fd, JOB_INPUT_READ_SIZE)
 
     def read_block(self):
         """Read once; return (line number, command) for each command
@@ -178,7 +179,7 @@ class _FileSource:
         data = self._read()
         if not data:
             self.at_eof = True
-        elif not self.streaming and len(data) < READ_SIZE:
+        elif not self.streaming and len(data) < JOB_INPUT_READ_SIZE:
             # Probably the end of a regular file: look now, so the job count
             # is known from the start for the status line.
             more = self._read()

@@ -68,12 +68,12 @@ def test_status_is_drawn_on_the_controlling_terminal_when_stderr_is_redirected(
 
 
 def test_a_regular_job_files_count_is_known_before_it_is_read(tmp_path):
-    from clstr.jobs import READ_SIZE, JobFeed, open_job_file
+    from clstr.jobs import JOB_INPUT_READ_SIZE, JobFeed, open_job_file
     jobs = tmp_path / "jobs.txt"
     lines = ["echo job %d" % n for n in range(20000)]
     lines[5] = "   "  # blank lines are no jobs
     jobs.write_text("\n".join(lines))  # no final newline: the last line counts
-    assert jobs.stat().st_size > 2 * READ_SIZE  # far more than one read
+    assert jobs.stat().st_size > 2 * JOB_INPUT_READ_SIZE  # far more than one read
     feed = JobFeed([b"echo first"], [open_job_file(str(jobs))])
     assert feed.expected_total == (20000, True)
     assert feed.take().command == b"echo first"
