@@ -211,6 +211,12 @@ def _new_master(before, host, cluster):
     return ours[0] if len(ours) == 1 else None
 
 
+def _sleeping(cluster, marker):
+    """The jobs' ``sleep`` processes carrying ``marker`` in their environment."""
+    return [pid for pid, cmdline in cluster.remote_processes(marker)
+            if cmdline.startswith("sleep ")]
+
+
 def _gone(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
@@ -222,15 +228,21 @@ def _gone(pid):
 @pytest.mark.parametrize("timeout", [[], ["--timeout", "8"]], ids=["no-timeout", "timeout-8"])
 def test_a_frozen_master_is_killed_and_its_jobs_run_elsewhere(cluster, timeout):
     before = {pid for pid, _ in _master_pids()}
-    jobs = ["sleep 2; echo job-%d" % number for number in range(8)]
+    marker = "clstr-frozen-%s-%d" % (RUN_ID, len(timeout))
+    jobs = ["CLSTR_TEST_MARK=%s sleep 2; echo job-%d" % (marker, number) for number in range(8)]
     process = start_clstr(cluster, "-v", "--group", "--tag", *timeout, *node_args(cluster.nodes(2)),
                           *[arg for job in jobs for arg in ("-j", job)])
     frozen = None
     try:
         first = b"".join(read_lines(process.stdout, 1, timeout=60))
         host = first.split(b": ")[0].decode()
-        # That host's master goes on with its next job: freeze it mid-job.
         frozen = wait_until(lambda: _new_master(before, host, cluster), what="its master")
+        # That host's master goes on with its next job: freeze it once that
+        # job runs (both nodes' jobs sleeping: two slots in all), never in
+        # the gap between two jobs (then no job is lost: the next finds the
+        # master gone, a case of its own).
+        wait_until(lambda: len(_sleeping(cluster, marker)) == 2, timeout=60,
+                   what="a job on each node")
         os.kill(frozen, signal.SIGSTOP)
         out, err = process.communicate(timeout=120)
         out = first + out
