@@ -145,34 +145,3 @@ def read_node_file(path):
     except UnicodeDecodeError as error:
         raise NodeSpecError("node file %s is not UTF-8 text (byte %d)" % (path, error.start))
     return parse_node_lines(text.splitlines(), path)
-
-
-def fold(names):
-    """A short hostlist for ``names`` (for messages): node001,node002,node003
-    becomes node[001-003].  Names without a trailing number stay as they are."""
-    groups = {}
-    order = []
-    for name in names:
-        match = re.match(r"(.*?)(\d+)\Z", name)
-        key = (match.group(1), len(match.group(2))) if match else (name, None)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        if match:
-            groups[key].append(int(match.group(2)))
-    parts = []
-    for prefix, width in order:
-        if width is None:
-            parts.append(prefix)
-            continue
-        numbers = sorted(set(groups[(prefix, width)]))
-        runs = []
-        for number in numbers:
-            if runs and number == runs[-1][1] + 1:
-                runs[-1][1] = number
-            else:
-                runs.append([number, number])
-        body = ",".join(("%0*d" % (width, a)) if a == b else "%0*d-%0*d" % (width, a, width, b)
-                        for a, b in runs)
-        parts.append(prefix + body if len(numbers) == 1 else "%s[%s]" % (prefix, body))
-    return ",".join(parts)

@@ -23,7 +23,7 @@ from clstr.failures import (
 )
 from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
 from clstr.nodes import NodePool
-from clstr.nodeset import NodeSpecError, expand, fold, parse_node_lines, validate_host
+from clstr.nodeset import NodeSpecError, expand, parse_node_lines, validate_host
 from clstr.output.delivery import tag_lines
 from clstr.records import completed_in_joblog, joblog_line
 from clstr.scheduler import Scheduler
@@ -104,10 +104,6 @@ def test_node_file_error_names_file_and_line():
         parse_node_lines(["good\n", "bad[2-1]\n"], "nodes.txt")
     assert str(error.value).startswith("nodes.txt:2: ")
 
-
-def test_fold_is_the_inverse_of_expand():
-    for spec in ["node[001-003,007]", "a,b[1-2]", "x9"]:
-        assert expand(fold(expand(spec))) == expand(spec)
 
 # -- ssh ----------------------------------------------------------------------
 
