@@ -6,6 +6,7 @@ in tests/slurm/test_slurm.py."""
 import os
 import select
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -136,3 +137,41 @@ def test_a_stop_frame_after_its_job_ended_is_ignored(worker):
     assert worker.run(b"true")[0] == 0
     worker.send(STOP_FRAME + b"\n" + b"garbage\n")
     assert worker.run(b"echo still") == (0, b"still\n", b"")
+
+
+def test_a_jobs_kill_of_its_shells_pid_stops_that_job_and_not_the_worker(worker):
+    # Under a login shell with job control the job is a fork of the worker,
+    # so its $$ is the worker's: the signal must reach the job instead.
+    status, _, _ = worker.run(b"kill $$; sleep 30")
+    assert status == 143
+    assert worker.run(b"echo after") == (0, b"after\n", b"")
+
+
+def test_a_job_stopped_and_continued_reports_its_own_exit_status(worker, tmp_path):
+    pid_file = tmp_path / "pid"
+    token = worker.start(b"exec sh -c 'echo $$ > %s.tmp; mv %s.tmp %s; kill -STOP $$; exit 7'"
+                         % ((os.fsencode(pid_file),) * 3))
+    wait_until(pid_file.exists, what="the job to write its pid")
+    pid = int(pid_file.read_text())
+
+    def stopped():
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    wait_until(stopped, what="the job to stop itself")
+    os.kill(pid, signal.SIGCONT)
+    assert worker.finish(token) == (7, b"", b"")
+
+
+def test_under_a_job_control_shell_each_job_is_a_fork_of_the_login_shell(tmp_path):
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    started = LocalWorker("bash", str(tmp_path))
+    try:
+        # A fork: the job's $$ is the worker's, and no shell was started for it.
+        status, out, _ = started.run(b'echo "$$"; ps -o ppid= -p "$(sh -c \'echo $PPID\')"')
+        assert status == 0
+        worker_pid, parent_of_job = out.split()
+        assert worker_pid == parent_of_job
+    finally:
+        started.process.kill()
+        started.process.wait()
