@@ -95,7 +95,8 @@ def worker_script(inline):
         "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
         # A job's `kill $$` (the worker: its jobs share its $$) stops that
         # job, as it would stop a per-job wrapper's, and not the worker.
-        "job=; for sig in HUP INT TERM; do trap \"[ -n \\\"\\$job\\\" ] && kill -$sig -\\$job\" $sig; done; "
+        "job=; clstr_pass() { [ -n \"$job\" ] && kill -$1 -$job; }; "
+        "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
         "clstr_job() { " + _report("s", "\"$1\"")
         + "if [ -n \"$clstr_fork\" ]; then " + _FORK + "else " + _EXEC + "fi; "
         "job=$!; "
