@@ -207,9 +207,9 @@ def build_parser():
                        "steps (%s)" % _SRUN_SHOWN)
     other.add_argument("--workers", action="store_true",
                        help="start one long-lived worker per slot (under --slurm one srun "
-                       "step per slot, not per job; over ssh one ssh login per slot, "
-                       "without masters) and send it the slot's jobs one at a time: a job "
-                       "costs a fork on its node")
+                       "step per slot, not per job; over ssh one session per slot through "
+                       "the host's master) and send it the slot's jobs one at a time: a "
+                       "job costs a fork on its node")
     return parser
 
 
@@ -446,9 +446,6 @@ def make_plan(argv):
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
     exec_words = _transport(args)
-    if args.workers and args.multiplex:
-        raise UsageError("--workers does not go through masters yet: over ssh each slot's "
-                         "worker is an ssh login of its own; drop --multiplex")
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)
@@ -477,9 +474,8 @@ def make_plan(argv):
     plan = Plan(
         hosts=tuple(hosts), pinned=pinned, ssh=ssh,
         # Once per node, a master would cost a connection and save nothing.
-        # Workers over ssh are an ssh login each, never through a master.
         multiplex=((not pinned if args.multiplex is None else args.multiplex)
-                   and not exec_words and not args.workers),
+                   and not exec_words),
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, dry_run=args.dry_run,

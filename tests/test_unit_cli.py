@@ -30,7 +30,6 @@ def run(*args, stdin=subprocess.DEVNULL, **kwargs):
     (["--node=-oProxyCommand=evil", "-j", "JOB"], "-oProxyCommand=evil"),
     (["-n", "a", "-j", "JOB", "--resume"], "--resume"),
     (["-n", "a", "-j", "JOB", "--ssh-command", "no-such-ssh-here"], "no-such-ssh-here"),
-    (["-n", "a", "-j", "JOB", "--workers", "--multiplex"], "--multiplex"),
 ])
 def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_path):
     marker = tmp_path / "ran"

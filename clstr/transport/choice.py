@@ -25,12 +25,10 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
         else:
             base = ExecTransport(plan.exec_words, loop)
         return WorkerTransport(base, loop) if plan.workers else base
-    direct = SshTransport(plan.ssh, loop, private)
-    if plan.workers:
-        # An ssh login per slot: no worker goes through a master yet.
-        return WorkerTransport(direct, loop)
-    if not plan.multiplex:
-        return direct
-    if masters is None:
-        masters = MasterSet(loop, plan.ssh, private.path)
-    return MuxTransport(pool, events, masters, direct, plan.sessions_per_master, shuffle)
+    transport = SshTransport(plan.ssh, loop, private)
+    if plan.multiplex:
+        if masters is None:
+            masters = MasterSet(loop, plan.ssh, private.path)
+        transport = MuxTransport(pool, events, masters, transport, plan.sessions_per_master,
+                                 shuffle)
+    return WorkerTransport(transport, loop) if plan.workers else transport

@@ -27,6 +27,7 @@ from ..failures import classify_exec
 from .endreport import ReportReader
 from .interface import Transport
 from .process import ProcessSession
+from .worker import worker_argv
 from .wrapper import stdin_payload, wrapper_argv
 
 HOST_FIELD = "{host}"
@@ -104,14 +105,18 @@ class ExecTransport(Transport):
     def describe(self, job, slot):
         return self.argv_on(slot, wrapper_words(job.command))
 
-    def worker_process(self, slot, words, handler, classify_end):
-        """A worker's process (workerpool.Worker): ``words`` run on
-        ``slot``'s node, reporting to ``handler``, its end named by
-        ``classify_end(code, stderr_tail, done)``; its stderr as it comes
-        (each job's session reads its own reports)."""
+    def worker_process(self, slot, handler, classify_end):
+        """A worker's process (workerpool.Worker) on ``slot``'s node,
+        reporting to ``handler``, its end named by ``classify_end(code,
+        stderr_tail, done)``; its stderr as it comes (each job's session
+        reads its own reports)."""
         # Signalled as a whole process group, as an attempt's process is.
-        return ProcessSession(self._loop, self.argv_on(slot, words), handler, classify_end,
+        return ProcessSession(self._loop, self.describe_worker(slot), handler, classify_end,
                               None, group=True)
+
+    def describe_worker(self, slot):
+        """The argv ``worker_process`` runs (--dry-run)."""
+        return self.argv_on(slot, worker_argv())
 
     def argv_on(self, slot, words):
         """The template's argv for ``slot``'s node, running ``words``."""

@@ -109,9 +109,7 @@ class StdinPipe:
     def send(self, loop, data):
         """Write ``data`` to the job's stdin from ``loop`` (``StdinWriter``),
         after what an earlier ``send`` has not written yet."""
-        if self._writer is not None:
-            data = self._writer.take_rest() + data
-        self._writer = StdinWriter(loop, self.write_end, data)
+        self._writer = write_after(loop, self._writer, self.write_end, data)
 
     def handed_over(self):
         """The transport has its own copy of the read end now."""
@@ -155,6 +153,14 @@ class AttemptHandler:
         again (a master that had gone): its slot then waits, held, until
         the run's ``master_up`` for it."""
         raise NotImplementedError
+
+
+def write_after(loop, writer, fd, data):
+    """A StdinWriter writing ``data`` to ``fd`` after what ``writer`` (the
+    last one, or None) has not written yet."""
+    if writer is not None:
+        data = writer.take_rest() + data
+    return StdinWriter(loop, fd, data)
 
 
 class RunEvents:

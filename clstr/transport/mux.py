@@ -23,6 +23,7 @@ import collections
 from ..failures import MuxError, cannot_start_ssh
 from ..limits import out_of_resources
 from .interface import NoSession, Transport
+from .worker import worker_command
 from .wrapper import stdin_payload, wrapped_command
 
 
@@ -126,16 +127,39 @@ class MuxTransport(Transport):
     # -- attempts -----------------------------------------------------------
 
     def open(self, attempt, handler):
-        host, group = attempt.slot.host.name, self.master_of(attempt.slot)
+        return self._through_master(
+            attempt.slot, handler,
+            lambda control_path, login_shell: self._direct.open(attempt, handler, control_path),
+            lambda login_shell: wrapped_command(attempt.job.command, login_shell),
+            attempt.reports, stdin_payload(attempt.job.command))
+
+    def worker_process(self, slot, handler, classify_end=None):
+        """A worker (workerpool.Worker) on ``slot``'s node: a session
+        through its master like an attempt's, for the whole run, reporting
+        to ``handler``; through the ssh client where an attempt would go.
+        ``classify_end`` is not needed: the master's answers and ssh's log
+        are the evidence, as for an attempt."""
+        return self._through_master(
+            slot, handler,
+            lambda control_path, login_shell: self._direct.worker_process(
+                slot, handler, control_path=control_path, login_shell=login_shell),
+            worker_command, None, None)
+
+    def _through_master(self, slot, handler, open_direct, remote_command, reports, stdin_data):
+        """A session on ``slot``'s node running ``remote_command(login
+        shell)`` through the slot's master, or ``open_direct(control path,
+        login shell)``'s through the ssh client."""
+        host, group = slot.host.name, self.master_of(slot)
         control_path = self._masters.control_path(host, group)
+        login_shell = self._masters.login_shell(host, group)
         if control_path is None or control_path in self._ssh_client_only:
-            return self._direct.open(attempt, handler, control_path)
-        command = attempt.job.command
+            return open_direct(control_path, login_shell)
         return self._masters.session(
-            host, group, wrapped_command(command, self._masters.login_shell(host, group)),
-            handler, lambda error, detail: self._fall_back(attempt, handler, control_path,
-                                                           error, detail),
-            attempt.reports, stdin_payload(command))
+            host, group, remote_command(login_shell), handler,
+            lambda error, detail: self._fall_back(
+                slot, handler, control_path, error, detail,
+                lambda: open_direct(control_path, login_shell)),
+            reports, stdin_data)
 
     def describe(self, job, slot):
         """The ssh client's argv through the slot's master: what the mux
@@ -143,20 +167,26 @@ class MuxTransport(Transport):
         control_path = self._masters.control_path(slot.host.name, self.master_of(slot))
         return self._direct.describe(job, slot, control_path)
 
-    def _fall_back(self, attempt, handler, control_path, error, detail):
+    def describe_worker(self, slot):
+        """As ``describe``, for ``slot``'s worker."""
+        host, group = slot.host.name, self.master_of(slot)
+        return self._direct.describe_worker(slot, self._masters.control_path(host, group),
+                                            self._masters.login_shell(host, group))
+
+    def _fall_back(self, slot, handler, control_path, error, detail, open_direct):
         """clstr's mux client could not use the master: nothing ran.  A master
-        that has gone is started again, the attempt's slot waiting for it;
-        otherwise the attempt goes through the ssh client (which connects on
-        its own if the master has gone)."""
-        if error is MuxError.CONNECT_FAILED and self._master_gone(attempt.slot, detail):
+        that has gone is started again, the slot waiting for it; otherwise
+        the session goes through the ssh client (``open_direct()``, which
+        connects on its own if the master has gone)."""
+        if error is MuxError.CONNECT_FAILED and self._master_gone(slot, detail):
             handler.unstarted(None)
             return NoSession()
         if error is MuxError.PROTOCOL_MISMATCH and control_path not in self._ssh_client_only:
             self._ssh_client_only.add(control_path)
             self._events.note("%s: the master speaks another mux protocol (%s); using the "
-                              "ssh client" % (attempt.slot.host.name, detail))
+                              "ssh client" % (slot.host.name, detail))
         try:
-            return self._direct.open(attempt, handler, control_path)
+            return open_direct()
         except OSError as error:
             handler.unstarted(error)
             return NoSession()

@@ -59,7 +59,7 @@ import time
 from ..failures import MuxError
 from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
-from .interface import StdinWriter
+from .interface import StdinWriter, write_after
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -667,6 +667,12 @@ class MuxAttempt:
     def close_stdin(self):
         """EOF on the command's stdin, nothing more."""
         self._close_stdin()
+
+    def send(self, data):
+        """Write ``data`` on the command's stdin, after what was sent
+        before (a worker's frames, transport/worker.py)."""
+        if self.stdin_fd is not None:
+            self._writer = write_after(self._loop, self._writer, self.stdin_fd, data)
 
     def stop(self, grace):
         """Stop the job: close stdin (EOF for the remote wrapper).  If the

@@ -25,7 +25,8 @@ class MuxSession(Session):
     """Runs ``remote_command`` (bytes, the wrapped job) through the master
     at ``control_path``, reporting to ``handler``
     (transport.AttemptHandler); its stderr passes through ``reports``
-    (endreport.ReportReader).  ``fall_back(error, detail)`` starts and
+    (endreport.ReportReader; None: stderr as it comes, for a worker, whose
+    jobs' sessions read their own reports).  ``fall_back(error, detail)`` starts and
     returns the Session that takes over when the mux client cannot be used
     (nothing has run then; it reports to the same handler).
     ``reply_timeout``: how long the master has to answer
@@ -56,14 +57,14 @@ class MuxSession(Session):
         self._master_killed = detail
 
     def _output(self, stream, data):
-        if stream == 2:
+        if stream == 2 and self._reports is not None:
             data = self._reports.feed(data)
         if data:
             self._handler.output(stream, data)
 
     def _end(self, code, failure):
         self._carrier.drop(self)
-        rest = self._reports.close()
+        rest = self._reports.close() if self._reports is not None else b""
         if rest:
             self._handler.output(2, rest)
         self._handler.ended(code, failure)
@@ -86,6 +87,11 @@ class MuxSession(Session):
             self._carrier.check(lambda: self._failed(error, detail))
             return
         self._end(None, classify_mux(error, detail, self._master_killed))
+
+    def send(self, data):
+        """Write ``data`` on the command's stdin (a worker's frames), through
+        whichever client carries it now."""
+        self._inner.send(data)
 
     def stop(self, grace):
         self._stopped = True

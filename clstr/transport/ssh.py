@@ -14,7 +14,8 @@ import os
 from ..failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
 from .interface import AttemptHandler, Session, Transport
 from .process import ProcessSession
-from .wrapper import login_shell_command, stdin_payload
+from .worker import worker_command
+from .wrapper import stdin_payload
 
 
 class SshTransport(Transport):
@@ -43,26 +44,28 @@ class SshTransport(Transport):
     def describe(self, job, slot, control_path=None):
         return self._argv(job, slot, control_path, self._private.new_path("attempt-", ".log"))
 
-    def worker_process(self, slot, words, handler, classify_end=None):
-        """A worker's ssh (workerpool.Worker, ``--workers``): ``words`` run
-        on ``slot``'s node through the login shell, reporting to
-        ``handler``.  Its end is named from its log as an attempt's ssh's
-        is (failures.classify): a refused node is ssh's refusal, a worker
-        lost under a job a lost connection.  ``classify_end``, an exec
+    def worker_process(self, slot, handler, classify_end=None, control_path=None,
+                       login_shell=None):
+        """A worker's ssh (workerpool.Worker, ``--workers``) on ``slot``'s
+        node, reporting to ``handler``, through the master at
+        ``control_path`` if given; ``login_shell``: the node's, if known.
+        Its end is named from its log as an attempt's ssh's is
+        (failures.classify): a refused node is ssh's refusal, a worker lost
+        under a job a lost connection.  ``classify_end``, an exec
         transport's way, is not needed: ssh's log is the evidence."""
         log_path = self._private.new_path("worker-", ".log")
-        return _SshSession(self._loop, self._worker_argv(slot, words, log_path), handler, None,
-                           None, log_path, None, self._refuse_log_file)
+        argv = self._worker_argv(slot, log_path, control_path, login_shell)
+        return _SshSession(self._loop, argv, handler, None, control_path, log_path, None,
+                           self._refuse_log_file)
 
-    def argv_on(self, slot, words):
-        """The argv of a worker running ``words`` on ``slot``'s node
-        (--dry-run)."""
-        return self._worker_argv(slot, words, self._private.new_path("worker-", ".log"))
+    def describe_worker(self, slot, control_path=None, login_shell=None):
+        """The argv ``worker_process`` runs (--dry-run)."""
+        return self._worker_argv(slot, self._private.new_path("worker-", ".log"), control_path,
+                                 login_shell)
 
-    def _worker_argv(self, slot, words, log_path):
-        # One word each for the login shell, as the per-job wrapper's.
-        return self._ssh.remote_argv(slot.host.name, login_shell_command(words),
-                                     log_path=log_path)
+    def _worker_argv(self, slot, log_path, control_path, login_shell):
+        return self._ssh.remote_argv(slot.host.name, worker_command(login_shell), control_path,
+                                     log_path)
 
     def _argv(self, job, slot, control_path, log_path):
         return self._ssh.argv(slot.host.name, job.command, control_path, log_path)

@@ -40,7 +40,7 @@ job's last line without a newline is still its own.
 """
 
 from .endreport import report_printf
-from .wrapper import POSIX_LOGIN_SHELLS, shell_quote
+from .wrapper import POSIX_LOGIN_SHELLS, is_posix_login_shell, login_shell_command, shell_quote
 
 STOP_FRAME = b"k\n"
 # Sent back for each chunk of a running job's output, and ignored by the
@@ -94,20 +94,29 @@ def worker_script(inline):
         "clstr_fork=; " + job_control +
         "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
         # A job's `kill $$` (the worker: its jobs share its $$) stops that
-        # job, as it would stop a per-job wrapper's, and not the worker.
-        "job=; clstr_pass() { [ -n \"$job\" ] && kill -$1 -$job; }; "
+        # job, as it would stop a per-job wrapper's, and not the worker; it
+        # may come before the worker has the job's pid.
+        "job=; clstr_sig=; "
+        "clstr_pass() { if [ -n \"$job\" ]; then kill -$1 -$job; else clstr_sig=$1; fi; }; "
         "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
+        # With job control `wait` also returns when the job is stopped
+        # (SIGSTOP: 128+19..22), and at once while it stays stopped (bash's
+        # `wait -f` too, if it was stopped first): wait until it is gone,
+        # then take its status (127: the first answer was its own).
+        "clstr_stopped() { while kill -0 $job; do wait $job; code=$?; "
+        "case $code in 14[789]|150) sleep 0.05;; esac; done; "
+        "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; }; "
         "clstr_job() { " + _report("s", "\"$1\"")
         + "if [ -n \"$clstr_fork\" ]; then " + _FORK + "else " + _EXEC + "fi; "
-        "job=$!; "
+        "job=$!; if [ -n \"$clstr_sig\" ]; then kill -$clstr_sig -$job; clstr_sig=; fi; "
         "{ while IFS= read -r line; do [ \"$line\" = k ] && break; done; "
         "kill -TERM -$job $job; "
         "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
         "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 4>&- & "
         "watcher=$!; "
-        # With job control, `wait` also returns when the job is stopped
-        # (SIGSTOP): wait again until it is gone.
-        "wait $job; code=$?; while kill -0 $job; do wait $job; code=$?; done; t=0.01; "
+        "wait $job; code=$?; "
+        "if [ -n \"$clstr_fork\" ]; then case $code in 14[789]|150) clstr_stopped;; esac; fi; "
+        "t=0.01; "
         "while kill -0 -$job; do "
         "sleep $t >/dev/null 2>&1 || sleep 1; "
         "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
@@ -130,3 +139,13 @@ def worker_argv():
     shell not known to be POSIX (no shell reads them as text)."""
     return [b"sh", b"-c", _BOOT.encode(), b"clstr-worker",
             worker_script(inline=True).encode(), worker_script(inline=False).encode()]
+
+
+def worker_command(login_shell):
+    """The worker as the command line sshd hands the login shell
+    (``login_shell``: its name, None if not known): the worker's text
+    itself for a POSIX login shell, which then runs it, else
+    ``worker_argv``'s words, each quoted for any shell."""
+    if is_posix_login_shell(login_shell):
+        return worker_script(inline=True).encode()
+    return login_shell_command(worker_argv())

@@ -2,8 +2,11 @@
 riding on its slot's worker.
 
 A slot's worker is started through the run's transport (one srun step per
-slot under ``--slurm``, one ``--exec`` process per slot, one ssh login per
-slot over ssh) when the slot first gets a job, and kept until the run ends.
+slot under ``--slurm``, one ``--exec`` process per slot, over ssh one session
+per slot through the host's master, or one ssh login per slot without
+masters) when the slot first gets a job, and kept until the run ends.  The
+masters are the base transport's, started and judged as for per-job
+attempts: this transport passes their calls on.
 A job's attempt is a frame sent to it; the attempt's output is what the
 worker writes between the job's start and end reports, on each stream, and
 its verdict comes from the same reports as in per-job mode
@@ -24,19 +27,37 @@ import itertools
 
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
-from .worker import ACK_FRAME, STOP_FRAME, job_frame, worker_argv
+from .worker import ACK_FRAME, STOP_FRAME, job_frame
 
 
 class WorkerTransport(Transport):
     """Attempts through a worker per slot, started through ``base`` (an
-    ExecTransport or SshTransport: its ``argv_on`` and ``worker_process``)
-    under ``loop``."""
+    ExecTransport, SshTransport or MuxTransport: its ``worker_process`` and
+    ``describe_worker``, and its masters) under ``loop``."""
 
     def __init__(self, base, loop):
         self._base = base
         self._loop = loop
         self._workers = {}  # slot -> its Worker
         self._attempt_numbers = itertools.count(1)
+        self.has_masters = base.has_masters
+        self.fds_per_attempt = base.fds_per_attempt
+
+    @property
+    def waiting_for_resources(self):
+        return self._base.waiting_for_resources
+
+    def prepare(self, slots_in_demand):
+        self._base.prepare(slots_in_demand)
+
+    def master_of(self, slot):
+        return self._base.master_of(slot)
+
+    def start_master(self, host, group):
+        self._base.start_master(host, group)
+
+    def resources_freed(self):
+        self._base.resources_freed()
 
     def report_reader(self):
         # Each attempt's reports carry a token of their own, and what the
@@ -58,13 +79,14 @@ class WorkerTransport(Transport):
 
     def describe(self, job, slot):
         """The worker's argv on ``slot`` (each job is a frame on its stdin)."""
-        return self._base.argv_on(slot, worker_argv())
+        return self._base.describe_worker(slot)
 
     def shutdown(self):
         # EOF: an idle worker exits, a running job is stopped by its watcher.
         for worker in list(self._workers.values()):
             worker.close()
         self._workers.clear()
+        self._base.shutdown()
 
 
 class Worker(AttemptHandler):
@@ -78,7 +100,7 @@ class Worker(AttemptHandler):
         self._base = base
         self._gone = gone
         self.job = None  # the running WorkerSession
-        self.process = base.worker_process(slot, worker_argv(), self, self._classify)
+        self.process = base.worker_process(slot, self, self._classify)
 
     def run(self, attempt, handler):
         """Send ``attempt``'s job; returns its Session."""
@@ -121,7 +143,13 @@ class Worker(AttemptHandler):
             job.lost(code, failure)
 
     def unstarted(self, error):
-        raise AssertionError("a process session is never unstarted")
+        """The worker never started (its master had gone, or no fd or
+        process was left for it): so did its job, which waits as an
+        attempt would (``AttemptHandler.unstarted``)."""
+        self._gone(self)
+        job, self.job = self.job, None
+        if job is not None:
+            job.unstarted(error)
 
 
 class WorkerSession(Session):
@@ -147,6 +175,10 @@ class WorkerSession(Session):
             self._end(None, None)
         else:
             self._worker.process.send(ACK_FRAME)
+
+    def unstarted(self, error):
+        self._over = True
+        self._handler.unstarted(error)
 
     def lost(self, code, failure):
         """The worker ended under this job."""
