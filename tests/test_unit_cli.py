@@ -181,3 +181,15 @@ def test_a_plan_is_made_once_and_never_changed(tmp_path):
         assert dataclasses.replace(opened, stdout_fd=None, stderr_fd=None) == plan
     finally:
         os.close(opened.stdout_fd)
+
+
+def test_dry_run_of_workers_shows_each_slots_worker_through_its_master():
+    result = run("--dry-run", "--workers", "-n", "h1", "h2", "-j", "true", "-j", "true")
+    assert result.returncode == 0, result.stderr
+    masters, workers = [], []
+    for line in result.stdout.decode().splitlines():
+        (masters if "ControlMaster=yes" in line else workers).append(line)
+    assert len(masters) == 2 and len(workers) == 2
+    for worker, host in zip(workers, ("h1", "h2")):
+        assert "ControlMaster=no" in worker and " -- %s " % host in worker
+        assert "clstr-worker" in worker
