@@ -533,6 +533,32 @@ def many_slots(tools, results, reps, jobs_count):
                           (jobs_count + len(hosts), jobs_count + 4 * len(hosts))))
 
 
+def workers_over_ssh(tools, results, reps, jobs_count, slots_jobs_count):
+    """--workers (a worker per slot, a session through its host's master)
+    against clstr's default (a session per job), 8 nodes with one slot each
+    and with 4; each tool's logins and remote sessions counted."""
+    hosts = tools.cluster.nodes(8)
+    for slots, count in ((1, jobs_count), (4, slots_jobs_count)):
+        scenario = "%d `true` jobs, 8 nodes x %d slot%s, workers" % (
+            count, slots, "s" if slots > 1 else "")
+        print(scenario, flush=True)
+        jobs = _job_file(tools, "true-jobs-workers-%d" % count, count)
+        nodes = [arg for host in hosts * slots for arg in ("-n", host)]
+        masters = _masters(hosts, slots)
+        run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps, tools.env,
+                count, reference=True, counter=tools.counter,
+                expect=Expect(masters_up(masters), exactly(count), 1))
+        memory = MemorySampler()
+        result = run_one(results, scenario, "clstr --workers",
+                         tools.clstr("--workers", *nodes, "-J", jobs), reps, tools.env, count,
+                         counter=tools.counter, sampler=memory,
+                         # One session per slot, not per job.
+                         expect=Expect(masters_up(masters), exactly(len(hosts) * slots), 1))
+        if result and result.times:
+            result.extra = "clstr peak RSS %.1f MiB" % (memory.peak_self / 1024)
+            print("    " + result.extra, flush=True)
+
+
 def once_on_each_node(tools, results, reps, count):
     scenario = "`uname -n` once on %d nodes" % count
     print(scenario, flush=True)
@@ -695,7 +721,7 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="use only what is installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
     parser.add_argument("--only", choices=("short", "slots", "each", "scheduler", "dead",
-                                           "slurm", "startup"),
+                                           "slurm", "startup", "workers"),
                         action="append", help="run only these scenarios (repeatable)")
     parser.add_argument("--clstr-only", action="store_true",
                         help="time clstr alone, no peers (still checking its logins)")
@@ -711,11 +737,14 @@ def main():
         try:
             tools = Tools(cluster, work, venv)
             wanted = set(args.only or ("short", "slots", "each", "scheduler", "dead", "slurm",
-                                       "startup"))
+                                       "startup", "workers"))
             if "short" in wanted:
                 many_short_jobs(tools, results, reps, 40 if args.quick else 400)
             if "slots" in wanted:
                 many_slots(tools, results, reps, 80 if args.quick else 2000)
+            if "workers" in wanted:
+                workers_over_ssh(tools, results, reps, 60 if args.quick else 600,
+                                 80 if args.quick else 2000)
             if "each" in wanted:
                 once_on_each_node(tools, results, reps, 10 if args.quick else 100)
             if "scheduler" in wanted:
