@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from clstr.transport.endreport import ReportReader
-from clstr.transport.worker import STOP_FRAME, job_frame, worker_argv
+from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, worker_argv
 from clstr_run import wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
@@ -28,6 +28,23 @@ class LocalWorker:
                                         stderr=subprocess.PIPE, cwd=cwd,
                                         env=dict(os.environ, SHELL=shutil.which(shell)))
         self.count = 0
+        for stream in (self.process.stdout, self.process.stderr):
+            reader = ReportReader(READY_TOKEN, before_start="drop")
+            self._read(stream, reader, lambda: reader.started)
+            assert reader.said_before_start == b""
+
+    @staticmethod
+    def _read(stream, reader, done):
+        """Feed ``stream`` to ``reader`` until ``done()``; what it passes on."""
+        data = b""
+        while not done():
+            # A worker that stopped answering fails the test, never hangs it.
+            ready, _, _ = select.select([stream], [], [], 30)
+            assert ready, "no report from the worker within 30 s"
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, "the worker ended before its report"
+            data += reader.feed(chunk)
+        return data
 
     def send(self, data):
         self.process.stdin.write(data)
@@ -44,15 +61,10 @@ class LocalWorker:
         """Read until both end reports of ``token``: (status, stdout, stderr)."""
         out = {}
         for stream in (self.process.stdout, self.process.stderr):
+            # A ready worker runs a frame as it comes: no start report.
             reader = ReportReader(token, before_start="drop", after_end="drop")
-            data = b""
-            while not reader.ended:
-                # A worker that stopped answering fails the test, never hangs it.
-                ready, _, _ = select.select([stream], [], [], 30)
-                assert ready, "no end report from the worker within 30 s"
-                chunk = os.read(stream.fileno(), 65536)
-                assert chunk, "the worker ended before the job's end report"
-                data += reader.feed(chunk)
+            reader.start()
+            data = self._read(stream, reader, lambda: reader.ended)
             out[stream] = (reader.status, data)
         assert out[self.process.stdout][0] == out[self.process.stderr][0]
         return out[self.process.stdout][0], out[self.process.stdout][1], out[self.process.stderr][1]

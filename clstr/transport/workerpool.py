@@ -27,7 +27,7 @@ import itertools
 
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
-from .worker import ACK_FRAME, STOP_FRAME, job_frame
+from .worker import ACK_FRAME, READY_TOKEN, STOP_FRAME, job_frame
 
 
 class WorkerTransport(Transport):
@@ -100,12 +100,19 @@ class Worker(AttemptHandler):
         self._base = base
         self._gone = gone
         self.job = None  # the running WorkerSession
+        # Each stream until the worker's ready report (then None).
+        self._until_ready = {1: ReportReader(READY_TOKEN, before_start="drop"),
+                             2: ReportReader(READY_TOKEN, before_start="drop")}
         self.process = base.worker_process(slot, self, self._classify)
+
+    def _ready_streams(self):
+        return [stream for stream, reader in self._until_ready.items() if reader is None]
 
     def run(self, attempt, handler):
         """Send ``attempt``'s job; returns its Session."""
         assert self.job is None, "a worker runs one job at a time"
         self.job = WorkerSession(self, attempt.reports, handler)
+        self.job.started(self._ready_streams())
         # Reading may have been paused under the previous job.
         self.process.resume()
         self.process.send(job_frame(attempt.reports.token, attempt.job.command))
@@ -125,7 +132,15 @@ class Worker(AttemptHandler):
     # -- what the worker's process says (it is its AttemptHandler) ------------
 
     def output(self, stream, data):
-        if self.job is not None:
+        reader = self._until_ready[stream]
+        if reader is not None:
+            data = reader.feed(data)
+            if not reader.started:
+                return
+            self._until_ready[stream] = None
+            if self.job is not None:
+                self.job.started([stream])
+        if self.job is not None and data:
             self.job.output(stream, data)
 
     def _classify(self, code, stderr_tail, done):
@@ -165,6 +180,12 @@ class WorkerSession(Session):
                          2: reports}
         self._grace = None
         self._over = False
+
+    def started(self, streams):
+        """The worker said on ``streams`` that it is ready: there, what
+        follows is the job's (it runs the frame as it comes)."""
+        for stream in streams:
+            self._readers[stream].start()
 
     def output(self, stream, data):
         data = self._readers[stream].feed(data)

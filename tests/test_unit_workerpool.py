@@ -1,0 +1,105 @@
+"""The worker transport (transport/workerpool.py) driven by hand: a stand-in
+for the worker's process says what a real worker would, in chunks cut as a
+transport may cut them."""
+
+import types
+
+from clstr.transport.workerpool import WorkerTransport
+
+READY = b"\x1eclstr-ready:s\n"
+
+
+class StandInProcess:
+    def __init__(self, handler):
+        self.handler = handler
+        self.sent = []
+
+    def send(self, data):
+        self.sent.append(data)
+
+    def resume(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def stop(self, grace):
+        pass
+
+    def kill(self):
+        pass
+
+
+class StandInBase:
+    has_masters = False
+    fds_per_attempt = 3
+    waiting_for_resources = False
+
+    def __init__(self):
+        self.processes = []
+
+    def worker_process(self, slot, handler, classify_end):
+        process = StandInProcess(handler)
+        self.processes.append(process)
+        return process
+
+
+class Handler:
+    def __init__(self):
+        self.out = {1: b"", 2: b""}
+        self.ends = []
+
+    def output(self, stream, data):
+        self.out[stream] += data
+
+    def ended(self, code, failure):
+        self.ends.append((code, failure))
+
+
+class Slot:
+    host = types.SimpleNamespace(name="h")
+    index = 0
+
+
+SLOT = Slot()
+
+
+def start_job(transport, command=b"echo hi", slot=SLOT):
+    reports = transport.report_reader()
+    attempt = types.SimpleNamespace(slot=slot, reports=reports,
+                                    job=types.SimpleNamespace(command=command))
+    handler = Handler()
+    transport.open(attempt, handler)
+    return reports, handler
+
+
+def end_report(reports, status):
+    return b"\x1eclstr-%s:e%d\n" % (reports.token.encode(), status)
+
+
+def test_a_stream_ready_before_the_other_keeps_the_jobs_output_that_follows_it():
+    base = StandInBase()
+    transport = WorkerTransport(base, loop=None)
+    reports, handler = start_job(transport)
+    worker = base.processes[0].handler
+    # stdout's ready report, the job's output and its end report in one
+    # chunk, before stderr has said that it is ready.
+    worker.output(1, b"motd\n" + READY + b"hi\n" + end_report(reports, 0))
+    assert handler.ends == []
+    worker.output(2, READY + end_report(reports, 0))
+    assert handler.out == {1: b"hi\n", 2: b""}
+    assert [code for code, _ in handler.ends] == [None] and reports.status == 0
+
+
+def test_the_next_job_on_a_ready_worker_starts_with_its_frame():
+    base = StandInBase()
+    transport = WorkerTransport(base, loop=None)
+    first, handler = start_job(transport)
+    worker = base.processes[0].handler
+    worker.output(1, READY + b"one\n" + end_report(first, 0))
+    worker.output(2, READY + end_report(first, 0))
+    second, handler = start_job(transport, b"echo two")
+    assert len(base.processes) == 1 and second.started
+    worker.output(1, b"two" + end_report(second, 3))
+    worker.output(2, b"err" + end_report(second, 3))
+    assert handler.out == {1: b"two", 2: b"err"} and second.status == 3
