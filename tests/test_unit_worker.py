@@ -30,14 +30,15 @@ class LocalWorker:
         self.count = 0
         for stream in (self.process.stdout, self.process.stderr):
             reader = ReportReader(READY_TOKEN, before_start="drop")
-            self._read(stream, reader, lambda: reader.started)
+            self._read(stream, reader, "started")
             assert reader.said_before_start == b""
 
     @staticmethod
-    def _read(stream, reader, done):
-        """Feed ``stream`` to ``reader`` until ``done()``; what it passes on."""
+    def _read(stream, reader, until):
+        """Feed ``stream`` to ``reader`` until its ``until`` attribute is
+        true; returns what it passed on."""
         data = b""
-        while not done():
+        while not getattr(reader, until):
             # A worker that stopped answering fails the test, never hangs it.
             ready, _, _ = select.select([stream], [], [], 30)
             assert ready, "no report from the worker within 30 s"
@@ -64,7 +65,7 @@ class LocalWorker:
             # A ready worker runs a frame as it comes: no start report.
             reader = ReportReader(token, before_start="drop", after_end="drop")
             reader.start()
-            data = self._read(stream, reader, lambda: reader.ended)
+            data = self._read(stream, reader, "ended")
             out[stream] = (reader.status, data)
         assert out[self.process.stdout][0] == out[self.process.stderr][0]
         return out[self.process.stdout][0], out[self.process.stdout][1], out[self.process.stderr][1]
