@@ -63,14 +63,20 @@ class StdinWriter:
     closed.  A reader that has gone (EPIPE) ends the writing quietly: how
     the attempt ends says why."""
 
-    __slots__ = ("_loop", "_fd", "_rest")
+    __slots__ = ("_loop", "_fd", "_rest", "_watched")
 
     def __init__(self, loop, fd, data):
         self._loop = loop
         self._fd = fd
         self._rest = memoryview(data)
         os.set_blocking(fd, False)
-        loop.add_writer(fd, self._write)
+        # Most writes (a worker's frames) fit in the pipe at once: the loop
+        # is asked to wait only for what does not.
+        self._watched = False
+        self._write()
+        if self._fd is not None:
+            self._watched = True
+            loop.add_writer(fd, self._write)
 
     def _write(self):
         try:
@@ -92,7 +98,8 @@ class StdinWriter:
 
     def cancel(self):
         if self._fd is not None:
-            self._loop.remove_writer(self._fd)
+            if self._watched:
+                self._loop.remove_writer(self._fd)
             self._fd = self._rest = None
 
 
