@@ -150,9 +150,9 @@ def build_parser():
                         help="with -E: when the run ends, print each distinct output once, "
                         "under the nodes that gave it, folded (a line '%s' above the "
                         "output), largest group first, as clush -b and dshbak -c do; stderr's "
-                        "groups go to stderr. A node's failure is reported as without "
-                        "--gather; output cut short (lost connection, --timeout) is dropped"
-                        % "lab[01-07,09] (8)")
+                        "groups go to stderr. Exit status and failure report as without it; "
+                        "a failed job's output is shown too, unless cut short (lost "
+                        "connection, --timeout, Ctrl-C)" % "lab[01-07,09] (8)")
     output.add_argument("--output-dir", metavar="DIR",
                         help="write job N's stdout and stderr to DIR/N.out and DIR/N.err "
                         "(complete files only) and an index to DIR/index.tsv (job, status: 0 or "
