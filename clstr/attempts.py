@@ -236,5 +236,5 @@ class Attempts:
                                 attempt.slot.host.name, attempt.started,
                                 time.time() - attempt.started, attempt.received,
                                 verdict.exitval, verdict.signal, job.text)
-        self._close_output(attempt, verdict.failure is None)
+        self._close_output(attempt, self._delivery.keeps(verdict.failure))
         self._owner.attempt_ended(attempt, verdict)

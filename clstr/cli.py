@@ -22,6 +22,7 @@ examples:
   clstr -N nodes.txt -J jobs.txt --status
   clstr -N nodes.txt -J <(for i in $(seq 10); do echo "echo job $i"; done)
   clstr -N nodes.txt -E 'grep "model name" /proc/cpuinfo' | sort | uniq -c
+  clstr -n 'lab[01-40]' -E 'uname -r' --gather
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
   clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
@@ -145,6 +146,13 @@ def build_parser():
     output.add_argument("--group", action="store_true",
                         help="print each job's whole output at once when it completes "
                         "(stdout, then stderr); output of failed attempts is dropped")
+    output.add_argument("--gather", action="store_true",
+                        help="with -E: when the run ends, print each distinct output once, "
+                        "under the nodes that gave it, folded (a line '%s' above the "
+                        "output), largest group first, as clush -b and dshbak -c do; stderr's "
+                        "groups go to stderr. Exit status and failure report as without it; "
+                        "a failed job's output is shown too, unless cut short (lost "
+                        "connection, --timeout, Ctrl-C)" % "lab[01-07,09] (8)")
     output.add_argument("--output-dir", metavar="DIR",
                         help="write job N's stdout and stderr to DIR/N.out and DIR/N.err "
                         "(complete files only) and an index to DIR/index.tsv (job, status: 0 or "
@@ -425,6 +433,18 @@ def _resume_skip(args):
     return lambda job: job_key(job) in done
 
 
+def _check_gather(args):
+    if not args.gather:
+        return
+    if args.on_each_node is None:
+        raise UsageError("--gather needs --on-each-node (-E): it groups nodes by their output")
+    for given, option in ((args.tag, "--tag"), (args.group, "--group"),
+                          (args.output_dir, "--output-dir")):
+        if given:
+            raise UsageError("--gather cannot be combined with %s: it prints each output "
+                             "once, under its nodes' names" % option)
+
+
 def make_plan(argv):
     """Parse and check ``argv``: returns a Plan and the job feed, or raises
     UsageError.  Reads inputs (node files, job files, a joblog to resume) but
@@ -443,6 +463,7 @@ def make_plan(argv):
         raise UsageError("--node-file - and --job-file - cannot both read stdin")
     if args.group and args.output_dir:
         raise UsageError("--group and --output-dir cannot be combined")
+    _check_gather(args)
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
     exec_words = _transport(args)
@@ -478,7 +499,7 @@ def make_plan(argv):
                    and not exec_words),
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
-        tag=args.tag, group=args.group, dry_run=args.dry_run,
+        tag=args.tag, group=args.group, gather=args.gather, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
         retry_nodes=args.retry_nodes, exec_words=exec_words,
         slurm=bool(args.slurm and args.exec_template is None), workers=args.workers,

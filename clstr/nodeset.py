@@ -145,3 +145,90 @@ def read_node_file(path):
     except UnicodeDecodeError as error:
         raise NodeSpecError("node file %s is not UTF-8 text (byte %d)" % (path, error.start))
     return parse_node_lines(text.splitlines(), path)
+
+
+# -- folding: the inverse of expand ---------------------------------------------
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name):
+    """Sort key ordering names as people count: node9 before node10, then
+    node09 after node9 (same number, more digits)."""
+    parts = _DIGITS.split(name)
+    return [(int(part), len(part)) if index % 2 else part for index, part in enumerate(parts)]
+
+
+def _width(digits):
+    """The zero padding ``digits`` needs to be written back: its length if it
+    starts with 0 (``007``), else 0 (any number written plainly; "0" too)."""
+    return len(digits) if len(digits) > 1 and digits.startswith("0") else 0
+
+
+def _fold_numbers(numbers):
+    """A bracket body for a set of digit strings, as ClusterShell's nodeset
+    writes it: runs of consecutive numbers of the same width (``9,09-10``,
+    ``099-101,1000``).  A plain number joins the padded ones of its own
+    length when there are any (``09 10`` is ``09-10``), since ``expand``
+    pads every number of a range to its first one's width, no shorter."""
+    padded = {len(digits) for digits in numbers if _width(digits)}
+    classes = {}
+    for digits in numbers:
+        width = len(digits) if len(digits) in padded else 0
+        classes.setdefault(width, set()).add(int(digits))
+    runs = []
+    for width, values in classes.items():
+        start = previous = None
+        for value in sorted(values) + [None]:
+            if start is not None and value != previous + 1:
+                runs.append((width, start, previous))
+                start = None
+            if start is None:
+                start = value
+            previous = value
+    runs.sort(key=lambda run: (len("%0*d" % (run[0], run[1])), run[1]))
+    return ",".join("%0*d" % (width, low) if low == high
+                    else "%0*d-%0*d" % (width, low, width, high) for width, low, high in runs)
+
+
+def _fold_products(tuples):
+    """Cover a set of equal-length tuples of digit strings with products of
+    sets, one set per position, folding the last position first (as
+    ClusterShell does: r1n1 r1n2 r2n1 r2n2 is r[1-2]n[1-2], and r1n1 r1n2
+    r2n1 is r1n[1-2],r2n1).  Returns a list of tuples of sets."""
+    if len(next(iter(tuples))) == 1:
+        return [({digits for (digits,) in tuples},)]
+    lasts = {}
+    for numbers in tuples:
+        lasts.setdefault(numbers[:-1], set()).add(numbers[-1])
+    heads = {}
+    for head, last in lasts.items():
+        heads.setdefault(frozenset(last), set()).add(head)
+    return [product + (set(last),)
+            for last, head_tuples in heads.items() for product in _fold_products(head_tuples)]
+
+
+def fold(names):
+    """The shortest hostlist in ClusterShell's style that ``expand`` turns
+    back into ``names`` (as a set: duplicates go, order is natural order):
+    lab01 lab02 lab03 lab05 is ``lab[01-03,05]``.  Zero padding is kept,
+    each pattern of text around the numbers (``lab``, ``rack-node``,
+    ``a-b``) folds on its own, names without digits, and IPv6 addresses,
+    are listed as they are."""
+    patterns = {}
+    for name in set(names):
+        parts = [name] if ":" in name else _DIGITS.split(name)
+        patterns.setdefault(tuple(parts[0::2]), set()).add(tuple(parts[1::2]))
+    folded = []
+    for texts, tuples in patterns.items():
+        if len(texts) == 1:
+            folded.append((natural_key(texts[0]), texts[0]))
+            continue
+        for product in _fold_products(tuples):
+            spec = first = texts[0]
+            for numbers, text in zip(product, texts[1:]):
+                body = _fold_numbers(numbers)
+                spec += (body if len(numbers) == 1 else "[%s]" % body) + text
+                first += min(numbers, key=natural_key) + text
+            folded.append((natural_key(first), spec))
+    return ",".join(spec for _, spec in sorted(folded))

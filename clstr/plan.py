@@ -36,6 +36,8 @@ class Plan:
     status: bool = False
     tag: bool = False
     group: bool = False
+    # --gather: -E's outputs printed once per distinct output at the end.
+    gather: bool = False
     dry_run: bool = False
     max_attempts: int = 0  # 0: never give a job up
     job_failure: str = "node"  # or "job"

@@ -70,7 +70,7 @@ class Run(RunEvents, AttemptsOwner):
                                 self._pressure, lambda: self._stop(EXIT_BROKEN_PIPE),
                                 self.local_io_failed)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
-                                 output_dir=plan.output_dir)
+                                 output_dir=plan.output_dir, gather=plan.gather)
         self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
         self.status = None
@@ -227,6 +227,7 @@ class Run(RunEvents, AttemptsOwner):
         ok = not incomplete and self.feed.input_done
         self._stopping = True  # nothing new starts now
         self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
+        self.delivery.finish()
         self._report(incomplete)
         self.loop.stop()
 
@@ -276,6 +277,8 @@ class Run(RunEvents, AttemptsOwner):
 
     def _maybe_finish_stop(self):
         if not len(self.attempts):
+            # What completed before the stop (Ctrl-C on a hung node) is shown.
+            self.delivery.finish()
             if self._report_when_stopped:
                 self._report(self._incomplete())
             self.loop.stop()

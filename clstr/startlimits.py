@@ -69,8 +69,9 @@ class StartLimits:
         per_job = self._transport.fds_per_attempt
         if plan.output_dir:
             per_job += 2  # the job's two partial output files
-        if plan.group:
-            per_job += 2  # outputs past SPILL_AFTER wait in temporary files
+        if plan.group or plan.gather:
+            # Outputs past SPILL_AFTER (--gather: HOLD_IN_MEMORY) wait in files.
+            per_job += 2
         fit = slots_that_fit(limit, open_fd_count(), per_job)
         if fit < self._slots_wanted:
             scheduler.max_running = fit

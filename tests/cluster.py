@@ -457,6 +457,21 @@ class LoopbackCluster:
         assert count <= ENV_NODES, count
         return self._names("envnode", count)
 
+    def ssh_command_naming_sessions(self, names, directory):
+        """An ssh command line (for --ssh-command) that reaches every node
+        as ``ssh_command`` does and sets CLSTR_TEST_NODE to each of
+        ``names`` in its sessions, for any names and any number of them
+        (``env_nodes`` has 16).  Its config, written in ``directory``, puts
+        a SetEnv block per name before this cluster's config: ssh takes the
+        first value it finds, and SetEnv has no %n token."""
+        path = os.path.join(str(directory), "ssh_config_naming_sessions")
+        with open(path, "w") as config:
+            for name in names:
+                config.write("Host %s\n    SetEnv CLSTR_TEST_NODE=%s\n" % (name, name))
+            with open(self.ssh_config) as ours:
+                config.write(ours.read())
+        return "ssh -F %s" % path
+
     def late_nodes(self, count):
         """Names refused until ``bring_up_late_nodes()`` is called."""
         return self._names("late", count)

@@ -162,3 +162,20 @@ def test_nothing_can_start_gives_up_with_one_line_and_no_node_retired(local_clie
     assert result.stdout == b""
     assert result.stderr.decode().splitlines() == [
         "clstr: nothing could start for 30s: the process limit is 1 (raise it with ulimit -u)"]
+
+
+def test_gathered_outputs_waiting_in_files_fit_the_open_files_limit(cluster, local_client):
+    # Each node's 100 KB answers (stdout and stderr) wait in temporary
+    # files of their own until its job ends: two fds more per running job,
+    # counted when clstr fits the run to the limit (else the files could
+    # not be opened: exit 3).
+    job = "head -c 100000 /dev/zero | tr '\\0' x | tee /dev/stderr; echo"
+    result = run_limited(local_client, "n", 64, "-n", "node[001-030]", "--gather", "-E", job)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    said, gathered = stderr.split("\n", 1)
+    assert re.match(r"clstr: only \d+ of 30 slots can run at once: the open-files limit is 64",
+                    said)
+    rule = "-" * 15
+    assert result.stdout.decode() == "%s\nnode[001-030] (30)\n%s\n%s\n" % (rule, rule, "x" * 100000)
+    assert gathered == "%s\nnode[001-030] (30) stderr\n%s\n" % (rule, rule) + "x" * 100000

@@ -108,6 +108,17 @@ def test_failure_report_example(failure_report_run):
     assert result.returncode == status
 
 
+def test_gather_example(cluster):
+    if not cluster.bash_user:
+        pytest.skip("bashnode* log in as a second user (bash), made only as root")
+    words, output, status = _command_and_output(checked_blocks()["test_gather_example"])
+    result = _run_readme_command(cluster, words)
+    # On a terminal clstr's report follows the gathered output, as it ends the run.
+    printed = (result.stdout + result.stderr).decode().splitlines()
+    assert _normalised(printed) == _normalised(output)
+    assert result.returncode == status
+
+
 def test_joblog_example(failure_report_run):
     _, _, _, joblog = failure_report_run
     lines = checked_blocks()["test_joblog_example"]

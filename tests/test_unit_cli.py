@@ -30,6 +30,11 @@ def run(*args, stdin=subprocess.DEVNULL, **kwargs):
     (["--node=-oProxyCommand=evil", "-j", "JOB"], "-oProxyCommand=evil"),
     (["-n", "a", "-j", "JOB", "--resume"], "--resume"),
     (["-n", "a", "-j", "JOB", "--ssh-command", "no-such-ssh-here"], "no-such-ssh-here"),
+    (["-n", "a", "-j", "JOB", "--gather"], "--gather needs --on-each-node"),
+    (["-n", "a", "-E", "JOB", "--gather", "--tag"], "--gather cannot be combined with --tag"),
+    (["-n", "a", "-E", "JOB", "--gather", "--group"], "--gather cannot be combined with --group"),
+    (["-n", "a", "-E", "JOB", "--gather", "--output-dir", "/nonexistent/out"],
+     "--gather cannot be combined with --output-dir"),
 ])
 def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_path):
     marker = tmp_path / "ran"

@@ -1,5 +1,6 @@
 """How one attempt's output is delivered: merged lines (optionally tagged with
-the host), grouped per job, or files per job.
+the host), grouped per job, files per job, or gathered per distinct output
+(gathered.py).
 
 ``Delivery.open(attempt_id, job, host)`` returns an object with
 ``data(stream, bytes)`` and ``close(succeeded)``; stream is 1 (stdout) or 2
@@ -9,7 +10,9 @@ the host), grouped per job, or files per job.
 import os
 
 from ..errors import LocalIOError
+from ..failures import Kind
 from ..userfiles import write_all
+from .gathered import Gathering
 from .lines import LINE_ENDS, LineAssembler, final_line_end
 from .sinks import SpillBuffer
 
@@ -153,23 +156,41 @@ class _Files:
 
 
 class Delivery:
-    """Chooses the mode for a run: ``group`` and ``tag`` flags, or an
-    ``output_dir`` (a ``userfiles.OutputDir``, already open).  In files mode
-    ``record`` appends to DIR/index.tsv (job number, status, host, command),
-    one line per job with a single
+    """Chooses the mode for a run: ``group`` and ``tag`` flags, an
+    ``output_dir`` (a ``userfiles.OutputDir``, already open), or ``gather``.
+    In files mode ``record`` appends to DIR/index.tsv (job number, status,
+    host, command), one line per job with a single
     write, so the index is never torn."""
 
-    def __init__(self, sinks, tag=False, group=False, output_dir=None):
+    def __init__(self, sinks, tag=False, group=False, output_dir=None, gather=False):
         self._sinks = sinks
         self._tag = tag
         self._group = group
         self._output_dir = output_dir  # an open userfiles.OutputDir
+        self._gathering = Gathering(sinks) if gather else None
 
     def open(self, seq, host):
         if self._output_dir is not None:
             return _Files(self._output_dir, seq)
+        if self._gathering is not None:
+            return self._gathering.open(host)
         prefix = (host + ": ").encode("utf-8", "surrogateescape") if self._tag else b""
         return (_Group if self._group else _Lines)(self._sinks, prefix)
+
+    def keeps(self, failure):
+        """Whether the output of an attempt that ended with ``failure``
+        (None: it completed) is kept.  A completed one's always; when
+        gathering (-E), also one whose job exited non-zero on its own: -E
+        runs it nowhere else, so that output is its node's answer.  Output
+        cut short (a lost connection, --timeout, Ctrl-C) never is."""
+        return failure is None or (self._gathering is not None
+                                   and failure.kind is Kind.JOB_EXIT)
+
+    def finish(self):
+        """The run's jobs are over: print what waited for the end (the
+        gathered outputs), before clstr's report."""
+        if self._gathering is not None:
+            self._gathering.write()
 
     def record(self, seq, failure, host, command):
         """Note a job's final outcome (files mode only): ``failure`` None if
@@ -184,5 +205,7 @@ class Delivery:
             self._output_dir.record(line.encode("utf-8", "backslashreplace"))
 
     def close(self):
+        if self._gathering is not None:
+            self._gathering.close()
         if self._output_dir is not None:
             self._output_dir.close()

@@ -27,7 +27,7 @@ def _take_batch(chunks):
     """Pop in-memory chunks from the left until about COALESCE bytes, joined."""
     batch = []
     size = 0
-    while chunks and size < COALESCE and not isinstance(chunks[0], _SpillReader):
+    while chunks and size < COALESCE and not isinstance(chunks[0], SpillReader):
         chunk = chunks.popleft()
         batch.append(chunk)
         size += len(chunk)
@@ -168,7 +168,7 @@ class Sink:
         chunks = self._chunks
         try:
             while chunks:
-                if isinstance(chunks[0], _SpillReader):
+                if isinstance(chunks[0], SpillReader):
                     # Bring the next piece of a spilled buffer into memory.
                     piece = chunks[0].read(COALESCE)
                     if not piece:
@@ -213,7 +213,7 @@ class Sink:
         """Forget what is buffered and everything written from now on."""
         self.broken = True
         for chunk in self._chunks:
-            if isinstance(chunk, _SpillReader):
+            if isinstance(chunk, SpillReader):
                 chunk.close()
         self._chunks.clear()
         self._buffered = 0
@@ -240,18 +240,20 @@ SPILL_AFTER = 1024 * 1024
 
 
 class SpillBuffer:
-    """Bytes appended in order, in memory while small, on disk when large."""
+    """Bytes appended in order, in memory while small (up to ``spill_after``
+    bytes), on disk when large."""
 
-    def __init__(self):
+    def __init__(self, spill_after=None):
         self._memory = io.BytesIO()
         self._file = None
+        self._spill_after = SPILL_AFTER if spill_after is None else spill_after
         self.size = 0
         self.ends_with_newline = True
 
     def append(self, data):
         if not data:
             return
-        if self._file is None and self.size + len(data) > SPILL_AFTER:
+        if self._file is None and self.size + len(data) > self._spill_after:
             self._file = tempfile.TemporaryFile(prefix="clstr-")
             self._file.write(self._memory.getvalue())
             self._memory = None
@@ -279,7 +281,7 @@ class SpillBuffer:
         except OSError:
             _close_quietly(handle)
             raise
-        return _SpillReader(handle)
+        return SpillReader(handle)
 
     def close(self):
         (self._file or self._memory).close()
@@ -292,8 +294,10 @@ def _close_quietly(handle):
         pass
 
 
-class _SpillReader:
-    """Reads a SpillBuffer from the start, a piece at a time."""
+class SpillReader:
+    """Reads spilled bytes from the start, a piece at a time, for a sink:
+    ``handle`` (a SpillBuffer's, or any with ``read(size)`` and ``close()``)
+    is closed with it."""
 
     __slots__ = ("_handle",)
 
