@@ -169,9 +169,12 @@ class Attempts:
         self._disarm_start_deadline(attempt)
         attempt.session.stop(stop_grace(attempt.reports.started))
 
-    def stop_all(self):
+    def stop_all(self, reason=None):
+        """Stop every attempt, for ``reason`` (a Failure; None: stopped by
+        clstr, as for Ctrl-C)."""
+        reason = reason or stopped_by_clstr()
         for attempt in self:
-            self.stop(attempt, stopped_by_clstr())
+            self.stop(attempt, reason)
 
     def kill_all(self):
         """The run is over: leave every attempt at once."""

@@ -25,6 +25,8 @@ examples:
   clstr -n 'lab[01-40]' -E 'uname -r' --gather
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
+  clstr -N nodes.txt -J jobs.txt --halt now,fail=1
+  clstr -N nodes.txt -J jobs.txt --retries 3 --timeout 600
   clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
   salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
@@ -34,8 +36,9 @@ exits non-zero, clstr cannot tell the node from the job, so it retires the node
 and runs the job elsewhere; a job can use this to refuse unsuitable nodes: the
 sed example runs every job of jobs.txt only on nodes where nobody is logged in.
 
-exit status: 0 every job completed; 1 some did not (no node left to run them,
-or given up: --timeout, --job-failure job, --max-attempts; the report says
+exit status: 0 every job completed (or --halt ...,success=N was met); 1 some
+did not (no node left to run them, or given up: --timeout, --job-failure job,
+--max-attempts, --retries; or --halt ...,fail=N ended the run; the report says
 which); 2 usage or input error (nothing was started); 3 clstr could not write
 its own output (stdout, stderr, --joblog, -A, --output-dir); 130/143/129
 interrupted by SIGINT/SIGTERM/SIGHUP; 141 stdout was closed.
@@ -117,13 +120,32 @@ def build_parser():
     failures = parser.add_argument_group(
         "failures", "By default, as in clstr 0.1.0, any non-zero exit of ssh retires "
         "the node and the job runs elsewhere.")
-    failures.add_argument("--job-failure", choices=("node", "job"), default="node",
+    failures.add_argument("--job-failure", choices=("node", "job"),
                           help="what a job's own non-zero exit means: 'node' (default) "
                           "retires the node and reruns the job elsewhere; 'job' marks "
-                          "only the job failed")
+                          "only the job failed (implied by --retries and --halt)")
     failures.add_argument("--max-attempts", metavar="N", type=_count, default=0,
                           help="give a job up after it failed on N nodes (0: never, "
-                          "the default, so node-filtering jobs work)")
+                          "the default, so node-filtering jobs work); with --job-failure "
+                          "node each failure also retires its node: to rerun a flaky job "
+                          "on healthy nodes, use --retries")
+    failures.add_argument("--retries", metavar="N", type=_count,
+                          help="run a job that fails on its own up to N times in all "
+                          "(GNU parallel's --retries; 0: no limit), each time on a node "
+                          "where it failed least, the same node only when no other is "
+                          "left; implies --job-failure job, so no node is retired for a "
+                          "job's exit (a refused or lost connection still retires its "
+                          "node, and that try does not count)")
+    failures.add_argument("--halt", metavar="WHEN,WHAT=N", type=_halt,
+                          help="end the run early, as GNU parallel's --halt: WHEN 'soon' "
+                          "starts no new job and lets the running ones finish, 'now' also "
+                          "stops them as Ctrl-C would; WHAT 'fail=N' or 'success=N' jobs, "
+                          "or N%% of all jobs (of a pipe's jobs once it ends): now,fail=1, "
+                          "soon,fail=10%%, now,success=1 ('never', and parallel's 0, 1, 2, "
+                          "-1, -2 too). Implies --job-failure job: a job's exit is its own "
+                          "failure, counted, never its node's (retiring nodes for it "
+                          "instead would contradict halting on it). Exits 1 on fail=, 0 on "
+                          "success=; the report names the job")
     failures.add_argument("--timeout", metavar="SECONDS", type=_seconds,
                           help="kill a job (on the node too) that runs longer; it is "
                           "reported as 'timeout' and not rerun")
@@ -270,6 +292,28 @@ def _seconds(text):
         raise argparse.ArgumentTypeError("at most %d seconds (about 11 days): %r"
                                          % (MAX_SECONDS, text))
     return value
+
+
+def _halt(text):
+    from .halt import parse_halt
+    try:
+        return parse_halt(text, MAX_COUNT)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
+def _job_failure(args):
+    """--job-failure, as given or implied: --retries and --halt count a
+    job's own exit as that job's failure, so they cannot have it blame the
+    node."""
+    implied_by = [option for option, value in (("--retries", args.retries),
+                                               ("--halt", args.halt)) if value is not None]
+    if not implied_by:
+        return args.job_failure or "node"
+    if args.job_failure == "node":
+        raise UsageError("%s counts a job's own exit as that job's failure, and --job-failure "
+                         "node as its node's: drop --job-failure node" % implied_by[0])
+    return "job"
 
 
 def _flatten(groups):
@@ -466,6 +510,7 @@ def make_plan(argv):
     _check_gather(args)
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
+    job_failure = _job_failure(args)
     exec_words = _transport(args)
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
@@ -500,7 +545,8 @@ def make_plan(argv):
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, gather=args.gather, dry_run=args.dry_run,
-        max_attempts=args.max_attempts, job_failure=args.job_failure, timeout=args.timeout,
+        max_attempts=args.max_attempts, job_failure=job_failure, timeout=args.timeout,
+        retries=args.retries, halt=args.halt,
         retry_nodes=args.retry_nodes, exec_words=exec_words,
         slurm=bool(args.slurm and args.exec_template is None), workers=args.workers,
         # Where output goes: paths, and the -A file resolved but untouched.

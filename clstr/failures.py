@@ -139,6 +139,11 @@ def stopped_by_clstr():
     return Failure(Kind.INTERRUPTED, "stopped by clstr")
 
 
+def stopped_by_halt(rule):
+    """An attempt stopped because --halt ``rule`` (a halt.HaltRule) was met."""
+    return Failure(Kind.INTERRUPTED, "stopped by --halt %s" % (rule,))
+
+
 def timed_out(seconds):
     """An attempt stopped for running past --timeout ``seconds``."""
     return Failure(Kind.TIMEOUT, "stopped after %gs" % seconds)

@@ -124,6 +124,15 @@ class NodePool:
             return None
         return self._take(host)
 
+    def acquire_among(self, names):
+        """Take a free slot on the least-loaded live host of ``names`` (ties
+        at random), or None."""
+        hosts = [self.hosts[name] for name in names]
+        free = [host for host in hosts if host.free and not host.retired]
+        if not free:
+            return None
+        return self._take(min(free, key=lambda host: (host.running, self._rng.random())))
+
     def _take(self, host):
         slot = host.free.pop()
         slot.busy = True

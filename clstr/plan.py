@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .halt import HaltRule
 from .transport.sshcommand import SshSettings
 from .userfiles import InPlaceFile, OutputDir, ReplacedFile
 
@@ -41,6 +42,11 @@ class Plan:
     dry_run: bool = False
     max_attempts: int = 0  # 0: never give a job up
     job_failure: str = "node"  # or "job"
+    # --retries: a job's own failure runs it again, at most this many times
+    # in all (0: no limit); None: not given.
+    retries: int | None = None
+    # --halt: when the run ends early; None: never.
+    halt: HaltRule | None = None
     timeout: float | None = None
     retry_nodes: float = 0  # 0: a retired node stays retired
     # The --exec template's words, str (--slurm's srun too); None for ssh.

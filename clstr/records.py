@@ -170,11 +170,14 @@ def failure_report(retired_hosts, incomplete_jobs, limit=20,
     return lines
 
 
-def why_never_started(job, pool, max_node_uses):
+def why_never_started(job, pool, max_node_uses, halted=None):
     """The report's words for ``job``, which ended the run without an
-    attempt, from ``pool`` (nodes.NodePool) as the run left it."""
+    attempt, from ``pool`` (nodes.NodePool) as the run left it and
+    ``halted`` (a halt.Halted if --halt ended the run)."""
     if job.host is not None and pool.hosts[job.host].retired:
         return "never started: %s was retired" % job.host
+    if halted is not None:
+        return "never started: the run was halted"
     if pool.usable:
         return "never started"
     # Slots that are neither retired nor usable were used up.
@@ -187,17 +190,31 @@ def why_never_started(job, pool, max_node_uses):
     return "never started: no node left"
 
 
-def run_report(pool, feed, incomplete, verbose, max_node_uses):
+def halt_line(halted):
+    """The report's words for a run that --halt ended (``halted``, a
+    halt.Halted): the rule and the job whose end met it."""
+    job = halted.job
+    return "the run was halted (--halt %s) by job %d %r on %s: %s" % (
+        halted.rule, job.seq, job.brief, halted.host, halted.failure or "completed")
+
+
+def run_report(pool, feed, incomplete, verbose, max_node_uses, halted=None):
     """The lines of a run's failure report: always when jobs did not
     complete (``incomplete``) or the job input was not read to its end;
     with -v (``verbose``) also when nodes were retired on the way (node
-    filtering does that by design, so it is not news by itself)."""
+    filtering does that by design, so it is not news by itself).  A run
+    that --halt ended (``halted``, a halt.Halted) says so first; when it
+    halted on success, what it left undone is news only with -v."""
     retired = pool.retired_hosts()
-    if not incomplete and feed.input_done and not (retired and verbose):
-        return []
-    lines = failure_report(retired, incomplete, limit=None if verbose > 1 else 20,
-                           never_started=lambda job: why_never_started(job, pool, max_node_uses))
-    if incomplete or not feed.input_done:
+    unfinished = bool(incomplete) or not feed.input_done
+    lines = [halt_line(halted)] if halted is not None else []
+    news = unfinished and not (halted is not None and halted.succeeded)
+    if not news and not (verbose and (retired or unfinished)):
+        return lines
+    lines += failure_report(retired, incomplete, limit=None if verbose > 1 else 20,
+                            never_started=lambda job: why_never_started(job, pool, max_node_uses,
+                                                                        halted))
+    if unfinished:
         unread = "" if feed.input_done else " (job input not read to its end)"
         lines.append("%d of %d jobs were not completed%s" % (
             len(incomplete), feed.total - feed.skipped, unread))

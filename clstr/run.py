@@ -17,6 +17,7 @@ import time
 from .attempts import Attempts, AttemptsOwner
 from .errors import LocalIOError
 from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
+from .failures import stopped_by_halt
 from .limits import out_of_resources
 from .loop import EventLoop
 from .nodecare import NodeCare
@@ -48,7 +49,8 @@ class Run(RunEvents, AttemptsOwner):
         self.pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
         self.transport = transport_for(plan, self.loop, self.private, self.pool, self)
         self.scheduler = Scheduler(self.pool, feed, max_running=plan.max_nodes,
-                                   max_attempts=plan.max_attempts, job_failure=plan.job_failure)
+                                   max_attempts=plan.max_attempts, job_failure=plan.job_failure,
+                                   retries=plan.retries, halt=plan.halt)
         health = NodeHealth(random.Random(), job_failure=plan.job_failure,
                             retry_after=plan.retry_nodes, masters=self.transport.has_masters)
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
@@ -64,6 +66,7 @@ class Run(RunEvents, AttemptsOwner):
         self._io_error = None  # the first LocalIOError of the run
         self._started = time.monotonic()
         self._report_when_stopped = False
+        self._halt_said = False
         self.sinks = open_sinks(self.loop, plan.stdout_fd, plan.stderr_fd,
                                 {1: plan.stdout_path or "the --stdout file",
                                  2: plan.stderr_path or "the --stderr file"},
@@ -120,7 +123,7 @@ class Run(RunEvents, AttemptsOwner):
     def _dispatch(self):
         """Start every attempt that can start now; end the run when nothing
         more can happen."""
-        if self._stopping:
+        if self._stopping or self._halt_now():
             return
         self.transport.prepare(self.scheduler.slots_in_demand)
         next_assignment = (self.scheduler.next_pinned_assignment if self.plan.pinned
@@ -134,6 +137,27 @@ class Run(RunEvents, AttemptsOwner):
         self._changed()
         if not self.pool.busy and self.scheduler.nothing_more_can_run():
             self._finish()
+
+    def _halt_now(self):
+        """Whether --halt's rule has been met with WHEN ``now``: the running
+        jobs are then stopped as Ctrl-C would stop them (no node is blamed,
+        no connection counted lost) and the run ends with its report.  With
+        ``soon`` the scheduler starts no new job and the running ones
+        finish; clstr says so once."""
+        when = self.scheduler.halting()
+        if when is None or self._halt_said:
+            return False
+        self._halt_said = True
+        halted = self.scheduler.halted
+        if when == "now":
+            self._report_when_stopped = True
+            self._stop(EXIT_OK if halted.succeeded else EXIT_INCOMPLETE,
+                       stopped_by_halt(halted.rule))
+            return True
+        if self.pool.busy:
+            self._message("--halt %s reached: starting no more jobs, waiting for %d running"
+                          % (halted.rule, self.pool.busy))
+        return False
 
     # -- what the transport says (RunEvents) ------------------------------------
 
@@ -224,7 +248,8 @@ class Run(RunEvents, AttemptsOwner):
 
     def _finish(self):
         incomplete = self._incomplete()
-        ok = not incomplete and self.feed.input_done
+        halted = self.scheduler.halted
+        ok = (not incomplete and self.feed.input_done) or (halted and halted.succeeded)
         self._stopping = True  # nothing new starts now
         self.exit_status = EXIT_OK if ok else EXIT_INCOMPLETE
         self.delivery.finish()
@@ -241,7 +266,7 @@ class Run(RunEvents, AttemptsOwner):
 
     def _report(self, incomplete):
         for line in run_report(self.pool, self.feed, incomplete, self.plan.verbose,
-                               self.plan.max_node_uses):
+                               self.plan.max_node_uses, self.scheduler.halted):
             self._message(line)
 
     def _interrupted(self, signum):
@@ -266,13 +291,14 @@ class Run(RunEvents, AttemptsOwner):
             self.exit_status = EXIT_LOCAL_IO
         self._stop(EXIT_LOCAL_IO)
 
-    def _stop(self, status):
-        """Stop every running attempt, then end the run with ``status``."""
+    def _stop(self, status, reason=None):
+        """Stop every running attempt (for ``reason``, a Failure; None:
+        stopped by clstr), then end the run with ``status``."""
         if self._stopping:
             return
         self._stopping = True
         self.exit_status = status
-        self.attempts.stop_all()
+        self.attempts.stop_all(reason)
         self._maybe_finish_stop()
 
     def _maybe_finish_stop(self):

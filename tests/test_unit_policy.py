@@ -1,6 +1,7 @@
 """Pure tier: parsing, classification and scheduling rules, driven by
 synthetic events (no processes, no network)."""
 
+import os
 import random
 
 import pytest
@@ -20,12 +21,14 @@ from clstr.failures import (
     read_log_tail,
     refused_log_file,
     start_overdue,
+    timed_out,
 )
+from clstr.halt import HaltRule, parse_halt
 from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, parse_node_lines, validate_host
 from clstr.output.delivery import tag_lines
-from clstr.records import completed_in_joblog, joblog_line
+from clstr.records import completed_in_joblog, joblog_line, run_report
 from clstr.scheduler import Scheduler
 from clstr.status import active_nodes_text, status_text
 from clstr.transport.sshcommand import SshSettings
@@ -440,3 +443,250 @@ def test_a_host_with_every_slot_used_up_stays_retired():
     pool.retire("a", "refused")
     assert pool.reinstate("a") == 0
     assert pool.hosts["a"].retired and pool.hosts["a"].reason == "refused"
+
+# -- --halt -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("now,fail=1", HaltRule("now", "fail", 1, False)),
+    ("soon,fail=3", HaltRule("soon", "fail", 3, False)),
+    ("soon,fail=50%", HaltRule("soon", "fail", 50, True)),
+    ("now,success=1", HaltRule("now", "success", 1, False)),
+    ("now,success=10%", HaltRule("now", "success", 10, True)),
+    # GNU parallel's older forms.
+    ("1", HaltRule("soon", "fail", 1, False)),
+    ("2", HaltRule("now", "fail", 1, False)),
+    ("-1", HaltRule("soon", "success", 1, False)),
+    ("-2", HaltRule("now", "success", 1, False)),
+    ("20%", HaltRule("soon", "fail", 20, True)),
+    ("0", None),
+    ("never", None),
+])
+def test_halt_takes_gnu_parallels_forms(text, rule):
+    assert parse_halt(text, 1000) == rule
+    if rule is not None:
+        assert str(rule) == ("%s,%s=%d%s" % (rule.when, rule.what, rule.count,
+                                             "%" if rule.percent else ""))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("later,fail=1", "expected WHEN,WHAT=N"),
+    ("now", "expected WHEN,WHAT=N"),
+    ("now,fail", "expected WHEN,WHAT=N"),
+    ("now,fail=x", "expected WHEN,WHAT=N"),
+    ("now,done=1", "done=N is not supported"),
+    ("now,fail=0", "from 1 to 1000"),
+    ("now,fail=1001", "from 1 to 1000"),
+    ("now,fail=101%", "from 1 to 100%"),
+])
+def test_a_halt_it_cannot_honour_is_refused_with_the_reason(text, says):
+    with pytest.raises(ValueError, match=says):
+        parse_halt(text, 1000)
+
+
+@pytest.mark.parametrize("count, percent, counted, total, known, met", [
+    (2, False, 1, 10, True, False),
+    (2, False, 2, 10, True, True),
+    (2, False, 2, 10, False, True),  # a count needs no total
+    (50, True, 3, 8, True, False),
+    (50, True, 4, 8, True, True),  # GNU parallel: counted >= total * 50%
+    (34, True, 2, 6, True, False),  # 2.04 jobs: a third is needed
+    (34, True, 3, 6, True, True),
+    (50, True, 4, 8, False, False),  # a stream's total is still growing
+    (50, True, 0, 0, True, False),
+])
+def test_a_halt_percentage_is_of_a_known_total(count, percent, counted, total, known, met):
+    assert HaltRule("soon", "fail", count, percent).met(counted, total, known) is met
+
+
+def halting_scheduler(rule, commands, hosts=("a",)):
+    return Scheduler(NodePool(list(hosts), rng=random.Random(0)), feed_of(*commands),
+                     job_failure="job", halt=parse_halt(rule, 1000))
+
+
+def test_halt_soon_starts_nothing_once_enough_jobs_failed_and_names_the_last():
+    scheduler = halting_scheduler("soon,fail=2", ["1", "2", "3", "4"], hosts=("a", "b"))
+    (first, a), (second, b) = scheduler.next_assignment(), scheduler.next_assignment()
+    scheduler.attempt_finished(first, a, job_exit(3))
+    assert scheduler.halting() is None
+    third, a = scheduler.next_assignment()
+    scheduler.attempt_finished(second, b, job_exit(4))
+    assert scheduler.halting() == "soon"
+    assert scheduler.next_assignment() is None and scheduler.slots_in_demand() == 1
+    halted = scheduler.halted
+    assert (halted.job, halted.host, str(halted.failure)) == (second, b.host.name, "job exit 4")
+    scheduler.attempt_finished(third, a, None)  # a running job still finishes
+    assert scheduler.nothing_more_can_run() and not scheduler.done()
+    assert [job.command for job in scheduler.not_completed()] == [b"1", b"2", b"4"]
+
+
+def test_halt_on_success_counts_completed_jobs_only():
+    scheduler = halting_scheduler("now,success=1", ["1", "2", "3"])
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, job_exit(1))
+    assert scheduler.halting() is None
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, None)
+    assert scheduler.halting() == "now" and scheduler.halted.succeeded
+    assert scheduler.halted.job is job and scheduler.halted.failure is None
+
+
+def test_a_requeued_job_is_no_failure_for_halt():
+    # A refused connection retires its node (node health) and the job runs
+    # elsewhere: it has not failed.
+    scheduler = halting_scheduler("now,fail=1", ["1"], hosts=("a", "b"))
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, Failure(Kind.REFUSED, "r")).requeued
+    assert scheduler.halting() is None
+
+
+def test_halt_on_a_percentage_of_a_stream_waits_for_its_end(tmp_path):
+    from clstr.loop import EventLoop
+    fifo = str(tmp_path / "jobs")
+    os.mkfifo(fifo)
+    feed = JobFeed(files=[open_job_file(fifo)])
+    writer = os.open(fifo, os.O_WRONLY)
+    loop = EventLoop()
+    try:
+        feed.start(loop, lambda: None)
+        loop.call_later(30, loop.stop)  # bounds the waits below
+        os.write(writer, b"exit 1\nexit 1\n")
+        loop.run_while(lambda: feed.waiting_count < 2)
+        scheduler = Scheduler(NodePool(["a"]), feed, job_failure="job",
+                              halt=parse_halt("now,fail=50%", 1000))
+        for _ in range(2):
+            job, slot = scheduler.next_assignment()
+            scheduler.attempt_finished(job, slot, job_exit(1))
+        # Two failed of two read, but more may come: 50% of what is not known.
+        assert scheduler.halting() is None
+        os.write(writer, b"true\ntrue\n")
+        os.close(writer)
+        writer = None
+        loop.run_while(lambda: not feed.input_done)
+        assert scheduler.halting() == "now" and scheduler.halted.job.seq == 2
+    finally:
+        if writer is not None:
+            os.close(writer)
+        feed.close()
+        loop.close()
+
+
+def test_a_halted_runs_report_names_the_job_and_says_the_rest_never_started():
+    scheduler = halting_scheduler("now,fail=1", ["exit 3", "echo later"])
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, job_exit(3))
+    assert scheduler.halting() == "now"
+    lines = run_report(scheduler.pool, scheduler.feed, scheduler.not_completed(), 0, 0,
+                       scheduler.halted)
+    assert lines == ["the run was halted (--halt now,fail=1) by job 1 'exit 3' on a: job exit 3",
+                     "2 jobs not completed:",
+                     "  job 1 'exit 3': a: job exit 3",
+                     "  job 2 'echo later': never started: the run was halted",
+                     "2 of 2 jobs were not completed"]
+
+
+def test_a_run_halted_on_success_lists_what_it_left_only_with_v():
+    scheduler = halting_scheduler("now,success=1", ["true", "echo later"])
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, None)
+    assert scheduler.halting() == "now"
+    args = (scheduler.pool, scheduler.feed, scheduler.not_completed())
+    said = "the run was halted (--halt now,success=1) by job 1 'true' on a: completed"
+    assert run_report(*args, 0, 0, scheduler.halted) == [said]
+    assert run_report(*args, 1, 0, scheduler.halted)[1:] == [
+        "1 job not completed:", "  job 2 'echo later': never started: the run was halted",
+        "1 of 2 jobs were not completed"]
+
+# -- --retries ------------------------------------------------------------------
+
+
+def retrying_scheduler(commands, hosts, retries, seed=0):
+    return Scheduler(NodePool(list(hosts), rng=random.Random(seed)), feed_of(*commands),
+                     job_failure="job", retries=retries)
+
+
+def test_retries_run_a_job_on_its_only_node_until_it_succeeds():
+    scheduler = retrying_scheduler(["flaky"], ["a"], retries=3)
+    for _ in range(2):
+        job, slot = scheduler.next_assignment()
+        assert scheduler.attempt_finished(job, slot, job_exit(1)).requeued
+    job, slot = scheduler.next_assignment()
+    scheduler.attempt_finished(job, slot, None)
+    assert scheduler.completed == 1 and scheduler.done()
+
+
+def test_retries_n_is_n_runs_in_all():
+    scheduler = retrying_scheduler(["false"], ["a"], retries=3)
+    outcomes = []
+    while True:
+        assignment = scheduler.next_assignment()
+        if assignment is None:
+            break
+        outcomes.append(scheduler.attempt_finished(*assignment, job_exit(1)))
+    assert [o.gave_up for o in outcomes] == [False, False, True]
+    assert scheduler.not_completed()[0].command == b"false"
+
+
+def test_retries_0_has_no_limit():
+    scheduler = retrying_scheduler(["false"], ["a"], retries=0)
+    for _ in range(50):
+        job, slot = scheduler.next_assignment()
+        assert scheduler.attempt_finished(job, slot, job_exit(1)).requeued
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_retried_job_goes_to_the_node_where_it_has_not_failed(seed):
+    scheduler = retrying_scheduler(["flaky", "other"], ["a", "b"], retries=3, seed=seed)
+    (flaky, first), (other, second) = scheduler.next_assignment(), scheduler.next_assignment()
+    scheduler.attempt_finished(flaky, first, job_exit(1))
+    # Only the slot where it failed is free: it waits for the other.
+    assert scheduler.next_assignment() is None
+    scheduler.attempt_finished(other, second, None)
+    job, slot = scheduler.next_assignment()
+    assert job is flaky and slot.host is second.host
+
+
+def test_a_retried_job_waiting_for_a_better_node_lets_a_fresh_job_take_the_slot():
+    scheduler = retrying_scheduler(["flaky", "long", "fresh"], ["a", "b"], retries=3)
+    (flaky, first), _ = scheduler.next_assignment(), scheduler.next_assignment()
+    scheduler.attempt_finished(flaky, first, job_exit(1))
+    job, slot = scheduler.next_assignment()
+    assert job.command == b"fresh" and slot.host is first.host
+    assert scheduler.feed.waiting() == [flaky]
+
+
+def test_retries_reuse_a_node_once_the_job_has_failed_on_every_node():
+    scheduler = retrying_scheduler(["flaky"], ["a", "b"], retries=3)
+    hosts = []
+    for _ in range(3):
+        job, slot = scheduler.next_assignment()
+        hosts.append(slot.host.name)
+        scheduler.attempt_finished(job, slot, job_exit(1))
+    assert sorted(hosts[:2]) == ["a", "b"] and hosts[2] in ("a", "b")
+    assert scheduler.not_completed() == [job]
+
+
+@pytest.mark.parametrize("failure", [timed_out(5), not_delivered(0, 200000)])
+def test_retries_rerun_a_job_stopped_by_timeout_or_not_delivered(failure):
+    scheduler = retrying_scheduler(["slow"], ["a"], retries=2)
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, failure).requeued
+
+
+def test_a_connection_failure_uses_up_no_try():
+    # The node is retired (node health) and the job runs elsewhere, as
+    # without --retries; only the job's own failures count.
+    scheduler = retrying_scheduler(["flaky"], ["a", "b", "c"], retries=2)
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, Failure(Kind.REFUSED, "r")).requeued
+    scheduler.pool.retire(slot.host.name, "refused")
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, job_exit(1)).requeued
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, job_exit(1)).gave_up
+
+
+def test_without_retries_a_jobs_own_failure_is_final_under_job_failure_job():
+    scheduler = retrying_scheduler(["false"], ["a"], retries=None)
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, job_exit(1)).gave_up
