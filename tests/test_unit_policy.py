@@ -24,7 +24,7 @@ from clstr.failures import (
     timed_out,
 )
 from clstr.halt import HaltRule, parse_halt
-from clstr.jobs import JobFeed, numbered_job_lines, open_job_file
+from clstr.jobs import Job, JobFeed, numbered_job_lines, open_job_file
 from clstr.nodes import NodePool
 from clstr.nodeset import NodeSpecError, expand, parse_node_lines, validate_host
 from clstr.output.delivery import tag_lines
@@ -646,12 +646,15 @@ def test_a_retried_job_goes_to_the_node_where_it_has_not_failed(seed):
     assert job is flaky and slot.host is second.host
 
 
-def test_a_retried_job_waiting_for_a_better_node_lets_a_fresh_job_take_the_slot():
-    scheduler = retrying_scheduler(["flaky", "long", "fresh"], ["a", "b"], retries=3)
+def test_a_retried_job_waiting_for_a_better_node_lets_the_next_job_take_the_slot():
+    scheduler = retrying_scheduler(["flaky", "long"], ["a", "b"], retries=3)
     (flaky, first), _ = scheduler.next_assignment(), scheduler.next_assignment()
     scheduler.attempt_finished(flaky, first, job_exit(1))
+    assert scheduler.next_assignment() is None  # it waits for b, first in the queue
+    throttled = Job(3, b"throttled")  # put back behind it (a throttled start, say)
+    scheduler.feed.requeue(throttled)
     job, slot = scheduler.next_assignment()
-    assert job.command == b"fresh" and slot.host is first.host
+    assert job is throttled and slot.host is first.host
     assert scheduler.feed.waiting() == [flaky]
 
 
