@@ -35,6 +35,12 @@ def run(*args, stdin=subprocess.DEVNULL, **kwargs):
     (["-n", "a", "-E", "JOB", "--gather", "--group"], "--gather cannot be combined with --group"),
     (["-n", "a", "-E", "JOB", "--gather", "--output-dir", "/nonexistent/out"],
      "--gather cannot be combined with --output-dir"),
+    (["-n", "a", "-j", "JOB", "--halt", "now,fail=1", "--job-failure", "node"],
+     "--halt counts a job's own exit as that job's failure"),
+    (["-n", "a", "-j", "JOB", "--retries", "3", "--job-failure", "node"],
+     "--retries counts a job's own exit as that job's failure"),
+    (["-n", "a", "-j", "JOB", "--halt", "soon,done=1"], "done=N is not supported"),
+    (["-n", "a", "-j", "JOB", "--halt", "sometimes"], "argument --halt: 'sometimes'"),
 ])
 def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_path):
     marker = tmp_path / "ran"
@@ -78,7 +84,7 @@ def test_slurm_two_tasks_on_each_of_twelve_nodes():
 
 
 @pytest.mark.parametrize("option", ["--max-nodes", "--max-node-uses", "--max-attempts",
-                                    "--max-sessions"])
+                                    "--max-sessions", "--retries"])
 def test_counts_are_capped_with_one_line(option):
     result = run("-n", "a", "-j", "x", option, "99999999999")
     assert result.returncode == 2
