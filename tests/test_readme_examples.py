@@ -18,7 +18,7 @@ import pytest
 
 from clstr.failures import Kind
 from clstr.status import active_nodes_text, progress_fields
-from clstr_run import REPO, clstr
+from clstr_run import REPO, RUN_ID, clstr
 
 README = os.path.join(REPO, "README.md")
 MARKER = re.compile(r"^<!-- checked: tests/test_readme_examples\.py::(\w+) -->\n", re.M)
@@ -135,6 +135,35 @@ def test_joblog_example(failure_report_run):
             assert re.fullmatch(r"\d+\.\d{3}", logged_row[column]), logged_row
         same = [0, 1, 4, 5, 6, 7, 8]
         assert [shown_row[c] for c in same] == [logged_row[c] for c in same]
+
+
+# -- --halt and --retries ---------------------------------------------------------
+
+def test_halt_example(cluster):
+    words, output, status = _command_and_output(checked_blocks()["test_halt_example"])
+    result = _run_readme_command(cluster, words)
+    # One slot: the jobs run in order, and the report follows their output.
+    assert (result.stdout + result.stderr).decode().splitlines() == output
+    assert result.returncode == status
+
+
+def test_retries_example(cluster, tmp_path):
+    lines = checked_blocks()["test_retries_example"]
+    shown = next(n for n, line in enumerate(lines) if line.startswith("$ awk "))
+    words, output, status = _command_and_output(lines[:shown])
+    assert lines[shown] == "$ awk -F'\\t' '{ print $1, $2, $7 }' joblog.tsv"
+    # The job's count of its tries lives in the login user's home, shared by
+    # other runs of the suite: this run's file has a name of its own.
+    joblog = str(tmp_path / "joblog.tsv")
+    words = [joblog if word == "joblog.tsv" else
+             word.replace("tries", "tries-" + RUN_ID) if previous == "-j" else word
+             for previous, word in zip([None] + words, words)]
+    result = _run_readme_command(cluster, words)
+    assert result.stdout.decode().splitlines() == output, result.stderr
+    assert result.returncode == 0 and status is None, result.stderr
+    with open(joblog) as log:
+        logged = [" ".join(line.split("\t")[i] for i in (0, 1, 6)) for line in log]
+    assert logged == lines[shown + 1:]
 
 
 # -- the usage examples ---------------------------------------------------------
