@@ -3,10 +3,11 @@ them).  Every status clstr ends with is one of these names."""
 
 import signal
 
-# Every job completed.
+# Every job completed, or --halt ...,success=N was met.
 EXIT_OK = 0
 # Some job did not complete: no node left to run it, or given up (--timeout,
-# --job-failure job, --max-attempts); the failure report says which.
+# --job-failure job, --max-attempts, --retries), or --halt ...,fail=N ended
+# the run; the failure report says which.
 EXIT_INCOMPLETE = 1
 # A usage or input error: nothing was started.
 EXIT_USAGE = 2
