@@ -693,3 +693,14 @@ def test_without_retries_a_jobs_own_failure_is_final_under_job_failure_job():
     scheduler = retrying_scheduler(["false"], ["a"], retries=None)
     job, slot = scheduler.next_assignment()
     assert scheduler.attempt_finished(job, slot, job_exit(1)).gave_up
+
+
+def test_a_job_that_will_run_again_is_no_failure_for_halt_yet():
+    scheduler = Scheduler(NodePool(["a"]), feed_of("flaky"), job_failure="job", retries=2,
+                          halt=parse_halt("now,fail=1", 1000))
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, job_exit(1)).requeued
+    assert scheduler.halting() is None
+    job, slot = scheduler.next_assignment()
+    assert scheduler.attempt_finished(job, slot, job_exit(1)).gave_up
+    assert scheduler.halting() == "now"
