@@ -552,10 +552,9 @@ def test_halt_on_a_percentage_of_a_stream_waits_for_its_end(tmp_path):
         loop.call_later(30, loop.stop)  # bounds the waits below
         os.write(writer, b"exit 1\nexit 1\n")
         loop.run_while(lambda: feed.waiting_count < 2)
-        scheduler = Scheduler(NodePool(["a"]), feed, job_failure="job",
+        scheduler = Scheduler(NodePool(["a", "b"]), feed, job_failure="job",
                               halt=parse_halt("now,fail=50%", 1000))
-        for _ in range(2):
-            job, slot = scheduler.next_assignment()
+        for job, slot in [scheduler.next_assignment(), scheduler.next_assignment()]:
             scheduler.attempt_finished(job, slot, job_exit(1))
         # Two failed of two read, but more may come: 50% of what is not known.
         assert scheduler.halting() is None
