@@ -148,7 +148,7 @@ def build_parser():
                           "success=; the report names the job")
     failures.add_argument("--timeout", metavar="SECONDS", type=_seconds,
                           help="kill a job (on the node too) that runs longer; it is "
-                          "reported as 'timeout' and not rerun")
+                          "reported as 'timeout' and not rerun (unless --retries)")
     failures.add_argument("--retry-nodes", metavar="SECONDS", type=_seconds, default=0,
                           help="try a node retired for a connection failure again after "
                           "SECONDS (doubling after each failure), and use it again if it "
