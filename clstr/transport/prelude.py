@@ -38,8 +38,9 @@ _SPECIAL_BYTES = re.compile(rb"([!\\\n])")
 _DEFINE_SPECIAL = (b"clstr_sp=$(printf '\\041\\134\\nx'); clstr_bang=${clstr_sp%???}; "
                    b"clstr_sp=${clstr_sp#?}; clstr_bs=${clstr_sp%??}; clstr_nl=${clstr_sp#?}; "
                    b"clstr_nl=${clstr_nl%x}; ")
-# A user name after ~ that the node's shell expands (~alice/x).
-_TILDE = re.compile(rb"~[A-Za-z0-9._][A-Za-z0-9._-]*(?=/|\Z)|~(?=/|\Z)")
+# What the node's shell is to expand: ~ or ~alice, alone or with the slash
+# after it (a quoted slash would make the rest part of the user's name).
+_TILDE = re.compile(rb"~(?:[A-Za-z0-9._][A-Za-z0-9._-]*)?(?:/|\Z)")
 
 
 def is_env_name(name):
