@@ -25,6 +25,7 @@ examples:
   clstr -n 'lab[01-40]' -E 'uname -r' --gather
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
+  clstr -N nodes.txt --env MODEL --workdir '~/runs' -j './train --seed $CLSTR_SEQ'
   clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
   salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
@@ -105,9 +106,9 @@ def build_parser():
                        help="a slot runs at most N jobs, then retires (0: unlimited)")
 
     jobs = parser.add_argument_group(
-        "jobs", "What to run: shell commands, run by the node's login shell, with "
-        "CLSTR_SEQ (the job's number), CLSTR_SLOT (its slot on the node, from 1) and "
-        "CLSTR_HOST (the node's name as listed) in their environment.")
+        "jobs", "What to run: shell commands, run by the node's login shell.  Each job\n"
+        "has CLSTR_SEQ (its number), CLSTR_SLOT (its slot on its node, from 1) and\n"
+        "CLSTR_HOST (the node's name as listed) in its environment.")
     jobs.add_argument("--job", "-j", metavar="COMMAND", action="append", default=[],
                       help="a command to run (may be repeated)")
     jobs.add_argument("--job-file", "-J", metavar="FILE", nargs="+", action="append",
