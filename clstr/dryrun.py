@@ -19,8 +19,8 @@ from .privatedir import PrivateDirectory
 from .scheduler import Scheduler
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
-from .transport.prelude import attempt_prelude
 from .transport.masters import MASTER_IDLE_EXIT
+from .transport.prelude import attempt_prelude
 from .transport.wrapper import command_on_stdin
 
 # Masters' sockets and ssh's logs live in a directory made when the run

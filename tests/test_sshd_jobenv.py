@@ -1,7 +1,7 @@
 """The job's environment and directory on every transport: CLSTR_SEQ,
 CLSTR_SLOT and CLSTR_HOST, --env (compared byte for byte with GNU
 parallel's --env) and --workdir, over the real loopback sshd (one ssh per
-job, the mux client, --workers) and through --exec (a local template, with
+job, the mux client, --workers with and without masters) and through --exec (a local template, with
 and without --workers).  The prelude itself is in test_unit_prelude.py."""
 
 import os
@@ -20,6 +20,7 @@ TRANSPORTS = {
     "ssh": ["--no-multiplex"],
     "mux": ["--multiplex"],
     "workers": ["--workers", "--no-multiplex"],
+    "workers-mux": ["--workers", "--multiplex"],
     "exec": ["--exec", "env {host}=1"],
     "exec-workers": ["--exec", "env {host}=1", "--workers"],
 }
@@ -89,7 +90,7 @@ def test_env_reaches_a_bash_login_shells_jobs_through_the_mux(cluster):
     assert (result.returncode, result.stdout) == (0, HOSTILE), result.stderr
 
 
-@pytest.mark.parametrize("transport", ["ssh", "mux", "workers"])
+@pytest.mark.parametrize("transport", ["ssh", "mux", "workers", "workers-mux"])
 def test_jobs_run_in_the_workdir_made_under_the_nodes_home(transport, cluster):
     home = os.path.expanduser("~" + cluster.user)
     top = "clstr-workdir-%s-%s" % (RUN_ID, transport)
