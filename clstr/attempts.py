@@ -14,6 +14,7 @@ import time
 from .errors import LocalIOError
 from .failures import judge, not_delivered, start_overdue, stopped_by_clstr, timed_out
 from .transport.interface import START_GRACE, AttemptHandler, stop_grace
+from .transport.prelude import attempt_prelude
 
 
 class AttemptsOwner:
@@ -43,13 +44,16 @@ class Attempt(AttemptHandler):
     and what clstr itself did to it (``stopped``: a Failure if clstr
     stopped it).  Its transport reports to it, and it to ``attempts``."""
 
-    __slots__ = ("attempts", "job", "slot", "session", "out", "started", "received", "timer",
-                 "start_timer", "stopped", "reports")
+    __slots__ = ("attempts", "job", "slot", "prelude", "session", "out", "started", "received",
+                 "timer", "start_timer", "stopped", "reports")
 
-    def __init__(self, attempts, job, slot, reports):
+    def __init__(self, attempts, job, slot, prelude, reports):
         self.attempts = attempts
         self.job = job
         self.slot = slot
+        # The shell text the job's process runs first (its environment, its
+        # directory): built per attempt, as the slot and host differ.
+        self.prelude = prelude
         self.session = None
         self.out = None
         self.started = time.time()
@@ -102,7 +106,8 @@ class Attempts:
     def start(self, job, slot):
         """Start ``job`` on ``slot``; returns whether it started (the owner
         hears why not)."""
-        attempt = Attempt(self, job, slot, self._transport.report_reader())
+        attempt = Attempt(self, job, slot, attempt_prelude(self._plan, job, slot),
+                          self._transport.report_reader())
         try:
             attempt.out = self._delivery.open(job.seq, slot.host.name)
         except OSError as error:

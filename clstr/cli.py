@@ -27,6 +27,7 @@ examples:
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
   clstr -N nodes.txt -J jobs.txt --halt now,fail=1
   clstr -N nodes.txt -J jobs.txt --retries 3 --timeout 600
+  clstr -N nodes.txt --env MODEL --workdir '~/runs' -j './train --seed $CLSTR_SEQ'
   clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
   salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
@@ -108,7 +109,9 @@ def build_parser():
                        help="a slot runs at most N jobs, then retires (0: unlimited)")
 
     jobs = parser.add_argument_group(
-        "jobs", "What to run: shell commands, run by the node's login shell.")
+        "jobs", "What to run: shell commands, run by the node's login shell.  Each job\n"
+        "has CLSTR_SEQ (its number), CLSTR_SLOT (its slot on its node, from 1) and\n"
+        "CLSTR_HOST (the node's name as listed) in its environment.")
     jobs.add_argument("--job", "-j", metavar="COMMAND", action="append", default=[],
                       help="a command to run (may be repeated)")
     jobs.add_argument("--job-file", "-J", metavar="FILE", nargs="+", action="append",
@@ -116,6 +119,14 @@ def build_parser():
                       "such as <(...), or - for stdin; read as the run goes")
     jobs.add_argument("--on-each-node", "-E", metavar="COMMAND",
                       help="run COMMAND once on every node (not with --job/--job-file)")
+    jobs.add_argument("--env", metavar="NAME", action="append", default=[],
+                      help="give every job the variable NAME with its value here, "
+                      "whatever bytes it holds (may be repeated); NAME must be set "
+                      "(export NAME= for an empty one)")
+    jobs.add_argument("--workdir", metavar="DIR",
+                      help="run jobs in DIR, made if missing (relative to the login "
+                      "directory; ~ and ~/x are the node's home); a DIR that cannot be "
+                      "made or entered fails the job (exit 125) as its own exit would")
 
     failures = parser.add_argument_group(
         "failures", "By default, as in clstr 0.1.0, any non-zero exit of ssh retires "
@@ -464,6 +475,35 @@ def _ssh_settings(args):
     return SshSettings(command, args.ssh_option, args.connect_timeout, args.alive_interval)
 
 
+def _job_environment(args):
+    """--env's (name, value) pairs, in order, each name once, and
+    --workdir, as bytes, checked to fit on a command line."""
+    from .transport.prelude import PRELUDE_MAX, is_env_name, job_prelude
+    from .transport.wrapper import shell_quote
+    env = []
+    for name in dict.fromkeys(args.env):
+        if not is_env_name(name):
+            raise UsageError("--env %r: not a variable name (letters, digits and _, "
+                             "not starting with a digit)" % name)
+        value = os.environb.get(os.fsencode(name))
+        if value is None:
+            raise UsageError("--env %s: %s is not set here (export %s= to give jobs an "
+                             "empty one)" % (name, name, name))
+        env.append((os.fsencode(name), value))
+    workdir = None
+    if args.workdir is not None:
+        if not args.workdir:
+            raise UsageError("--workdir: empty directory name")
+        workdir = os.fsencode(args.workdir)
+    # What every job's command line carries besides the job (quoted once
+    # more where the login shell is not known).
+    size = len(shell_quote(job_prelude(0, 0, "", env, workdir)))
+    if size > PRELUDE_MAX:
+        raise UsageError("--env and --workdir take %d bytes on every job's command line, "
+                         "at most %d: pass big values in a file" % (size, PRELUDE_MAX))
+    return tuple(env), workdir
+
+
 def _resume_skip(args):
     """With --resume, a predicate for the jobs the joblog shows done (the
     joblog is only read here; it is opened for writing when the run starts)."""
@@ -530,6 +570,7 @@ def make_plan(argv):
         for source in sources:
             source.close()
         raise
+    env, workdir = _job_environment(args)
     feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
     pinned = args.on_each_node is not None
     if pinned:
@@ -547,7 +588,7 @@ def make_plan(argv):
         tag=args.tag, group=args.group, gather=args.gather, dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=job_failure, timeout=args.timeout,
         retries=args.retries, halt=args.halt,
-        retry_nodes=args.retry_nodes, exec_words=exec_words,
+        retry_nodes=args.retry_nodes, exec_words=exec_words, env=env, workdir=workdir,
         slurm=bool(args.slurm and args.exec_template is None), workers=args.workers,
         # Where output goes: paths, and the -A file resolved but untouched.
         stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,

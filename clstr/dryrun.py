@@ -20,6 +20,7 @@ from .scheduler import Scheduler
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
 from .transport.masters import MASTER_IDLE_EXIT
+from .transport.prelude import attempt_prelude
 from .transport.wrapper import command_on_stdin
 
 # Masters' sockets and ssh's logs live in a directory made when the run
@@ -99,7 +100,7 @@ def dry_run_lines(plan, feed):
         assignment = next_assignment()
         while assignment is not None:
             job, slot = assignment
-            line = quote_argv(transport.describe(job, slot))
+            line = quote_argv(transport.describe(job, slot, attempt_prelude(plan, job, slot)))
             if command_on_stdin(job.command):
                 line += "  # on stdin: the job's command, %s" % job.brief
             yield line

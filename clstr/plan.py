@@ -56,6 +56,10 @@ class Plan:
     # --workers: a long-lived worker per slot runs the slot's jobs
     # (transport/workerpool.py); over ssh an ssh login per slot (no master).
     workers: bool = False
+    # --env: (name, value) bytes pairs exported to every job, in order.
+    env: tuple = ()
+    # --workdir: where jobs run (bytes; ~ expanded on the node), or None.
+    workdir: bytes | None = None
     # The outputs, as the user named them (None: clstr's own stdout, stderr;
     # no joblog, no output directory).
     stdout_path: str | None = None

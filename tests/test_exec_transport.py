@@ -187,7 +187,9 @@ def test_dry_run_shows_the_exec_command_lines():
     assert result.returncode == 0, result.stderr
     line = result.stdout.decode().strip()
     assert line.startswith("docker exec -i web1 sh -c "), line
-    assert line.endswith("clstr-job 'uname -n'"), line
+    # The job's prelude (its environment), then its command.
+    assert line.endswith("clstr-job 'export CLSTR_SEQ=1 CLSTR_SLOT=1 CLSTR_HOST='\"'\"'web1'"
+                         "\"'\"'; ' 'uname -n'"), line
 
 
 def test_dry_run_says_a_big_command_goes_on_stdin(tmp_path):
@@ -197,7 +199,8 @@ def test_dry_run_says_a_big_command_goes_on_stdin(tmp_path):
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
     assert line.startswith(b"docker exec -i web1 sh -c ") and len(line) < 4000
-    assert line.endswith(b"clstr-job  # on stdin: the job's command, : " + b"A" * 198
+    assert line.endswith(b"clstr-job 'export CLSTR_SEQ=1 CLSTR_SLOT=1 CLSTR_HOST='\"'\"'web1'"
+                         b"\"'\"'; '  # on stdin: the job's command, : " + b"A" * 198
                          + b" [cut: 1048588 bytes in all]")
 
 

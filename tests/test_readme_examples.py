@@ -13,6 +13,7 @@ and every such test has its marker."""
 import os
 import re
 import shlex
+import shutil
 
 import pytest
 
@@ -225,3 +226,27 @@ def test_version_is_not_listed_as_a_transport():
     transports = checked_blocks()["test_version_is_not_listed_as_a_transport"]
     assert any("--exec" in line for line in transports), transports
     assert not any("--version" in line for line in transports), transports
+
+
+# -- the job's environment and directory ------------------------------------------
+
+def test_job_environment_example(cluster):
+    lines = checked_blocks()["test_job_environment_example"]
+    name, value = shlex.split(lines[0][2:])[1].split("=", 1)
+    words, output, status = _command_and_output(lines[1:])
+    assert status is None
+    # The README's node and home are a real cluster's; the directory is
+    # one of this run's own under the login user's home.
+    home = os.path.expanduser("~" + cluster.user)
+    mine = "clstr-readme-" + RUN_ID
+    words = [word.replace("lab01", "node001").replace("~/results", "~/" + mine)
+             for word in words]
+    try:
+        result = clstr(cluster, *words[1:], env=dict(os.environ, **{name: value}))
+        assert result.returncode == 0, result.stderr
+        expected = [line.replace("lab01", "node001").replace("/home/alice/results",
+                                                             os.path.join(home, mine))
+                    for line in output]
+        assert result.stdout.decode().splitlines() == expected
+    finally:
+        shutil.rmtree(os.path.join(home, mine), ignore_errors=True)

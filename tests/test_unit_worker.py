@@ -51,11 +51,11 @@ class LocalWorker:
         self.process.stdin.write(data)
         self.process.stdin.flush()
 
-    def start(self, command):
-        """Send ``command``; returns its token."""
+    def start(self, command, prelude=b""):
+        """Send ``command`` with ``prelude``; returns its token."""
         self.count += 1
         token = "t%d-%d" % (os.getpid(), self.count)
-        self.send(job_frame(token, command))
+        self.send(job_frame(token, command, prelude))
         return token
 
     def finish(self, token):
@@ -70,8 +70,8 @@ class LocalWorker:
         assert out[self.process.stdout][0] == out[self.process.stderr][0]
         return out[self.process.stdout][0], out[self.process.stdout][1], out[self.process.stderr][1]
 
-    def run(self, command):
-        return self.finish(self.start(command))
+    def run(self, command, prelude=b""):
+        return self.finish(self.start(command, prelude))
 
     def close(self):
         """Close its stdin: (its exit status, what it wrote on stdout since)."""
@@ -94,7 +94,7 @@ def worker(request, tmp_path):
 
 def test_a_frame_is_one_line_whatever_the_command_holds():
     command = b"echo 'a'\n\"b\" $c \\\r\n\n"
-    frame = job_frame("tok-1", command)
+    frame = job_frame("tok-1", command, b"export A='x\ny'; ")
     assert frame.count(b"\n") == 1 and frame.endswith(b"\n")
 
 
@@ -108,7 +108,7 @@ def test_a_frame_cut_short_never_runs(worker, tmp_path):
     marker = tmp_path / "ran"
     assert worker.run(b"echo first") == (0, b"first\n", b"")
     # The worker's stdin ends in the middle of a frame: no newline, no job.
-    worker.send(job_frame("cut", b"touch %s" % os.fsencode(marker))[:-1])
+    worker.send(job_frame("cut", b"touch %s" % os.fsencode(marker), b"")[:-1])
     code, said = worker.close()
     assert (code, said) == (0, b"")
     assert not marker.exists()

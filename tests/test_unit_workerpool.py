@@ -66,7 +66,7 @@ SLOT = Slot()
 
 def start_job(transport, command=b"echo hi", slot=SLOT):
     reports = transport.report_reader()
-    attempt = types.SimpleNamespace(slot=slot, reports=reports,
+    attempt = types.SimpleNamespace(slot=slot, reports=reports, prelude=b"export X=1; ",
                                     job=types.SimpleNamespace(command=command))
     handler = Handler()
     transport.open(attempt, handler)

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from clstr.transport.endreport import ReportReader
+from clstr.transport.prelude import WORKDIR_FAILED, job_prelude
 from clstr.transport.wrapper import (
     LOGIN_SHELL_PROBE,
     STDIN_ABOVE,
@@ -26,7 +27,7 @@ FORMS = ["inline", "universal"]
 
 
 def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=False,
-                after=lambda: None, payload=None, env=()):
+                after=lambda: None, payload=None, env=(), prelude=b""):
     """Run ``command`` (bytes) under the wrapper as sshd would, with ``shell``
     as the login shell; close its stdin once ``stop_when()`` holds (None:
     when it has ended).  ``after()`` is called once the wrapper has ended and
@@ -35,9 +36,10 @@ def run_wrapped(shell, form, command, stop_when=None, timeout=60, term_ignored=F
     stdout, stderr), stderr without the wrapper's reports (endreport.py),
     whose end status must be the wrapper's own exit status.  ``payload``:
     what is written on stdin first (default: ``stdin_payload(command)``);
-    ``env``: more environment variables."""
+    ``env``: more environment variables; ``prelude``: the job's
+    (transport/prelude.py)."""
     login = "/bin/" + shell
-    remote = wrapped_command(command, login if form == "inline" else None)
+    remote = wrapped_command(command, login if form == "inline" else None, prelude=prelude)
     if payload is None:
         payload = stdin_payload(command) or b""
     stdin_read, stdin_write = os.pipe()
@@ -251,3 +253,63 @@ def test_a_node_that_cannot_store_a_big_command_reports_it_undelivered(shell, fo
     status, out, err = run_wrapped(shell, form, command,
                                    env={"TMPDIR": str(tmp_path / "missing")})
     assert (status, out, err) == ("undelivered 0", b"", b"")
+
+
+# -- the job's prelude: its environment and directory ----------------------------
+
+# Login shells that cannot read the wrapper: it runs under sh, the job under them.
+OTHER_LOGIN_SHELLS = [shell for shell in ("tcsh", "fish") if shutil.which(shell)]
+# Bytes that one login shell's quoting or another's mangles.
+HOSTILE = b"it's \"q\" $HOME \\ \\\\ \\' !x \nline \xff"
+
+
+def prelude_in(directory, value=HOSTILE):
+    return job_prelude(4, 2, "lab01", [(b"V", value)], os.fsencode(directory))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_job_runs_after_its_prelude_in_its_directory(shell, form, tmp_path):
+    workdir = tmp_path / "made"
+    status, out, err = run_wrapped(shell, form, b'printf "%s|%s|%s" "$V" "$CLSTR_SEQ" "$(pwd)"',
+                                   prelude=prelude_in(workdir))
+    assert (status, out, err) == (0, HOSTILE + b"|4|" + bytes(workdir), b"")
+
+
+@pytest.mark.parametrize("shell", OTHER_LOGIN_SHELLS)
+def test_a_csh_or_fish_job_gets_its_environment_and_directory_from_sh(shell, tmp_path):
+    # The job runs in the login shell ($SHELL -c): only commands every shell
+    # reads (csh's >&2 is no dup).  printenv prints the value and a newline.
+    workdir = tmp_path / "made"
+    status, out, err = run_wrapped(shell, "universal", b"printenv V; printenv CLSTR_HOST; pwd",
+                                   prelude=prelude_in(workdir))
+    assert (status, err) == (0, b"")
+    assert out == HOSTILE + b"\nlab01\n" + bytes(workdir) + b"\n"
+
+
+@pytest.mark.parametrize("shell", OTHER_LOGIN_SHELLS)
+def test_a_csh_or_fish_job_still_runs_with_its_status_and_streams(shell):
+    status, out, err = run_wrapped(shell, "universal",
+                                   b"echo out; sh -c 'echo err >&2'; exit 3",
+                                   prelude=job_prelude(1, 1, "h"))
+    assert (status, out, err) == (3, b"out\n", b"err\n")
+
+
+@pytest.mark.parametrize("shell, form", [(shell, form) for shell in SHELLS for form in FORMS]
+                         + [(shell, "universal") for shell in OTHER_LOGIN_SHELLS])
+def test_a_workdir_that_cannot_be_entered_is_the_jobs_exit(shell, form, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    status, out, err = run_wrapped(shell, form, b"echo ran", prelude=prelude_in(blocked / "d"))
+    assert (status, out) == (WORKDIR_FAILED, b"")
+    assert err.endswith(b"clstr: --workdir %s/d could not be entered\n" % bytes(blocked)), err
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_big_command_runs_after_its_prelude(shell, form, tmp_path):
+    workdir = tmp_path / "made"
+    command = big_command(b'printf "%s|%s" "$V" "$(pwd)"')
+    status, out, err = run_wrapped(shell, form, command, prelude=prelude_in(workdir),
+                                   env={"TMPDIR": str(tmp_path)})
+    assert (status, out, err) == (0, HOSTILE + b"|" + bytes(workdir), b"")

@@ -72,11 +72,12 @@ def exec_argv(template_words, host, wrapper_words):
     return [word.replace(HOST_FIELD, host) for word in template_words] + list(wrapper_words)
 
 
-def wrapper_words(command):
+def wrapper_words(command, prelude=b""):
     """The remote wrapper as argv words after an exec template, running
-    ``command`` (bytes) as one argument (no quoting: no shell reads it as
-    text).  The wrapper reports the job's start and end (endreport.py)."""
-    return wrapper_argv(command)
+    ``command`` (bytes) after ``prelude`` (transport/prelude.py), each one
+    argument (no quoting: no shell reads them as text).  The wrapper
+    reports the job's start and end (endreport.py)."""
+    return wrapper_argv(command, prelude=prelude)
 
 
 class ExecTransport(Transport):
@@ -94,7 +95,7 @@ class ExecTransport(Transport):
         return ReportReader(before_start="drop", after_end="drop")
 
     def open(self, attempt, handler):
-        argv = self.describe(attempt.job, attempt.slot)
+        argv = self.describe(attempt.job, attempt.slot, attempt.prelude)
         # Signalled as a whole process group: an --exec program's children
         # must not outlive it.
         return ProcessSession(self._loop, argv, handler,
@@ -102,8 +103,8 @@ class ExecTransport(Transport):
                               attempt.reports, group=True,
                               stdin_data=stdin_payload(attempt.job.command))
 
-    def describe(self, job, slot):
-        return self.argv_on(slot, wrapper_words(job.command))
+    def describe(self, job, slot, prelude):
+        return self.argv_on(slot, wrapper_words(job.command, prelude))
 
     def worker_process(self, slot, handler, classify_end):
         """A worker's process (workerpool.Worker) on ``slot``'s node,

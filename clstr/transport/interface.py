@@ -207,7 +207,9 @@ class RunEvents:
 class Transport:
     """How one run's attempts reach their nodes (one object per run).
 
-    ``attempt`` arguments have ``job``, ``slot`` and ``reports`` (the
+    ``attempt`` arguments have ``job``, ``slot``, ``prelude`` (the shell
+    text its job's process runs first, transport/prelude.py: every
+    transport has the wrapper run it) and ``reports`` (the
     ``ReportReader`` from ``report_reader()``, through which the attempt's
     stderr passes); ``handler`` is the attempt's AttemptHandler."""
 
@@ -249,8 +251,9 @@ class Transport:
         nothing could start (out of fds or processes, no ssh)."""
         raise NotImplementedError
 
-    def describe(self, job, slot):
-        """The argv ``open`` would run for ``job`` on ``slot`` (--dry-run)."""
+    def describe(self, job, slot, prelude):
+        """The argv ``open`` would run for ``job`` on ``slot`` after
+        ``prelude`` (--dry-run)."""
         raise NotImplementedError
 
     def shutdown(self):

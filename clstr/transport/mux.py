@@ -130,7 +130,8 @@ class MuxTransport(Transport):
         return self._through_master(
             attempt.slot, handler,
             lambda control_path, login_shell: self._direct.open(attempt, handler, control_path),
-            lambda login_shell: wrapped_command(attempt.job.command, login_shell),
+            lambda login_shell: wrapped_command(attempt.job.command, login_shell,
+                                                prelude=attempt.prelude),
             attempt.reports, stdin_payload(attempt.job.command))
 
     def worker_process(self, slot, handler, classify_end=None):
@@ -161,11 +162,11 @@ class MuxTransport(Transport):
                 lambda: open_direct(control_path, login_shell)),
             reports, stdin_data)
 
-    def describe(self, job, slot):
+    def describe(self, job, slot, prelude):
         """The ssh client's argv through the slot's master: what the mux
         client asks the master to run."""
         control_path = self._masters.control_path(slot.host.name, self.master_of(slot))
-        return self._direct.describe(job, slot, control_path)
+        return self._direct.describe(job, slot, prelude, control_path)
 
     def describe_worker(self, slot):
         """As ``describe``, for ``slot``'s worker."""

@@ -37,12 +37,13 @@ class SshTransport(Transport):
         share (the mux transport's fallback), None for a connection of its
         own."""
         log_path = self._private.new_path("attempt-", ".log")
-        argv = self._argv(attempt.job, attempt.slot, control_path, log_path)
+        argv = self._argv(attempt.job, attempt.slot, attempt.prelude, control_path, log_path)
         return _SshSession(self._loop, argv, handler, attempt.reports, control_path, log_path,
                            stdin_payload(attempt.job.command), self._refuse_log_file)
 
-    def describe(self, job, slot, control_path=None):
-        return self._argv(job, slot, control_path, self._private.new_path("attempt-", ".log"))
+    def describe(self, job, slot, prelude, control_path=None):
+        return self._argv(job, slot, prelude, control_path,
+                          self._private.new_path("attempt-", ".log"))
 
     def worker_process(self, slot, handler, classify_end=None, control_path=None,
                        login_shell=None):
@@ -67,8 +68,8 @@ class SshTransport(Transport):
         return self._ssh.remote_argv(slot.host.name, worker_command(login_shell), control_path,
                                      log_path)
 
-    def _argv(self, job, slot, control_path, log_path):
-        return self._ssh.argv(slot.host.name, job.command, control_path, log_path)
+    def _argv(self, job, slot, prelude, control_path, log_path):
+        return self._ssh.argv(slot.host.name, job.command, control_path, log_path, prelude)
 
 
 def _command_words(argv):

@@ -45,9 +45,10 @@ class SshSettings:
             argv.append(remote)
         return argv
 
-    def argv(self, host, command, control_path=None, log_path=None):
+    def argv(self, host, command, control_path=None, log_path=None, prelude=b""):
         """The argv running ``command`` (bytes) on ``host`` under the remote
-        wrapper, through the master at ``control_path`` if given.  If that
+        wrapper, after ``prelude`` (transport/prelude.py), through the
+        master at ``control_path`` if given.  If that
         master has gone, ssh quietly makes a connection of its own.
 
         ``log_path``: the file ssh's own messages go to instead of stderr
@@ -59,7 +60,8 @@ class SshSettings:
         connection ended ("Timeout, server not responding"), only fills that
         file: clstr never adds to the job's output what the user's LogLevel
         hides ("Warning: Permanently added ..." under LogLevel ERROR)."""
-        return self.remote_argv(host, wrapped_command(command), control_path, log_path)
+        return self.remote_argv(host, wrapped_command(command, prelude=prelude), control_path,
+                                log_path)
 
     def remote_argv(self, host, remote, control_path=None, log_path=None):
         """As ``argv``, but running ``remote`` (bytes), a command line for

@@ -6,10 +6,11 @@ A job costs its node a fork and an exec instead of a whole session (an srun
 step, an sshd session).  clstr writes one frame per line on the worker's
 stdin and writes the next job only after the previous one's end reports:
 
-- ``j TOKEN 'piece'"$nl"'piece'`` runs a job: the command split at its
-  newlines, each piece single-quoted, joined by ``"$nl"`` (a newline the
-  worker defines once), so the frame is one line whatever the command
-  holds.  The worker reads it with ``IFS= read -r`` and takes it apart by
+- ``j TOKEN COMMAND PRELUDE`` runs a job: the command, and the prelude
+  (transport/prelude.py) that the job's process runs first, each split at
+  its newlines, each piece single-quoted, joined by ``"$nl"`` (a newline
+  the worker defines once), so the frame is one line whatever they hold.
+  The worker reads it with ``IFS= read -r`` and takes it apart by
   ``eval "set -- $frame"``, with no fork.  ``read`` fails on a line that
   has no newline (the worker's stdin closed mid-frame), so a frame cut
   short never runs.
@@ -59,12 +60,16 @@ READY_TOKEN = "ready"
 ACK_FRAME = b"\n"
 
 
-def job_frame(token, command):
-    """The line that runs ``command`` (bytes), reporting with ``token``
-    (str: hex digits and "-", endreport.ReportReader's): one newline, at
-    its end."""
-    quoted = b'"$nl"'.join(shell_quote(piece) for piece in command.split(b"\n"))
-    return b"j %s %s\n" % (token.encode(), quoted)
+def _one_line(text):
+    """``text`` (bytes) as one shell word holding no newline."""
+    return b'"$nl"'.join(shell_quote(piece) for piece in text.split(b"\n"))
+
+
+def job_frame(token, command, prelude):
+    """The line that runs ``command`` (bytes) after ``prelude`` (bytes),
+    reporting with ``token`` (str: hex digits and "-",
+    endreport.ReportReader's): one newline, at its end."""
+    return b"j %s %s %s\n" % (token.encode(), _one_line(command), _one_line(prelude))
 
 
 def _report(kind, args):
@@ -83,9 +88,12 @@ def _report(kind, args):
 # (`set -m` says "can't access tty" and leaves it off), and then, as in a
 # shell that is not the login shell, the job runs in `$SHELL -c` under
 # `setsid`.  A subshell of a job-control shell has job control off, so
-# whatever the job starts stays in its group.
-_FORK = "( clstr_c=$2; set --; eval \"$clstr_c\" ) 2>&4 3<&- 4>&- & "
-_EXEC = "$clstr_setsid \"${SHELL:-sh}\" -c \"$2\" 2>&4 3<&- 4>&- & "
+# whatever the job starts stays in its group.  Either way the job's process
+# runs its prelude ($3) first (an exit there is the job's), then the job
+# (exec keeps the pid; a background process is no group leader, so setsid
+# needs no fork).
+_FORK = "( eval \"$3\"; clstr_c=$2; set --; eval \"$clstr_c\" ) 2>&4 3<&- 4>&- & "
+_EXEC = "{ eval \"$3\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$2\"; } 2>&4 3<&- 4>&- & "
 
 
 def worker_script(inline):
@@ -131,7 +139,7 @@ def worker_script(inline):
         + _report("e%d", "\"$1\" \"$code\"") + "}; "
         + _report("s", READY_TOKEN) +
         "while IFS= read -r frame <&3; do "
-        "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\";; esac; "
+        "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; esac; "
         "done")
 
 

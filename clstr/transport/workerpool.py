@@ -77,8 +77,9 @@ class WorkerTransport(Transport):
         if self._workers.get(slot) is worker:
             del self._workers[slot]
 
-    def describe(self, job, slot):
-        """The worker's argv on ``slot`` (each job is a frame on its stdin)."""
+    def describe(self, job, slot, prelude):
+        """The worker's argv on ``slot`` (each job, with its prelude, is a
+        frame on its stdin)."""
         return self._base.describe_worker(slot)
 
     def shutdown(self):
@@ -115,7 +116,8 @@ class Worker(AttemptHandler):
         self.job.started(self._ready_streams())
         # Reading may have been paused under the previous job.
         self.process.resume()
-        self.process.send(job_frame(attempt.reports.token, attempt.job.command))
+        self.process.send(job_frame(attempt.reports.token, attempt.job.command,
+                                    attempt.prelude))
         return self.job
 
     def close(self):

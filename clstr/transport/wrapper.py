@@ -116,6 +116,9 @@ _REMOVE_JOB_FILE = "rm -f \"$clstr_f\"; "
 
 
 _JOB_START = "held=$( { "
+# The prelude, as the wrapper's $1, run in the job's subshell: an exit there
+# (a --workdir that cannot be entered) is the job's.
+_EVAL_PRELUDE = "eval \"$1\"; "
 _JOB_END = "; } 8>&1 >&4 4>&- ); "
 _FINISH = "clstr_end $?"
 
@@ -145,25 +148,30 @@ def login_shell_from_probe(code, output):
 # (--exec: srun, docker exec): it makes one for the job with `setsid` and
 # keeps to that process group, polling for it to empty, from 10 ms up to 1 s.
 # Without setsid on the node, only the job's own shell can be stopped.
-# $1 is the job's command; the job runs in $SHELL.  It exits 0 once its end
+# $1 is the job's prelude (transport/prelude.py), $2 its command; the job runs
+# in $SHELL, in a process that has run the prelude.  It exits 0 once its end
 # report is written, so the transport adds no words of its own about the
 # job's status (srun's "task 0: Exited with exit code N"); `wait` is
 # silenced so that a job stopped by clstr leaves no "Terminated" in its
 # stderr.
 def exec_wrapper(token=RUN_TOKEN, on_stdin=False):
     """The --exec wrapper's shell text, reporting with ``token``.  The job's
-    command is $1, or (``on_stdin``) comes on stdin and runs from a file."""
-    cleanup, read_job, job = "", "", "-c \"$1\""
+    prelude is $1; its command $2, or (``on_stdin``) comes on stdin and runs
+    from a file."""
+    cleanup, read_job, job = "", "", "-c \"$2\""
     if on_stdin:
         cleanup, read_job, job = _REMOVE_JOB_FILE, _read_job(token, ":;"), "\"$clstr_f\""
-    run = "\"${SHELL:-sh}\" %s 3<&- & " % job
+    # The prelude runs in the job's process, before it becomes the job's
+    # shell: exec keeps the pid (so $! is the job), and a background
+    # process is no group leader, so setsid needs no fork of its own.
+    run = "{ eval \"$1\"; exec $clstr_setsid \"${SHELL:-sh}\" %s; } 3<&- & " % job
     return (
         "clstr_end() { kill $watcher 2>/dev/null; wait $watcher 2>/dev/null; "
         "%s%s \"$1\" >&2; exit 0; }; " % (cleanup, report_printf(token, "e%d"))
         + report_printf(token, "s") + " >&2; " + read_job
         + "exec 3<&0 </dev/null; "
-        "if command -v setsid >/dev/null 2>&1; then setsid " + run + "else " + run + "fi; "
-        "job=$!; "
+        "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
+        + run + "job=$!; "
         "{ while read -r line; do :; done; kill -TERM -$job $job; "
         "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
         "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 & "
@@ -180,14 +188,16 @@ def shell_quote(word):
     return b"'" + word.replace(b"'", b"'\\''") + b"'"
 
 
-def wrapper_argv(command, token=RUN_TOKEN):
+def wrapper_argv(command, token=RUN_TOKEN, prelude=b""):
     """The wrapper as separate argv words for a transport that runs a program
-    without a login shell in between: ``sh -c WRAPPER clstr-job COMMAND``.
-    ``command`` is bytes and needs no quoting here; a big one is left out
+    without a login shell in between: ``sh -c WRAPPER clstr-job PRELUDE
+    COMMAND``.  ``command`` and ``prelude`` (transport/prelude.py) are bytes
+    and need no quoting here; a big command is left out
     (``stdin_payload``)."""
     if command_on_stdin(command):
-        return [b"sh", b"-c", exec_wrapper(token, on_stdin=True).encode(), b"clstr-job"]
-    return [b"sh", b"-c", exec_wrapper(token).encode(), b"clstr-job", command]
+        return [b"sh", b"-c", exec_wrapper(token, on_stdin=True).encode(), b"clstr-job",
+                prelude]
+    return [b"sh", b"-c", exec_wrapper(token).encode(), b"clstr-job", prelude, command]
 
 
 def login_shell_command(words):
@@ -204,31 +214,33 @@ def is_posix_login_shell(name):
     return bool(name) and os.path.basename(name) in POSIX_LOGIN_SHELLS
 
 
-def wrapped_command(command, login_shell=None, token=RUN_TOKEN):
+def wrapped_command(command, login_shell=None, token=RUN_TOKEN, prelude=b""):
     """The remote command line (bytes) that runs ``command`` (bytes) under
-    the wrapper, for sshd to hand to the user's login shell.  If the caller
-    knows that shell (``login_shell``) and it is one of POSIX_LOGIN_SHELLS,
-    the login shell runs the wrapper and the job itself; otherwise it execs
-    ``sh`` for the wrapper, and the job runs in ``$SHELL -c``.  A command
-    too big for a command line (``command_on_stdin``) is left out: the
-    wrapper reads it from stdin (``stdin_payload``), and the job runs by
-    `eval`, or as the file ``$SHELL`` is given (never ``-c``: argv again)."""
+    the wrapper, for sshd to hand to the user's login shell, after
+    ``prelude`` (bytes, transport/prelude.py), in the job's process.  If
+    the caller knows that shell (``login_shell``) and it is one of
+    POSIX_LOGIN_SHELLS, the login shell runs the wrapper, the prelude and
+    the job itself; otherwise it execs ``sh`` for the wrapper and the
+    prelude (its $1), and the job runs in ``$SHELL -c``.  A command too big
+    for a command line (``command_on_stdin``) is left out: the wrapper reads
+    it from stdin (``stdin_payload``), and the job runs by `eval`, or as the
+    file ``$SHELL`` is given (never ``-c``: argv again)."""
     inline = is_posix_login_shell(login_shell)
     if command_on_stdin(command):
         if inline:
             # Read into the shell at once, so no file is left on the node.
             read_job = _read_job(token, "clstr_job=$(cat \"$clstr_f\"); rm -f \"$clstr_f\";")
-            wrapper = (_watch(token, read_job) + _JOB_START + "eval \"$clstr_job\""
-                       + _JOB_END + _FINISH)
-            return wrapper.encode()
-        job = "login=${SHELL:-sh}; \"$login\" \"$clstr_f\""
+            return ((_watch(token, read_job) + _JOB_START).encode() + prelude
+                    + ("eval \"$clstr_job\"" + _JOB_END + _FINISH).encode())
+        job = _EVAL_PRELUDE + "login=${SHELL:-sh}; \"$login\" \"$clstr_f\""
         wrapper = (_watch(token, _read_job(token, ":;"), _REMOVE_JOB_FILE) + _JOB_START + job
                    + _JOB_END + _FINISH)
-        return b"exec sh -c '" + wrapper.encode() + b"' clstr-job"
+        return b"exec sh -c '" + wrapper.encode() + b"' clstr-job " + shell_quote(prelude)
     if inline:
-        job = b"eval " + shell_quote(command)
+        job = prelude + b"eval " + shell_quote(command)
         return (_watch(token) + _JOB_START).encode() + job + (_JOB_END + _FINISH).encode()
     # $0 is the shell's name, as sshd gives it to a login shell.
-    job = "login=${SHELL:-sh}; \"$login\" -c \"$1\" \"${login##*/}\""
+    job = _EVAL_PRELUDE + "login=${SHELL:-sh}; \"$login\" -c \"$2\" \"${login##*/}\""
     wrapper = _watch(token) + _JOB_START + job + _JOB_END + _FINISH
-    return b"exec sh -c '" + wrapper.encode() + b"' clstr-job " + shell_quote(command)
+    return (b"exec sh -c '" + wrapper.encode() + b"' clstr-job " + shell_quote(prelude) + b" "
+            + shell_quote(command))
