@@ -6,6 +6,7 @@ locally, with the node's name in the environment (``env CLSTR_NODE={host}``)
 or as an argument to a small stand-in for a container runtime."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,35 @@ def test_an_ssh_exec_template_is_a_usage_error_pointing_to_ssh_command(template)
     result = clstr("--exec", template, "-n", "a", "-j", "true")
     assert result.returncode == 2
     assert b"--ssh-command" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_workers_on_a_node_without_setsid_or_job_control_run_each_job_in_its_own_process(
+        tmp_path):
+    # dash has no job control without a tty, and this PATH has no setsid: the
+    # worker says so, and the node's jobs go through the per-job wrapper.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "dash", "cat", "rm", "mkdir", "sleep", "env"):
+        os.symlink(shutil.which(tool), str(bin_dir / tool))
+    runs = tmp_path / "runs"
+    result = clstr("--workers", "--exec", "env PATH=%s SHELL=/bin/dash CLSTR_NODE={host}" % bin_dir,
+                   "-n", "n1", "-n", "n2",
+                   *(["-j", 'echo "$CLSTR_SEQ $PPID" >> %s; echo "ran $CLSTR_SEQ"' % runs] * 6))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"ran %d" % n for n in range(1, 7)]
+    seqs, parents = zip(*(line.split() for line in runs.read_text().splitlines()))
+    assert sorted(seqs) == [str(n) for n in range(1, 7)]
+    # Each job under a wrapper of its own, not 2 workers' 6 jobs.
+    assert len(set(parents)) == 6
+    assert result.stderr == b""
+
+
+def test_workers_give_a_command_too_big_for_a_frame_a_session_of_its_own(tmp_path):
+    # 200 KiB on one line: more than one argument may hold (128 KiB), which
+    # a worker under dash would have to pass to `$SHELL -c`.
+    job_file = tmp_path / "jobs"
+    job_file.write_text("echo small\nprintf %%s '%s' | wc -c\n" % ("x" * 200 * 1024))
+    result = clstr("--workers", "--exec", "env SHELL=/bin/dash CLSTR_NODE={host}", "-n", "n1",
+                   "-J", str(job_file), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == [b"204800", b"small"]

@@ -37,6 +37,11 @@ class StandInBase:
 
     def __init__(self):
         self.processes = []
+        self.opened = []  # (attempt, handler) given a session of its own
+
+    def open(self, attempt, handler):
+        self.opened.append((attempt, handler))
+        return StandInProcess(handler)
 
     def worker_process(self, slot, handler, classify_end):
         process = StandInProcess(handler)
@@ -103,3 +108,28 @@ def test_the_next_job_on_a_ready_worker_starts_with_its_frame():
     worker.output(1, b"two" + end_report(second, 3))
     worker.output(2, b"err" + end_report(second, 3))
     assert handler.out == {1: b"two", 2: b"err"} and second.status == 3
+
+
+def test_a_worker_that_cannot_give_a_job_a_group_hands_its_hosts_jobs_to_sessions():
+    base = StandInBase()
+    transport = WorkerTransport(base, loop=None)
+    reports, handler = start_job(transport)
+    worker = base.processes[0].handler
+    # No job control, no setsid: it says so after its ready report and exits.
+    worker.output(1, READY + b"\x1eclstr-ready:e1\n")
+    worker.output(2, READY + b"\x1eclstr-ready:e1\n")
+    worker.ended(0, None)
+    assert [opened.reports for opened, _ in base.opened] == [reports]
+    assert handler.ends == [] and not reports.started
+    later, _ = start_job(transport, b"echo later")
+    assert [opened.reports for opened, _ in base.opened] == [reports, later]
+    assert len(base.processes) == 1
+
+
+def test_a_command_too_big_for_a_frame_goes_in_a_session_of_its_own():
+    base = StandInBase()
+    transport = WorkerTransport(base, loop=None)
+    big = b"echo " + b"x" * (200 * 1024)
+    reports, _ = start_job(transport, big)
+    assert [opened.reports for opened, _ in base.opened] == [reports]
+    assert base.processes == []

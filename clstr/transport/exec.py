@@ -24,7 +24,7 @@ import functools
 import shlex
 
 from ..failures import classify_exec
-from .endreport import ReportReader
+from .endreport import RUN_TOKEN, ReportReader
 from .interface import Transport
 from .process import ProcessSession
 from .worker import worker_argv
@@ -72,12 +72,12 @@ def exec_argv(template_words, host, wrapper_words):
     return [word.replace(HOST_FIELD, host) for word in template_words] + list(wrapper_words)
 
 
-def wrapper_words(command, prelude=b""):
+def wrapper_words(command, prelude=b"", token=RUN_TOKEN):
     """The remote wrapper as argv words after an exec template, running
     ``command`` (bytes) after ``prelude`` (transport/prelude.py), each one
     argument (no quoting: no shell reads them as text).  The wrapper
-    reports the job's start and end (endreport.py)."""
-    return wrapper_argv(command, prelude=prelude)
+    reports the job's start and end (endreport.py) with ``token``."""
+    return wrapper_argv(command, token, prelude)
 
 
 class ExecTransport(Transport):
@@ -95,7 +95,8 @@ class ExecTransport(Transport):
         return ReportReader(before_start="drop", after_end="drop")
 
     def open(self, attempt, handler):
-        argv = self.describe(attempt.job, attempt.slot, attempt.prelude)
+        argv = self.argv_on(attempt.slot, wrapper_words(attempt.job.command, attempt.prelude,
+                                                        attempt.reports.token))
         # Signalled as a whole process group: an --exec program's children
         # must not outlive it.
         return ProcessSession(self._loop, argv, handler,

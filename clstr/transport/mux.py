@@ -131,7 +131,7 @@ class MuxTransport(Transport):
             attempt.slot, handler,
             lambda control_path, login_shell: self._direct.open(attempt, handler, control_path),
             lambda login_shell: wrapped_command(attempt.job.command, login_shell,
-                                                prelude=attempt.prelude),
+                                                attempt.reports.token, attempt.prelude),
             attempt.reports, stdin_payload(attempt.job.command))
 
     def worker_process(self, slot, handler, classify_end=None):

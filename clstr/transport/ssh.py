@@ -12,6 +12,7 @@ names ssh's own failure.
 import os
 
 from ..failures import TAIL_BYTES, cannot_start_ssh, classify, read_log_tail, refused_log_file
+from .endreport import RUN_TOKEN
 from .interface import AttemptHandler, Session, Transport
 from .process import ProcessSession
 from .worker import worker_command
@@ -37,7 +38,8 @@ class SshTransport(Transport):
         share (the mux transport's fallback), None for a connection of its
         own."""
         log_path = self._private.new_path("attempt-", ".log")
-        argv = self._argv(attempt.job, attempt.slot, attempt.prelude, control_path, log_path)
+        argv = self._argv(attempt.job, attempt.slot, attempt.prelude, control_path, log_path,
+                          attempt.reports.token)
         return _SshSession(self._loop, argv, handler, attempt.reports, control_path, log_path,
                            stdin_payload(attempt.job.command), self._refuse_log_file)
 
@@ -68,8 +70,9 @@ class SshTransport(Transport):
         return self._ssh.remote_argv(slot.host.name, worker_command(login_shell), control_path,
                                      log_path)
 
-    def _argv(self, job, slot, prelude, control_path, log_path):
-        return self._ssh.argv(slot.host.name, job.command, control_path, log_path, prelude)
+    def _argv(self, job, slot, prelude, control_path, log_path, token=RUN_TOKEN):
+        return self._ssh.argv(slot.host.name, job.command, control_path, log_path, prelude,
+                              token)
 
 
 def _command_words(argv):

@@ -1,5 +1,6 @@
 """How to call ssh: the only module that knows ssh's options."""
 
+from .endreport import RUN_TOKEN
 from .wrapper import wrapped_command
 
 
@@ -45,10 +46,11 @@ class SshSettings:
             argv.append(remote)
         return argv
 
-    def argv(self, host, command, control_path=None, log_path=None, prelude=b""):
+    def argv(self, host, command, control_path=None, log_path=None, prelude=b"",
+             token=RUN_TOKEN):
         """The argv running ``command`` (bytes) on ``host`` under the remote
-        wrapper, after ``prelude`` (transport/prelude.py), through the
-        master at ``control_path`` if given.  If that
+        wrapper, after ``prelude`` (transport/prelude.py), reporting with
+        ``token``, through the master at ``control_path`` if given.  If that
         master has gone, ssh quietly makes a connection of its own.
 
         ``log_path``: the file ssh's own messages go to instead of stderr
@@ -60,8 +62,8 @@ class SshSettings:
         connection ended ("Timeout, server not responding"), only fills that
         file: clstr never adds to the job's output what the user's LogLevel
         hides ("Warning: Permanently added ..." under LogLevel ERROR)."""
-        return self.remote_argv(host, wrapped_command(command, prelude=prelude), control_path,
-                                log_path)
+        return self.remote_argv(host, wrapped_command(command, prelude=prelude, token=token),
+                                control_path, log_path)
 
     def remote_argv(self, host, remote, control_path=None, log_path=None):
         """As ``argv``, but running ``remote`` (bytes), a command line for

@@ -27,7 +27,8 @@ import itertools
 
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
-from .worker import ACK_FRAME, READY_TOKEN, STOP_FRAME, job_frame
+from .worker import ACK_FRAME, NO_GROUP, READY_TOKEN, STOP_FRAME, job_frame
+from .wrapper import command_on_stdin
 
 
 class WorkerTransport(Transport):
@@ -39,6 +40,9 @@ class WorkerTransport(Transport):
         self._base = base
         self._loop = loop
         self._workers = {}  # slot -> its Worker
+        # Hosts whose worker could not give a job a group of its own: their
+        # jobs go one session each, through the base transport.
+        self._per_job_hosts = set()
         self._attempt_numbers = itertools.count(1)
         self.has_masters = base.has_masters
         self.fds_per_attempt = base.fds_per_attempt
@@ -67,11 +71,22 @@ class WorkerTransport(Transport):
 
     def open(self, attempt, handler):
         slot = attempt.slot
+        if command_on_stdin(attempt.job.command) or slot.host.name in self._per_job_hosts:
+            # A command too big for a frame's line goes on its own session's
+            # stdin, as without --workers.
+            return self._base.open(attempt, handler)
         worker = self._workers.get(slot)
         if worker is None:
-            worker = Worker(self._loop, self._base, slot, lambda gone: self._gone(slot, gone))
+            worker = Worker(self._loop, self._base, slot, lambda gone: self._gone(slot, gone),
+                            self._per_job)
             self._workers[slot] = worker
         return worker.run(attempt, handler)
+
+    def _per_job(self, attempt, handler):
+        """``attempt``'s worker cannot give it a group of its own: it, and
+        every later job on its host, runs in a session of its own."""
+        self._per_job_hosts.add(attempt.slot.host.name)
+        return self._base.open(attempt, handler)
 
     def _gone(self, slot, worker):
         if self._workers.get(slot) is worker:
@@ -96,10 +111,12 @@ class Worker(AttemptHandler):
     named for the job it carried (``classify``); ``gone(worker)`` is told
     that it has ended."""
 
-    def __init__(self, loop, base, slot, gone):
+    def __init__(self, loop, base, slot, gone, per_job):
         self.loop = loop
         self._base = base
         self._gone = gone
+        self._per_job = per_job
+        self._no_group = False
         self.job = None  # the running WorkerSession
         # Each stream until the worker's ready report (then None).
         self._until_ready = {1: ReportReader(READY_TOKEN, before_start="drop"),
@@ -112,7 +129,7 @@ class Worker(AttemptHandler):
     def run(self, attempt, handler):
         """Send ``attempt``'s job; returns its Session."""
         assert self.job is None, "a worker runs one job at a time"
-        self.job = WorkerSession(self, attempt.reports, handler)
+        self.job = WorkerSession(self, attempt, handler)
         self.job.started(self._ready_streams())
         # Reading may have been paused under the previous job.
         self.process.resume()
@@ -137,7 +154,9 @@ class Worker(AttemptHandler):
         reader = self._until_ready[stream]
         if reader is not None:
             data = reader.feed(data)
-            if not reader.started:
+            if reader.status == NO_GROUP:
+                self._no_group = True
+            if not reader.started or self._no_group:
                 return
             self._until_ready[stream] = None
             if self.job is not None:
@@ -156,7 +175,11 @@ class Worker(AttemptHandler):
     def ended(self, code, failure):
         self._gone(self)
         job, self.job = self.job, None
-        if job is not None:
+        if job is None:
+            return
+        if self._no_group:
+            job.per_job(self._per_job)
+        else:
             job.lost(code, failure)
 
     def unstarted(self, error):
@@ -174,14 +197,24 @@ class WorkerSession(Session):
     attempt's ReportReader) reads its stderr, a reader of the same token its
     stdout.  It ends at both end reports, or with its worker."""
 
-    def __init__(self, worker, reports, handler):
+    def __init__(self, worker, attempt, handler):
         self._worker = worker
+        self._attempt = attempt
         self._handler = handler
-        self.reports = reports
+        self.reports = reports = attempt.reports
         self._readers = {1: ReportReader(reports.token, before_start="drop", after_end="drop"),
                          2: reports}
         self._grace = None
         self._over = False
+        self._inner = None  # the session of its own it went on in (per_job)
+
+    def per_job(self, open_session):
+        """The worker could not run it (NO_GROUP): it goes on in a session
+        of its own, ``open_session(attempt, handler)``'s."""
+        try:
+            self._inner = open_session(self._attempt, self._handler)
+        except OSError as error:
+            self.unstarted(error)
 
     def started(self, streams):
         """The worker said on ``streams`` that it is ready: there, what
@@ -221,16 +254,19 @@ class WorkerSession(Session):
         """Ask the worker to stop the job; a worker that has not ended it
         ``grace`` seconds later is stopped itself (its stdin closed, then
         signals)."""
+        if self._inner is not None:
+            self._inner.stop(grace)
+            return
         if self._over or self._grace is not None:
             return
         self._worker.process.send(STOP_FRAME)
         self._grace = self._worker.loop.call_later(grace, lambda: self._worker.untrusted(grace))
 
     def kill(self):
-        self._worker.process.kill()
+        (self._inner or self._worker.process).kill()
 
     def pause(self):
-        self._worker.process.pause()
+        (self._inner or self._worker.process).pause()
 
     def resume(self):
-        self._worker.process.resume()
+        (self._inner or self._worker.process).resume()
