@@ -44,8 +44,8 @@ class Attempt(AttemptHandler):
     and what clstr itself did to it (``stopped``: a Failure if clstr
     stopped it).  Its transport reports to it, and it to ``attempts``."""
 
-    __slots__ = ("attempts", "job", "slot", "prelude", "session", "out", "started", "received",
-                 "timer", "start_timer", "stopped", "reports")
+    __slots__ = ("attempts", "job", "slot", "prelude", "command", "session", "out", "started",
+                 "received", "timer", "start_timer", "stopped", "reports")
 
     def __init__(self, attempts, job, slot, prelude, reports):
         self.attempts = attempts
@@ -54,6 +54,9 @@ class Attempt(AttemptHandler):
         # The shell text the job's process runs first (its environment, its
         # directory): built per attempt, as the slot and host differ.
         self.prelude = prelude
+        # What this attempt runs: a template's {%} and {host} are this
+        # slot's (the job's own command keeps them as written).
+        self.command = job.command_on(slot)
         self.session = None
         self.out = None
         self.started = time.time()
@@ -236,7 +239,7 @@ class Attempts:
         job = attempt.job
         undelivered = attempt.reports.undelivered
         if undelivered is not None:
-            undelivered = not_delivered(undelivered, len(job.command))
+            undelivered = not_delivered(undelivered, len(attempt.command))
         verdict = judge(failure, code, attempt.reports.started, attempt.reports.status,
                         attempt.stopped, undelivered)
         if self._joblog:

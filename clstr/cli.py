@@ -28,6 +28,9 @@ examples:
   clstr -N nodes.txt -J jobs.txt --halt now,fail=1
   clstr -N nodes.txt -J jobs.txt --retries 3 --timeout 600
   clstr -N nodes.txt --env MODEL --workdir '~/runs' -j './train --seed $CLSTR_SEQ'
+  clstr -N nodes.txt -j 'gzip -9 {}' ::: *.log
+  clstr -N nodes.txt -j './sim --seed {1} --size {2} > out/{1}-{2}' ::: 1 2 3 ::: 10 100
+  find data -name '*.csv' | clstr -N nodes.txt -a - -j 'convert {} {.}.parquet'
   clstr --exec 'docker exec -i {host}' -n web1 web2 -j 'nginx -t'
   salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
@@ -36,6 +39,16 @@ node is one slot (list a host N times to run N jobs on it at once). If ssh
 exits non-zero, clstr cannot tell the node from the job, so it retires the node
 and runs the job elsewhere; a job can use this to refuse unsuitable nodes: the
 sed example runs every job of jobs.txt only on nodes where nobody is logged in.
+
+templates, as in GNU parallel: given inputs (::: VALUES, :::: FILES, -a FILE,
+-a - for stdin; one value a line; several inputs combine as every
+combination, the last varying fastest), the --job is run once for each,
+with {} the value(s), {.} without extension, {/} basename, {//} dirname, {/.}
+basename without extension, {1} {2} {1.}... the value of the first, second
+input, {#} the job's number, {%} the slot's, {host} the node's name.  Each
+value is quoted for sh as GNU parallel quotes it; without any of these
+strings the values are appended.  Job files, and --job without inputs, are
+never templates.  The joblog shows {%} and {host} as written.
 
 exit status: 0 every job completed (or --halt ...,success=N was met); 1 some
 did not (no node left to run them, or given up: --timeout, --job-failure job,
@@ -127,6 +140,10 @@ def build_parser():
                       help="run jobs in DIR, made if missing (relative to the login "
                       "directory; ~ and ~/x are the node's home); a DIR that cannot be "
                       "made or entered fails the job (exit 125) as its own exit would")
+    jobs.add_argument("--arg-file", "-a", metavar="FILE", action="append", default=[],
+                      help="an input for the --job template, one value a line (- for "
+                      "stdin); as ':::: FILE', before the ::: and :::: inputs (see "
+                      "templates below)")
 
     failures = parser.add_argument_group(
         "failures", "By default, as in clstr 0.1.0, any non-zero exit of ssh retires "
@@ -388,7 +405,8 @@ def _check_outputs_are_not_inputs(args, sources, active_nodes):
     into while it is read: a usage error, found before anything is touched."""
     inputs = {}
     for source in sources:
-        inputs.setdefault(_regular_identity(os.fstat, source.fd), "job file " + source.name)
+        inputs.setdefault(_regular_identity(os.fstat, source.fd),
+                          "%s %s" % (source.what, source.name))
     for path in _flatten(args.node_file):
         if path == "-":
             inputs.setdefault(_regular_identity(os.fstat, 0), "node file <stdin>")
@@ -529,14 +547,45 @@ def _check_gather(args):
                              "once, under its nodes' names" % option)
 
 
+def _template(args, groups, job_files):
+    """The --job template (templates.Template) when inputs are given, else
+    None; raises UsageError for what cannot go with inputs."""
+    from .templates import FILES, Template, TemplateError
+    if not groups:
+        return None
+    inputs = "inputs (:::, ::::, --arg-file)"
+    if job_files:
+        raise UsageError("%s cannot be combined with --job-file: job files are never "
+                         "templates; give the template with --job" % inputs)
+    if args.on_each_node is not None:
+        raise UsageError("%s cannot be combined with --on-each-node" % inputs)
+    if len(args.job) != 1:
+        raise UsageError("%s need exactly one --job template, e.g. -j 'gzip {}' (%d given)"
+                         % (inputs, len(args.job)))
+    stdin = groups.count((FILES, "-")) + _flatten(args.node_file).count("-")
+    if stdin > 1:
+        raise UsageError("stdin (-) is given as more than one input or node file")
+    try:
+        return Template(os.fsencode(args.job[0]), len(groups))
+    except TemplateError as error:
+        raise UsageError(str(error))
+
+
 def make_plan(argv):
     """Parse and check ``argv``: returns a Plan and the job feed, or raises
     UsageError.  Reads inputs (node files, job files, a joblog to resume) but
     opens, creates or truncates no output: the Plan holds only paths, and
     ``open_outputs`` opens them when a run really starts."""
     from .jobs import JobFeed, JobInputError, open_job_file
-    args = build_parser().parse_args(argv)
+    from .templates import FILES, TemplateError, split_inputs
+    try:
+        options, groups = split_inputs(argv)
+    except TemplateError as error:
+        raise UsageError(str(error))
+    args = build_parser().parse_args(options)
     job_files = _flatten(args.job_file)
+    groups = [(FILES, path) for path in args.arg_file] + groups
+    template = _template(args, groups, job_files)
     if args.on_each_node is not None and (args.job or job_files):
         raise UsageError("--on-each-node cannot be combined with --job or --job-file")
     if args.on_each_node is None and not args.job and not job_files:
@@ -558,6 +607,9 @@ def make_plan(argv):
     skip = _resume_skip(args)
     sources = []
     try:
+        if template is not None:
+            from .inputs import open_inputs
+            inputs, sources = open_inputs(groups)
         for path in job_files:
             sources.append(open_job_file(path))
     except JobInputError as error:
@@ -571,7 +623,10 @@ def make_plan(argv):
             source.close()
         raise
     env, workdir = _job_environment(args)
-    feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
+    if template is not None:
+        feed = JobFeed((), [inputs], skip, template)
+    else:
+        feed = JobFeed([os.fsencode(job) for job in args.job], sources, skip)
     pinned = args.on_each_node is not None
     if pinned:
         distinct = list(dict.fromkeys(hosts))

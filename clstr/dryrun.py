@@ -7,7 +7,9 @@ come up as soon as they are started and jobs that end in the order they
 started, so the dry run starts the masters a run would (only for the slots
 the jobs can use at once).  A command too big for a command line goes on
 the attempt's stdin (transport/wrapper.py): its line says so in a comment, with the
-command's first bytes.
+command's first bytes.  A job made from a --job template has its command, as
+the node's shell gets it, in a comment too (one line: newlines and tabs
+escaped as in the joblog).
 """
 
 import collections
@@ -16,6 +18,7 @@ import shlex
 
 from .nodes import NodePool
 from .privatedir import PrivateDirectory
+from .records import one_line
 from .scheduler import Scheduler
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
@@ -101,8 +104,12 @@ def dry_run_lines(plan, feed):
         while assignment is not None:
             job, slot = assignment
             line = quote_argv(transport.describe(job, slot, attempt_prelude(plan, job, slot)))
-            if command_on_stdin(job.command):
+            command = job.command_on(slot)
+            if command_on_stdin(command):
                 line += "  # on stdin: the job's command, %s" % job.brief
+            elif feed.templated:
+                line += "  # job %d: %s" % (job.seq, one_line(
+                    command.decode("utf-8", "backslashreplace")))
             yield line
             running.append(assignment)
             assignment = next_assignment()

@@ -20,6 +20,8 @@ import io
 import os
 import stat
 
+from .templates import command_on
+
 # Bytes read from a job source at a time.
 JOB_INPUT_READ_SIZE = 65536
 # Checking a regular file for NUL bytes before the run reads it this much at
@@ -42,15 +44,23 @@ class Job:
     """One command to run, and what has happened to it so far.  A
     ``rejected`` job (the reason, naming file and line) is never run."""
 
-    __slots__ = ("seq", "command", "host", "attempts", "failures", "rejected")
+    __slots__ = ("seq", "command", "host", "late", "attempts", "failures", "rejected")
 
-    def __init__(self, seq, command, host=None):
+    def __init__(self, seq, command, host=None, late=None):
         self.seq = seq
+        # With a template's {%} or {host}, as written: what the joblog and
+        # --resume see (an attempt runs ``command_on(slot)``).
         self.command = command
         self.host = host  # set for --on-each-node: runs on this host only
+        self.late = late  # the template's parts for command_on, or None
         self.attempts = 0
         self.failures = []  # (host name, Failure) per failed attempt
         self.rejected = None
+
+    def command_on(self, slot):
+        """The command an attempt of this job runs on ``slot`` (nodes.Slot):
+        ``command``, with a template's ``{%}`` and ``{host}`` filled in."""
+        return command_on(self.command, self.late, slot.number, slot.host.name)
 
     @property
     def text(self):
@@ -80,14 +90,26 @@ def numbered_job_lines(data, first=1):
     return jobs
 
 
+def numbered_input_lines(data, first, at_eof):
+    """(line number, line) for each line of a template's input in ``data``
+    (templates.py), whose first line is number ``first``, as GNU parallel
+    reads them: every line is a value, an empty one too, kept as it is
+    (CR included); at the end of the input (``at_eof``) a last newline
+    ends the last line, not an empty one."""
+    lines = data.split(b"\n")
+    if at_eof and not lines[-1]:
+        lines.pop()
+    return list(enumerate(lines, first))
+
+
 NUL_IN_JOB = "job contains a NUL byte"
 
 
-def _check_no_nul(name, blocks):
+def _check_no_nul(name, blocks, inputs=False):
     """Raise JobInputError naming the line of the first NUL byte in
     ``blocks`` (consecutive pieces of one file), if there is one; else
-    return how many jobs (non-blank lines) they hold, so a job count is
-    known from the start."""
+    return how many jobs (non-blank lines; every line, for a template's
+    ``inputs``) they hold, so a job count is known from the start."""
     newlines = 0
     jobs = 0
     # Whether the line the last block ended in has more than blanks so far
@@ -101,9 +123,9 @@ def _check_no_nul(name, blocks):
         newlines += block.count(b"\n")
         pieces = block.split(b"\n")
         for piece in pieces[:-1]:
-            jobs += filled or bool(piece.strip())
+            jobs += inputs or filled or bool(piece.strip())
             filled = False
-        filled = filled or bool(pieces[-1].strip())
+        filled = filled or bool(pieces[-1] if inputs else pieces[-1].strip())
     return jobs + filled
 
 
@@ -118,7 +140,7 @@ def _blocks_from(fd, offset):
         yield block
 
 
-def _read_whole(name, fd):
+def _read_whole(name, fd, inputs=False):
     """Everything a device gives until its end, checked for NUL bytes."""
     os.set_blocking(fd, True)
     blocks = []
@@ -128,7 +150,7 @@ def _read_whole(name, fd):
         if not block or b"\0" in block:  # /dev/zero would never end
             break
     data = b"".join(blocks)
-    _check_no_nul(name, [data])
+    _check_no_nul(name, [data], inputs)
     return data
 
 
@@ -140,12 +162,15 @@ def is_stream(fd, mode):
 
 
 class _FileSource:
-    """Jobs from one opened file descriptor.  Raises JobInputError if the
-    source is a directory or, unless it is a stream, holds a NUL byte."""
+    """Jobs from one opened file descriptor (a template's values, one a
+    line, with ``inputs``).  Raises JobInputError if the source is a
+    directory or, unless it is a stream, holds a NUL byte."""
 
-    def __init__(self, name, fd):
+    def __init__(self, name, fd, inputs=False):
         self.name = name
         self.fd = fd
+        self.inputs = inputs
+        self.what = "input file" if inputs else "job file"
         # The pieces of a line not complete yet, joined once it is: a line
         # of megabytes comes in many reads.
         self.partial = []
@@ -157,15 +182,15 @@ class _FileSource:
         try:
             mode = os.fstat(fd).st_mode
             if stat.S_ISDIR(mode):
-                raise JobInputError("cannot read job file %s: Is a directory" % name)
+                raise JobInputError("cannot read %s %s: Is a directory" % (self.what, name))
             self.streaming = is_stream(fd, mode)
             if stat.S_ISREG(mode):
                 self.expected = _check_no_nul(
-                    name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)))
+                    name, _blocks_from(fd, os.lseek(fd, 0, os.SEEK_CUR)), inputs)
             elif not self.streaming:
-                self._whole = io.BytesIO(_read_whole(name, fd))
+                self._whole = io.BytesIO(_read_whole(name, fd, inputs))
         except OSError as error:
-            raise JobInputError("cannot read job file %s: %s" % (name, error.strerror))
+            raise JobInputError("cannot read %s %s: %s" % (self.what, name, error.strerror))
 
     def _read(self):
         if self._whole is not None:
@@ -193,7 +218,10 @@ class _FileSource:
                 self.partial.append(data)
                 return []
             complete, self.partial = b"".join(self.partial + [data[:cut - 1]]), [data[cut:]]
-        jobs = numbered_job_lines(complete, self.line + 1)
+        if self.inputs:
+            jobs = numbered_input_lines(complete, self.line + 1, self.at_eof)
+        else:
+            jobs = numbered_job_lines(complete, self.line + 1)
         self.line += complete.count(b"\n") + 1
         self.taken += len(jobs)
         return jobs
@@ -204,11 +232,11 @@ class _FileSource:
         self.fd = None
 
 
-def open_job_file(path):
+def open_job_file(path, inputs=False):
     """Open a job file (``-`` is stdin) now, so a missing one, or one with a
     line that cannot be run, is reported before anything starts.  FIFOs are
     opened without blocking: waiting for a writer is the event loop's
-    business."""
+    business.  ``inputs``: a template's input file, one value a line."""
     if path == "-":
         name, fd = "<stdin>", 0
     else:
@@ -216,9 +244,10 @@ def open_job_file(path):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as error:
-            raise JobInputError("cannot read job file %s: %s" % (path, error.strerror))
+            raise JobInputError("cannot read %s file %s: %s"
+                                % ("input" if inputs else "job", path, error.strerror))
     try:
-        return _FileSource(name, fd)
+        return _FileSource(name, fd, inputs)
     except JobInputError:
         if fd != 0:
             os.close(fd)
@@ -229,8 +258,11 @@ class JobFeed:
     """The queue of jobs to run: first any jobs put back unstarted, then
     fixed commands, then the job files in order.  ``take()`` never blocks."""
 
-    def __init__(self, commands=(), files=(), skip=None):
+    def __init__(self, commands=(), files=(), skip=None, template=None):
         self._skip = skip  # predicate: a job already completed (--resume)
+        # A templates.Template: the files (inputs.InputSource) give each
+        # job's values, and the template makes its command.
+        self._template = template
         self.skipped = 0
         self.rejected = []  # jobs read that cannot run (see Job.rejected)
         self._ready = collections.deque()
@@ -243,6 +275,11 @@ class JobFeed:
         self._watched = None
         for command in commands:
             self._add(command)
+
+    @property
+    def templated(self):
+        """Whether the jobs come from a --job template and its inputs."""
+        return self._template is not None
 
     @property
     def total(self):
@@ -269,8 +306,13 @@ class JobFeed:
         return not self._files
 
     def _add(self, command, host=None, source=None, number=0):
+        """Add a job: ``command``, or the template's command for the values
+        ``command`` holds."""
         self._count += 1
-        job = Job(self._count, command, host)
+        late = None
+        if self._template is not None:
+            command, late = self._template.expand(self._count, command)
+        job = Job(self._count, command, host, late)
         if b"\0" in command:
             # Only a stream gets here: other files are checked when opened,
             # and argv cannot hold a NUL.
@@ -351,7 +393,7 @@ class JobFeed:
             try:
                 commands = source.read_block()
             except OSError as error:
-                raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
+                raise JobInputError("cannot read %s %s: %s" % (source.what, source.name, error.strerror))
             self._add_from(source, commands)
             if source.at_eof:
                 self._finish_source()
@@ -386,7 +428,7 @@ class JobFeed:
         except BlockingIOError:
             return
         except OSError as error:
-            raise JobInputError("cannot read job file %s: %s" % (source.name, error.strerror))
+            raise JobInputError("cannot read %s %s: %s" % (source.what, source.name, error.strerror))
         self._add_from(source, commands)
         if source.at_eof:
             self._loop.remove_reader(source.fd)

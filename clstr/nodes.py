@@ -32,13 +32,15 @@ class Host:
 
 class Slot:
     """One place to run one job at a time on ``host``; ``index`` counts the
-    host's slots from 0."""
+    host's slots from 0, ``number`` all slots from 1 in the order listed (a
+    template's {%}: no two running jobs share it, as in GNU parallel)."""
 
-    __slots__ = ("host", "index", "uses", "busy")
+    __slots__ = ("host", "index", "number", "uses", "busy")
 
-    def __init__(self, host, index):
+    def __init__(self, host, index, number=1):
         self.host = host
         self.index = index
+        self.number = number
         self.uses = 0
         self.busy = False
 
@@ -53,11 +55,11 @@ class NodePool:
         self._heap = []
         self.hosts = {}
         self.busy = 0
-        for name in hostnames:
+        for number, name in enumerate(hostnames, 1):
             host = self.hosts.get(name)
             if host is None:
                 host = self.hosts[name] = Host(name)
-            slot = Slot(host, host.slot_count)
+            slot = Slot(host, host.slot_count, number)
             host.slots.append(slot)
             host.free.append(slot)
             host.slot_count += 1

@@ -95,17 +95,17 @@ class ExecTransport(Transport):
         return ReportReader(before_start="drop", after_end="drop")
 
     def open(self, attempt, handler):
-        argv = self.argv_on(attempt.slot, wrapper_words(attempt.job.command, attempt.prelude,
+        argv = self.argv_on(attempt.slot, wrapper_words(attempt.command, attempt.prelude,
                                                         attempt.reports.token))
         # Signalled as a whole process group: an --exec program's children
         # must not outlive it.
         return ProcessSession(self._loop, argv, handler,
                               functools.partial(self.classify_end, attempt.reports),
                               attempt.reports, group=True,
-                              stdin_data=stdin_payload(attempt.job.command))
+                              stdin_data=stdin_payload(attempt.command))
 
     def describe(self, job, slot, prelude):
-        return self.argv_on(slot, wrapper_words(job.command, prelude))
+        return self.argv_on(slot, wrapper_words(job.command_on(slot), prelude))
 
     def worker_process(self, slot, handler, classify_end):
         """A worker's process (workerpool.Worker) on ``slot``'s node,

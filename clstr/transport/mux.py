@@ -130,9 +130,9 @@ class MuxTransport(Transport):
         return self._through_master(
             attempt.slot, handler,
             lambda control_path, login_shell: self._direct.open(attempt, handler, control_path),
-            lambda login_shell: wrapped_command(attempt.job.command, login_shell,
+            lambda login_shell: wrapped_command(attempt.command, login_shell,
                                                 attempt.reports.token, attempt.prelude),
-            attempt.reports, stdin_payload(attempt.job.command))
+            attempt.reports, stdin_payload(attempt.command))
 
     def worker_process(self, slot, handler, classify_end=None):
         """A worker (workerpool.Worker) on ``slot``'s node: a session

@@ -41,7 +41,7 @@ class SshTransport(Transport):
         argv = self._argv(attempt.job, attempt.slot, attempt.prelude, control_path, log_path,
                           attempt.reports.token)
         return _SshSession(self._loop, argv, handler, attempt.reports, control_path, log_path,
-                           stdin_payload(attempt.job.command), self._refuse_log_file)
+                           stdin_payload(attempt.command), self._refuse_log_file)
 
     def describe(self, job, slot, prelude, control_path=None):
         return self._argv(job, slot, prelude, control_path,
@@ -71,8 +71,8 @@ class SshTransport(Transport):
                                      log_path)
 
     def _argv(self, job, slot, prelude, control_path, log_path, token=RUN_TOKEN):
-        return self._ssh.argv(slot.host.name, job.command, control_path, log_path, prelude,
-                              token)
+        return self._ssh.argv(slot.host.name, job.command_on(slot), control_path, log_path,
+                              prelude, token)
 
 
 def _command_words(argv):

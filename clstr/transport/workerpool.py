@@ -71,7 +71,7 @@ class WorkerTransport(Transport):
 
     def open(self, attempt, handler):
         slot = attempt.slot
-        if command_on_stdin(attempt.job.command) or slot.host.name in self._per_job_hosts:
+        if command_on_stdin(attempt.command) or slot.host.name in self._per_job_hosts:
             # A command too big for a frame's line goes on its own session's
             # stdin, as without --workers.
             return self._base.open(attempt, handler)
@@ -133,8 +133,7 @@ class Worker(AttemptHandler):
         self.job.started(self._ready_streams())
         # Reading may have been paused under the previous job.
         self.process.resume()
-        self.process.send(job_frame(attempt.reports.token, attempt.job.command,
-                                    attempt.prelude))
+        self.process.send(job_frame(attempt.reports.token, attempt.command, attempt.prelude))
         return self.job
 
     def close(self):
