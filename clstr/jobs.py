@@ -232,6 +232,10 @@ class _FileSource:
         self.fd = None
 
 
+def _cannot_read(source, error):
+    return JobInputError("cannot read %s %s: %s" % (source.what, source.name, error.strerror))
+
+
 def open_job_file(path, inputs=False):
     """Open a job file (``-`` is stdin) now, so a missing one, or one with a
     line that cannot be run, is reported before anything starts.  FIFOs are
@@ -393,7 +397,7 @@ class JobFeed:
             try:
                 commands = source.read_block()
             except OSError as error:
-                raise JobInputError("cannot read %s %s: %s" % (source.what, source.name, error.strerror))
+                raise _cannot_read(source, error)
             self._add_from(source, commands)
             if source.at_eof:
                 self._finish_source()
@@ -428,7 +432,7 @@ class JobFeed:
         except BlockingIOError:
             return
         except OSError as error:
-            raise JobInputError("cannot read %s %s: %s" % (source.what, source.name, error.strerror))
+            raise _cannot_read(source, error)
         self._add_from(source, commands)
         if source.at_eof:
             self._loop.remove_reader(source.fd)
