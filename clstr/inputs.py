@@ -11,7 +11,7 @@ first is combined with all of theirs.
 import itertools
 import os
 
-from .jobs import JobInputError, open_job_file
+from .jobs import NUL_IN_INPUT, JobInputError, open_job_file
 from .templates import VALUES
 
 # At most this many jobs are made at a time from a source that does not
@@ -140,4 +140,4 @@ def _check_no_nul(source, values):
     """A stream read whole is checked here (a file was when opened)."""
     for number, value in enumerate(values, 1):
         if b"\0" in value:
-            raise JobInputError("%s:%d: input contains a NUL byte" % (source.name, number))
+            raise JobInputError("%s:%d: %s" % (source.name, number, NUL_IN_INPUT))

@@ -103,6 +103,7 @@ def numbered_input_lines(data, first, at_eof):
 
 
 NUL_IN_JOB = "job contains a NUL byte"
+NUL_IN_INPUT = "input contains a NUL byte"
 
 
 def _check_no_nul(name, blocks, inputs=False):
@@ -119,7 +120,8 @@ def _check_no_nul(name, blocks, inputs=False):
         at = block.find(b"\0")
         if at >= 0:
             number = newlines + block.count(b"\n", 0, at) + 1
-            raise JobInputError("%s:%d: %s" % (name, number, NUL_IN_JOB))
+            raise JobInputError("%s:%d: %s" % (name, number,
+                                               NUL_IN_INPUT if inputs else NUL_IN_JOB))
         newlines += block.count(b"\n")
         pieces = block.split(b"\n")
         for piece in pieces[:-1]:
@@ -453,7 +455,8 @@ class JobFeed:
         """Read every source to its end, waiting on pipes (for --dry-run)."""
         while self._files:
             source = self._files[0]
-            os.set_blocking(source.fd, True)
+            if source.fd is not None:  # a ::: input has none
+                os.set_blocking(source.fd, True)
             while not source.at_eof:
                 self._add_from(source, source.read_block())
             self._finish_source()
