@@ -8,8 +8,8 @@ started, so the dry run starts the masters a run would (only for the slots
 the jobs can use at once).  A command too big for a command line goes on
 the attempt's stdin (transport/wrapper.py): its line says so in a comment, with the
 command's first bytes.  A job made from a --job template has its command, as
-the node's shell gets it, in a comment too (one line: newlines and tabs
-escaped as in the joblog).
+the node's shell gets it, in a comment too, on the same line (a newline in
+it shown as ``\n``), so the line's shell words stay as they are.
 """
 
 import collections
@@ -18,7 +18,6 @@ import shlex
 
 from .nodes import NodePool
 from .privatedir import PrivateDirectory
-from .records import one_line
 from .scheduler import Scheduler
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
@@ -108,8 +107,8 @@ def dry_run_lines(plan, feed):
             if command_on_stdin(command):
                 line += "  # on stdin: the job's command, %s" % job.brief
             elif feed.templated:
-                line += "  # job %d: %s" % (job.seq, one_line(
-                    command.decode("utf-8", "backslashreplace")))
+                shown = os.fsdecode(command.replace(b"\n", b"\\n"))
+                line += "  # job %d: %s" % (job.seq, shown)
             yield line
             running.append(assignment)
             assignment = next_assignment()

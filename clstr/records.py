@@ -17,8 +17,7 @@ class JoblogError(Exception):
     """The joblog cannot be read or written (message names it)."""
 
 
-def one_line(text):
-    """``text`` on one line: backslash, tab and newline escaped."""
+def _one_line(text):
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
@@ -26,7 +25,7 @@ def joblog_line(seq, host, start, runtime, received, exitval, signum, command):
     """One joblog record: ``exitval`` and ``signum`` as failures.judge
     decided them (Signal 15 for a job clstr stopped)."""
     return "%d\t%s\t%.3f\t%.3f\t0\t%d\t%d\t%d\t%s\n" % (
-        seq, host, start, runtime, received, exitval, signum, one_line(command))
+        seq, host, start, runtime, received, exitval, signum, _one_line(command))
 
 
 class Joblog:
@@ -142,7 +141,7 @@ def job_key(job):
     """How a job is recognised in a joblog: its command, with its host if it
     runs on each node (--on-each-node; sequence numbers there follow the node
     list, which may change between runs), else its number."""
-    return (job.host if job.host is not None else job.seq), one_line(job.text)
+    return (job.host if job.host is not None else job.seq), _one_line(job.text)
 
 
 def failure_report(retired_hosts, incomplete_jobs, limit=20,
