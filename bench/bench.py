@@ -617,6 +617,13 @@ def scheduler_overhead(tools, results, reps, jobs_count):
     run_one(results, scenario, "clstr (ssh = fakessh)",
             [sys.executable, tools.pyz, "--ssh-command", fakessh, "--no-multiplex", *slots,
              "-J", jobs], reps, tools.env, jobs_count, reference=True)
+    # The same jobs from a template: ": job {}" and the numbers as input.
+    numbers = os.path.join(tools.work, "local-numbers")
+    with open(numbers, "w") as handle:
+        handle.write("".join("%d\n" % n for n in range(jobs_count)))
+    run_one(results, scenario, "clstr -j template (ssh = fakessh)",
+            [sys.executable, tools.pyz, "--ssh-command", fakessh, "--no-multiplex", *slots,
+             "-j", ": job {}", "::::", numbers], reps, tools.env, jobs_count)
     run_one(results, scenario, "xargs -P 32 fakessh",
             ["xargs", "-P", "32", "-I", "{}", fakessh, "--", "slot", "true"],
             reps, tools.env, jobs_count, stdin_path=jobs)

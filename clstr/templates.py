@@ -71,13 +71,16 @@ def split_inputs(argv):
     return options, groups
 
 
+_NEEDS_QUOTES = re.compile(rb"[^-_.+a-zA-Z0-9/]")
+
+
 def quote(value):
     """``value`` (bytes) as one POSIX shell word, as GNU parallel quotes it
     for sh: bare if it holds only ``[-_.+a-zA-Z0-9/]``, else in single
     quotes with each ``'`` as ``'"'"'``."""
     if not value:
         return b"''"
-    if not re.search(rb"[^-_.+a-zA-Z0-9/]", value):
+    if not _NEEDS_QUOTES.search(value):
         return value
     quoted = b"'" + value.replace(b"'", b"'\"'\"'") + b"'"
     # As parallel does: no empty '' left at either end.

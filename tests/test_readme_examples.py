@@ -186,6 +186,17 @@ def test_three_jobs_on_two_nodes_example(cluster):
     assert sorted(printed) == sorted(output)
 
 
+def test_argument_templates_example(cluster):
+    words, output, status = _command_and_output(
+        checked_blocks()["test_argument_templates_example"])
+    assert status is None
+    # lab01 and lab02 are a real cluster's; two loopback nodes stand in.
+    stand_in = dict(zip(["lab01", "lab02"], cluster.nodes(2)))
+    result = _run_readme_command(cluster, [stand_in.get(word, word) for word in words])
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.decode().splitlines()) == sorted(output)
+
+
 def test_status_and_active_nodes_example():
     lines = checked_blocks()["test_status_and_active_nodes_example"]
     assert lines[0].startswith("$ clstr --status ")
