@@ -105,7 +105,7 @@ def _fileparse(path):
 def dirname(path):
     """Perl's File::Basename::dirname on Unix, which GNU parallel's {//}
     is: ``a/`` gives ``.``, ``a//b`` gives ``a``, ``/`` stays ``/``."""
-    directory, base = _fileparse(_strip_trailing_slashes(path))
+    directory, base = _fileparse(path)
     directory = _strip_trailing_slashes(directory)
     if not base:
         directory, base = _fileparse(directory)
