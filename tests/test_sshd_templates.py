@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from clstr_run import clstr, node_args, start_clstr
+from clstr_run import clstr, node_args, start_clstr, wait_until
 
 # Every line a value: spaces, quotes, $, backquotes, globs, a backslash,
 # braces, a leading dash, bytes that are not UTF-8, an empty line, and
@@ -152,22 +152,37 @@ def test_slot_and_host_are_the_attempts_own_and_the_joblog_keeps_them_as_written
                   "-j", "echo {host} {%} {}", ":::", *[str(n) for n in range(12)])
     assert again.returncode == 0 and again.stdout == b"", again.stderr
 
+def _read_until(process, wanted):
+    """Wait (bounded) until ``process`` has printed ``wanted``."""
+    os.set_blocking(process.stdout.fileno(), False)
+    printed = []
+
+    def arrived():
+        printed.append(process.stdout.read() or b"")
+        return wanted in b"".join(printed)
+    wait_until(arrived, what="%r from clstr" % wanted)
+
+
 def test_values_on_stdin_start_jobs_before_the_input_ends(cluster):
-    process = start_clstr(cluster, "-n", "node001", "-a", "-", "-j", "echo got {}", ":::", "x",
-                          stdin=subprocess.PIPE)
+    # Two slots, both free from the start (no masters to wait for): a run
+    # that read stdin with a blocking read would stop there, with the second
+    # slot free, before the first job's output.
+    process = start_clstr(cluster, "--no-multiplex", "-n", "node001", "node002", "-a", "-",
+                          "-j", "echo got {}", ":::", "x", stdin=subprocess.PIPE)
     try:
         process.stdin.write(b"first\n")
         process.stdin.flush()
         # The input is still open: the job ran all the same.
-        assert process.stdout.readline() == b"got first x\n"
+        _read_until(process, b"got first x\n")
         process.stdin.write(b"second\n")
         process.stdin.close()
         assert process.wait(timeout=60) == 0
-        assert process.stdout.read() == b"got second x\n"
+        _read_until(process, b"got second x\n")
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
 
 def test_a_fifo_as_first_input_streams_too(cluster, tmp_path):
     fifo = tmp_path / "fifo"
