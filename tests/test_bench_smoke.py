@@ -39,7 +39,8 @@ def test_benchmark_quick_run_counts_every_job_once(cluster, tmp_path):
     for key, cells in timed.items():
         assert float(cells[0]) > 0 and cells[1], (key, cells)
     assert {tool for _, tool in timed} == {"clstr", "clstr --no-multiplex", "clstr -E",
-                                           "clstr (ssh = fakessh)", "clstr -j template (ssh = fakessh)",
+                                           "clstr (ssh = fakessh)",
+                                           "clstr -j template (ssh = fakessh)",
                                            "clstr.pyz --version"}, rows
 
     def counts(scenario, tool):
