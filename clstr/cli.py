@@ -126,7 +126,8 @@ def build_parser():
         "has CLSTR_SEQ (its number), CLSTR_SLOT (its slot on its node, from 1) and\n"
         "CLSTR_HOST (the node's name as listed) in its environment.")
     jobs.add_argument("--job", "-j", metavar="COMMAND", action="append", default=[],
-                      help="a command to run (may be repeated)")
+                      help="a command to run (may be repeated); with inputs (::: :::: "
+                      "-a), the one template run for each (see templates below)")
     jobs.add_argument("--job-file", "-J", metavar="FILE", nargs="+", action="append",
                       default=[], help="files of commands, one per line; a named pipe "
                       "such as <(...), or - for stdin; read as the run goes")

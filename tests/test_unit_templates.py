@@ -13,7 +13,7 @@ import pytest
 
 from clstr.cli import UsageError, make_plan
 from clstr.inputs import BATCH, open_inputs
-from clstr.jobs import JobFeed, numbered_input_lines
+from clstr.jobs import Job, JobFeed, numbered_input_lines
 from clstr.nodes import NodePool
 from clstr.records import job_key
 from clstr.templates import FILES, VALUES, Template, TemplateError, dirname, quote, split_inputs
@@ -126,7 +126,6 @@ def test_slot_and_host_are_kept_as_written_and_filled_in_per_attempt():
     # A value that looks like a replacement string is a value.
     assert command == b"run '{%}' --gpu {%} --on {host}"
     slots = NodePool(["h1", "u@h2", "u@h2"]).hosts["u@h2"].slots
-    from clstr.jobs import Job
     job = Job(1, command, late=late)
     assert job.command_on(slots[1]) == b"run '{%}' --gpu 3 --on 'u@h2'"
     assert job.command == command
