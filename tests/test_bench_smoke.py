@@ -41,6 +41,7 @@ def test_benchmark_quick_run_counts_every_job_once(cluster, tmp_path):
     assert {tool for _, tool in timed} == {"clstr", "clstr --no-multiplex", "clstr -E",
                                            "clstr (ssh = fakessh)",
                                            "clstr -j template (ssh = fakessh)",
+                                           "clstr --workers (exec = env)",
                                            "clstr.pyz --version"}, rows
 
     def counts(scenario, tool):
