@@ -59,8 +59,9 @@ class Job:
 
     def command_on(self, slot):
         """The command an attempt of this job runs on ``slot`` (nodes.Slot):
-        ``command``, with a template's ``{%}`` and ``{host}`` filled in."""
-        return command_on(self.command, self.late, slot.number, slot.host.name)
+        ``command``, with a template's ``{%}`` (the slot's number on its
+        host from 1, as $CLSTR_SLOT) and ``{host}`` filled in."""
+        return command_on(self.command, self.late, slot.index + 1, slot.host.name)
 
     @property
     def text(self):

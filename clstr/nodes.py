@@ -32,15 +32,13 @@ class Host:
 
 class Slot:
     """One place to run one job at a time on ``host``; ``index`` counts the
-    host's slots from 0, ``number`` all slots from 1 in the order listed (a
-    template's {%}: no two running jobs share it, as in GNU parallel)."""
+    host's slots from 0."""
 
-    __slots__ = ("host", "index", "number", "uses", "busy")
+    __slots__ = ("host", "index", "uses", "busy")
 
-    def __init__(self, host, index, number=1):
+    def __init__(self, host, index):
         self.host = host
         self.index = index
-        self.number = number
         self.uses = 0
         self.busy = False
 
@@ -55,11 +53,11 @@ class NodePool:
         self._heap = []
         self.hosts = {}
         self.busy = 0
-        for number, name in enumerate(hostnames, 1):
+        for name in hostnames:
             host = self.hosts.get(name)
             if host is None:
                 host = self.hosts[name] = Host(name)
-            slot = Slot(host, host.slot_count, number)
+            slot = Slot(host, host.slot_count)
             host.slots.append(slot)
             host.free.append(slot)
             host.slot_count += 1

@@ -138,18 +138,21 @@ def test_slot_and_host_are_the_attempts_own_and_the_joblog_keeps_them_as_written
     joblog = tmp_path / "joblog"
     nodes = ["node001", "node002", "node002"]
     result = clstr(cluster, *node_args(nodes), "--tag", "--joblog", str(joblog),
-                   "-j", "echo {host} {%} {}", ":::", *[str(n) for n in range(12)])
+                   "-j", "echo {host} {%} {} $CLSTR_SLOT", ":::", *[str(n) for n in range(12)])
     assert result.returncode == 0, result.stderr
-    slots = {"node001": {b"1"}, "node002": {b"2", b"3"}}
+    # Each host's slots from 1, as $CLSTR_SLOT counts them.
+    slots = {"node001": {b"1"}, "node002": {b"1", b"2"}}
     lines = result.stdout.splitlines()
     assert len(lines) == 12
     for line in lines:
-        tag, host, slot, _ = line.split(b" ")
+        tag, host, slot, _, environment_slot = line.split(b" ")
         assert tag == host + b":" and slot in slots[host.decode()], line
+        assert slot == environment_slot, line
     rows = [line.split(b"\t") for line in joblog.read_bytes().splitlines()[1:]]
-    assert sorted(row[8] for row in rows) == sorted(b"echo {host} {%%} %d" % n for n in range(12))
+    assert sorted(row[8] for row in rows) == sorted(b"echo {host} {%%} %d $CLSTR_SLOT" % n
+                                                    for n in range(12))
     again = clstr(cluster, *node_args(nodes), "--joblog", str(joblog), "--resume",
-                  "-j", "echo {host} {%} {}", ":::", *[str(n) for n in range(12)])
+                  "-j", "echo {host} {%} {} $CLSTR_SLOT", ":::", *[str(n) for n in range(12)])
     assert again.returncode == 0 and again.stdout == b"", again.stderr
 
 def _read_until(process, wanted):
