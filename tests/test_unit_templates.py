@@ -6,6 +6,7 @@ values here are what parallel 20221122 printed."""
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -69,6 +70,22 @@ def test_every_value_arrives_intact_through_sh(value):
     printed = subprocess.run([b"sh", b"-c", b"printf %s " + quote(value)],
                              capture_output=True, check=True).stdout
     assert printed == value
+
+
+# What the README says of csh and fish login shells, which read single
+# quotes otherwise: the values each cannot take.
+NOT_FOR = {"tcsh": (b"two\nlines", b"!x"), "fish": (b"two\\\\slashes", b"q\\'x", b"end\\")}
+
+
+@pytest.mark.parametrize("shell", sorted(NOT_FOR))
+def test_csh_and_fish_take_every_value_but_those_the_readme_names(shell):
+    if shutil.which(shell) is None:
+        pytest.skip("%s not installed (apt-get install %s)" % (shell, shell))
+    values = HOSTILE + list(NOT_FOR[shell])
+    for value in values:
+        printed = subprocess.run([shell.encode(), b"-c", b"printf %s " + quote(value)],
+                                 capture_output=True).stdout
+        assert (printed == value) == (value not in NOT_FOR[shell]), (value, printed)
 
 
 # -- replacement strings -----------------------------------------------------------
