@@ -71,8 +71,10 @@ SLOT = Slot()
 
 def start_job(transport, command=b"echo hi", slot=SLOT):
     reports = transport.report_reader()
+    # Transports run the attempt's command (a template's {%} and {host}
+    # filled in); the job keeps its own.
     attempt = types.SimpleNamespace(slot=slot, reports=reports, prelude=b"export X=1; ",
-                                    job=types.SimpleNamespace(command=command))
+                                    command=command, job=types.SimpleNamespace(command=command))
     handler = Handler()
     transport.open(attempt, handler)
     return reports, handler
