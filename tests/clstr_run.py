@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,11 @@ def joblog_rows(path):
     except FileNotFoundError:
         return []
     return [line.split(b"\t", 8) for line in lines[1:]]
+
+
+def retired_lines(stderr):
+    """(node, reason) of each "node NAME retired: REASON" clstr said (-v)."""
+    return re.findall(rb"node (\S+) retired: (.*)", stderr)
 
 
 def require_program(name):

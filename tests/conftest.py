@@ -51,6 +51,14 @@ def cluster():
         yield running
 
 
+@pytest.fixture(scope="module")
+def throttled_cluster():
+    """An sshd with the stock MaxStartups: beyond 10 unauthenticated
+    connections it starts dropping new ones."""
+    with LoopbackCluster(max_startups="10:30:100") as running:
+        yield running
+
+
 @pytest.fixture
 def shared_dir():
     """A directory that jobs (run as the cluster's login user) and the test

@@ -10,14 +10,19 @@ import threading
 
 import pytest
 
-from clstr_run import REPO, clstr, clstr_argv, joblog_rows, node_args, start_clstr, wait_until
+from clstr_run import (
+    REPO,
+    clstr,
+    clstr_argv,
+    joblog_rows,
+    node_args,
+    retired_lines,
+    start_clstr,
+    wait_until,
+)
 from cluster import SSHD, LoopbackCluster
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
-
-
-def retired_lines(stderr):
-    return re.findall(rb"node (\S+) retired: (.*)", stderr)
 
 
 def dedicated_cluster(**settings):

@@ -15,14 +15,10 @@ from clstr_run import (
     node_args,
     read_lines,
     read_until,
+    retired_lines,
     start_clstr,
     wait_until,
 )
-from cluster import LoopbackCluster
-
-
-def retired_lines(stderr):
-    return re.findall(rb"node (\S+) retired: (.*)", stderr)
 
 
 def sleeping(cluster, marker):
@@ -185,14 +181,6 @@ def test_interrupted_run_resumed_from_joblog_runs_every_job_exactly_once(cluster
     assert 0 < len(done_first) < 30
     assert sorted(done_first + second.stdout.splitlines()) == sorted(
         b"job %d" % n for n in range(30))
-
-
-@pytest.fixture(scope="module")
-def throttled_cluster():
-    """An sshd with the stock MaxStartups: beyond 10 unauthenticated
-    connections it starts dropping new ones."""
-    with LoopbackCluster(max_startups="10:30:100") as running:
-        yield running
 
 
 @pytest.mark.parametrize("mode", ["--multiplex", "--no-multiplex"])

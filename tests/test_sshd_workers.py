@@ -4,12 +4,11 @@ login per slot): each job keeps the guarantees of a job in its own session.
 The worker itself, run locally, is in test_unit_worker.py."""
 
 import os
-import re
 import signal
 
 import pytest
 
-from clstr_run import FIND_SESSION_SSHD, RUN_ID, clstr, joblog_rows, node_args
+from clstr_run import FIND_SESSION_SSHD, RUN_ID, clstr, joblog_rows, node_args, retired_lines
 
 THROUGH_MASTERS = ("--workers",)
 SSH_CLIENT = ("--workers", "--no-multiplex")
@@ -18,10 +17,6 @@ SSH_CLIENT = ("--workers", "--no-multiplex")
 @pytest.fixture(params=[THROUGH_MASTERS, SSH_CLIENT], ids=["masters", "ssh-client"])
 def workers(request):
     return request.param
-
-
-def retired_lines(stderr):
-    return re.findall(rb"node (\S+) retired: (.*)", stderr)
 
 
 def marker_jobs(tmp_path, shared_dir, count):
