@@ -3,11 +3,14 @@ frames as clstr feeds them (the next only after the last one's end
 reports), and the framing itself.  The same worker over the real Slurm is
 in tests/slurm/test_slurm.py."""
 
+import fcntl
 import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 
 import pytest
 
@@ -16,6 +19,7 @@ from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, worker_ar
 from clstr_run import wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
+F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
 
 
 class LocalWorker:
@@ -114,6 +118,13 @@ def test_a_frame_cut_short_never_runs(worker, tmp_path):
     assert not marker.exists()
 
 
+def test_stdout_and_stderr_stay_apart_and_a_last_line_without_newline_is_the_jobs(worker):
+    # Each stream is cut at its own end report, found mid-line.
+    assert worker.run(b"printf out; printf err >&2") == (0, b"out", b"err")
+    assert worker.run(b"echo two; echo lines; echo on >&2; printf err >&2; exit 3") == (
+        3, b"two\nlines\n", b"on\nerr")
+
+
 def test_a_jobs_cd_export_and_ulimit_do_not_reach_the_next_job(worker, tmp_path):
     (tmp_path / "sub").mkdir()
     assert worker.run(b"cd sub; export LEAK=1; ulimit -n 64; umask 077")[0] == 0
@@ -173,6 +184,38 @@ def test_a_job_stopped_and_continued_reports_its_own_exit_status(worker, tmp_pat
     wait_until(stopped, what="the job to stop itself")
     os.kill(pid, signal.SIGCONT)
     assert worker.finish(token) == (7, b"", b"")
+
+
+def children(pid):
+    """The pids of ``pid``'s live child processes."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def test_the_watcher_is_gone_before_the_end_report_is_written(worker):
+    # The end report lets clstr send the next frame: a watcher still
+    # reading the frames then could take that frame, or part of it.  The job
+    # fills the stdout pipe, so the worker blocks writing its end report
+    # there: by then it must have no child left.
+    stdout = worker.process.stdout.fileno()
+    capacity = fcntl.fcntl(stdout, F_GETPIPE_SZ)
+    token = worker.start(b"head -c %d /dev/zero" % capacity)
+
+    def queued():
+        return struct.unpack("i", fcntl.ioctl(stdout, termios.FIONREAD, b"\0" * 4))[0]
+    wait_until(lambda: queued() == capacity, what="the job to fill the stdout pipe")
+    wait_until(lambda: children(worker.process.pid) == [],
+               what="the worker to have reaped the job and its watcher")
+    assert worker.finish(token) == (0, b"\0" * capacity, b"")
+    assert worker.run(b"echo next") == (0, b"next\n", b"")
 
 
 def test_under_a_job_control_shell_each_job_is_a_fork_of_the_login_shell(tmp_path):
