@@ -368,6 +368,16 @@ class FaultRun:
         assert lost == [], "recorded as completed, never ran to its end: %s\n%s" % (
             lost, self.stderr)
 
+    def assert_no_job_ran_twice(self, crashed=None):
+        """Each job ran to its end once (one done marker), whatever clstr
+        recorded; or twice if one end was on the ``crashed`` node: a job that
+        ended there as the node crashed, before its end report left it, is
+        lost to clstr and rightly runs again."""
+        twice = {seq: nodes for seq, nodes in self.markers("done").items()
+                 if len(nodes) != 1 and not (len(nodes) == 2 and crashed in nodes)}
+        assert twice == {}, "jobs that ran to their end more than once: %s\n%s" % (
+            twice, self.stderr)
+
 
 @pytest.mark.parametrize("options", [(), ("--workers",)], ids=["per-job", "workers"])
 def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run, options):
@@ -379,6 +389,8 @@ def test_a_killed_slurmd_retires_its_node_only(slurm, fault_run, options):
     slurm.kill_slurmd(VICTIM)
     assert run.finish() == 0, run.stderr
     run.assert_every_job_completed_once()
+    # Running steps carry on: no job is lost, none runs twice.
+    run.assert_no_job_ran_twice()
     retired = run.retired()
     assert retired <= {VICTIM}, run.stderr
     if options:
@@ -422,6 +434,7 @@ def test_a_crashed_node_under_no_kill_loses_no_job(slurm, fault_run, options):
     assert killed, "no job was killed on %s by the crash" % VICTIM
     assert slurm.node_state(VICTIM).startswith("down"), "Slurm never saw the crash"
     run.assert_every_job_completed_once()
+    run.assert_no_job_ran_twice(crashed=VICTIM)
     assert run.retired() == {VICTIM}, run.stderr
 
 
