@@ -108,6 +108,13 @@ def joblog_rows(path):
     return [line.split(b"\t", 8) for line in lines[1:]]
 
 
+def wait_for_file(path):
+    """Shell text for a job that waits (at most 60 s) until the file
+    ``path`` exists: the test creates it once it has seen what must come
+    first."""
+    return "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % path
+
+
 def retired_lines(stderr):
     """(node, reason) of each "node NAME retired: REASON" clstr said (-v)."""
     return re.findall(rb"node (\S+) retired: (.*)", stderr)

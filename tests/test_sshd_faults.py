@@ -17,6 +17,7 @@ from clstr_run import (
     read_until,
     retired_lines,
     start_clstr,
+    wait_for_file,
     wait_until,
 )
 
@@ -39,7 +40,7 @@ def test_broken_node_is_retired_with_ssh_reason_and_job_runs_elsewhere(cluster, 
     # The jobs wait until the broken node has been retired (the test sees
     # it said), so the run cannot end before its failure is noticed.
     go = os.path.join(shared_dir, "go")
-    wait = "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % go
+    wait = wait_for_file(go)
     process = start_clstr(cluster, mode, "-v", "--connect-timeout", "60", "-n", bad,
                           "-n", "node001", "-j", wait + "echo a", "-j", wait + "echo b",
                           "-j", wait + "echo c")
@@ -229,8 +230,7 @@ def test_retry_nodes_puts_a_node_that_comes_back_to_work(cluster, tmp_path, shar
     back = os.path.join(shared_dir, "back")
     jobs = []
     for n in range(16):
-        jobs += ["-j", "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); "
-                       "done; sleep 0.2; echo done %d" % (back, n)]
+        jobs += ["-j", wait_for_file(back) + "sleep 0.2; echo done %d" % n]
     process = start_clstr(cluster, mode, "-v", "--retry-nodes", "1", "--joblog", str(joblog),
                           "-n", "late001", "-n", "node001", *jobs)
     try:

@@ -25,6 +25,7 @@ from clstr_run import (
     read_until,
     retired_lines,
     start_clstr,
+    wait_for_file,
 )
 
 # The default (through masters, once workers use them) and an ssh login per
@@ -62,13 +63,6 @@ def assert_every_job_ran_once(shared_dir, stdout, joblog, count=JOBS):
     assert completed == expected
 
 
-def gated(go):
-    """Shell text that waits (at most 60 s) for the file ``go``: the jobs
-    run once the test has seen the broken node retired, so the run cannot
-    end before that node has been tried."""
-    return "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; " % go
-
-
 @pytest.mark.parametrize("victim, options, reason", [
     ("dead001", (), rb"refused: .*Connection refused"),
     ("silent001", ("--connect-timeout", "2"), rb"connect timeout: "),
@@ -77,11 +71,13 @@ def gated(go):
 @pytest.mark.parametrize("mode", MODES)
 def test_a_node_broken_from_the_start_is_retired_and_every_job_runs_once(
         cluster, tmp_path, shared_dir, mode, victim, options, reason):
+    # The jobs wait until the test has seen the broken node retired, so the
+    # run cannot end before that node has been tried.
     go = os.path.join(shared_dir, "go")
     joblog = str(tmp_path / "joblog")
     process = start_clstr(cluster, "--workers", *mode, "-v", "--joblog", joblog, *options,
                           "-n", victim, *node_args(HEALTHY),
-                          "-J", seq_jobs(tmp_path, shared_dir, gated(go)))
+                          "-J", seq_jobs(tmp_path, shared_dir, wait_for_file(go)))
     try:
         said = read_until(process.stderr, b"node %s retired" % victim.encode())
         open(go, "w").close()
