@@ -96,9 +96,11 @@ def test_a_node_broken_from_the_start_is_retired_and_every_job_runs_once(
 # A job's first run on VICTIM breaks the node under it: the sshd process
 # serving its worker is killed, or frozen with the job (a node that stops
 # dead: nothing of it runs on, and TCP stays open).  {frozen}: where the
-# frozen pids are left for the test to kill.
+# test finds the frozen sshd and the job's process group (cut's: $$ may be
+# the worker's, when the job is a fork of it) to kill.
 KILLED = FIND_SESSION_SSHD + "kill -9 $session; sleep 60"
-FROZEN = FIND_SESSION_SSHD + "echo $session $$ > {frozen}; kill -STOP $session; kill -STOP 0"
+FROZEN = (FIND_SESSION_SSHD + "echo $session $(cut -d' ' -f5 /proc/self/stat) > {frozen}; "
+          "kill -STOP $session; kill -STOP 0")
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
@@ -123,9 +125,9 @@ def test_a_node_lost_mid_job_is_retired_and_its_job_runs_once_elsewhere(
     finally:
         if os.path.exists(frozen):
             with open(frozen) as pids:
-                session, job = (int(pid) for pid in pids.read().split())
+                session, group = (int(pid) for pid in pids.read().split())
             os.kill(session, signal.SIGKILL)
-            os.killpg(job, signal.SIGKILL)
+            os.killpg(group, signal.SIGKILL)
     assert result.returncode == 0, result.stderr
     assert_every_job_ran_once(shared_dir, result.stdout, joblog)
     retired = retired_lines(result.stderr)
