@@ -35,10 +35,11 @@ examples:
   salloc -N 4 -n 32 clstr --slurm -J jobs.txt
 
 A job is a shell command run on a node with 'ssh NODE COMMAND'. Each listed
-node is one slot (list a host N times to run N jobs on it at once). If ssh
-exits non-zero, clstr cannot tell the node from the job, so it retires the node
-and runs the job elsewhere; a job can use this to refuse unsuitable nodes: the
-sed example runs every job of jobs.txt only on nodes where nobody is logged in.
+node is one slot (write 4/NODE, or list it 4 times, to run 4 jobs on it at
+once). If ssh exits non-zero, clstr cannot tell the node from the job, so it
+retires the node and runs the job elsewhere; a job can use this to refuse
+unsuitable nodes: the sed example runs every job of jobs.txt only on nodes
+where nobody is logged in.
 
 templates, as in GNU parallel: given inputs (::: VALUES, :::: FILES, -a FILE,
 -a - for stdin; one value a line; several inputs combine as every
@@ -111,11 +112,14 @@ def build_parser():
     parser.add_argument("--version", "-V", action="version", version="clstr " + __version__)
 
     nodes = parser.add_argument_group(
-        "nodes", "Where jobs run.  List a host N times to give it N slots.")
+        "nodes", "Where jobs run.  Each host is one slot (one job at a time); "
+        "N/host gives it N slots, as GNU parallel's -S 4/host does (4/lab[01-40]: "
+        "four on each of lab01..lab40), and so does listing it N times.")
     nodes.add_argument("--node", "-n", metavar="HOST", nargs="+", action="append", default=[],
-                       help="hosts to use ([user@]host, ranges like lab[01-40])")
+                       help="hosts to use ([N/][user@]host, ranges like lab[01-40])")
     nodes.add_argument("--node-file", "-N", metavar="FILE", nargs="+", action="append",
-                       default=[], help="files listing hosts, one per line (# comments)")
+                       default=[], help="files listing hosts as -n takes them, one per "
+                       "line (# comments)")
     nodes.add_argument("--max-nodes", "-m", metavar="N", type=_count, default=0,
                        help="run at most N jobs at once (0: one per slot; default 0)")
     nodes.add_argument("--max-node-uses", "-u", metavar="N", type=_count, default=0,

@@ -1,14 +1,18 @@
 """Node specifications: hostlist ranges, node files, and hostname checks.
 
-Grammar (as pdsh and ClusterShell write hostlists)::
+Grammar (as pdsh and ClusterShell write hostlists, with GNU parallel's
+``N/`` for slots)::
 
-    specs  := spec ("," spec)*          commas inside brackets do not split
+    specs  := slots ("," slots)*        commas inside brackets do not split
+    slots  := [N "/"] spec              N slots on each host (N >= 1; default 1)
     spec   := [user "@"] text ("[" ranges "]" text)*
             | [user "@"] "[" address "]"   an IPv6 address (it holds ":")
     ranges := range ("," range)*
     range  := N | N "-" M               N <= M; zero padding of N is kept
 
-``lab[01-03]`` is lab01 lab02 lab03; ``r[1-2]n[1,3]`` is r1n1 r1n3 r2n1 r2n3.
+``lab[01-03]`` is lab01 lab02 lab03; ``r[1-2]n[1,3]`` is r1n1 r1n3 r2n1 r2n3;
+``2/lab[1-2]`` is lab1 lab1 lab2 lab2 (a host listed N times has N slots).
+No host name holds a "/", so a slash always means slots.
 """
 
 import re
@@ -22,6 +26,7 @@ MAX_NAMES = 100000
 # able to become an ssh option such as -oProxyCommand=...
 _HOST = re.compile(r"[A-Za-z0-9._:@%][A-Za-z0-9._:@%-]*\Z")
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?\Z")
+_SLOT_COUNT = re.compile(r"[0-9]+\Z")
 # An IPv6 address in brackets, as in URLs and ssh's own messages: [::1],
 # user@[fe80::1%eth0].  A bracket body holding ":" is an address, never a
 # range; the brackets go (ssh and {host} want the bare address).
@@ -95,16 +100,35 @@ def _expand_one(spec):
     return names
 
 
+def _slots(part, spec):
+    """(slots per host, the hosts' spec) of one comma-separated ``part``:
+    GNU parallel's ``4/host``, or 1 without a slash."""
+    count, slash, hosts = part.partition("/")
+    if not slash:
+        return 1, part
+    if not _SLOT_COUNT.match(count) or int(count) < 1:
+        raise NodeSpecError("bad slot count %r in node spec %r: write N/host, N a whole "
+                            "number from 1 (4/lab01: four jobs at once on lab01)"
+                            % (count, spec))
+    if not hosts.strip():
+        raise NodeSpecError("no host after %r in node spec %r" % (count + slash, spec))
+    return int(count), hosts.strip()
+
+
 def expand(spec):
-    """All host names that ``spec`` stands for, in order."""
+    """All host names that ``spec`` stands for, in order, each once per
+    slot (``4/h``: h four times)."""
     names = []
     for part in _split_top_level(spec.strip()):
         part = part.strip()
         if not part:
             raise NodeSpecError("empty name in node spec %r" % spec)
-        names.extend(_expand_one(part))
-        if len(names) > MAX_NAMES:
+        count, part = _slots(part, spec)
+        expanded = _expand_one(part)
+        # Checked before repeating: 100000/lab[1-100000] is no list to build.
+        if len(names) + count * len(expanded) > MAX_NAMES:
             raise NodeSpecError("node spec %r expands to too many names" % spec)
+        names.extend(name for name in expanded for _ in range(count))
     return names
 
 

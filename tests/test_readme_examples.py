@@ -197,6 +197,30 @@ def test_argument_templates_example(cluster):
     assert sorted(result.stdout.decode().splitlines()) == sorted(output)
 
 
+def test_slots_example(cluster, tmp_path):
+    from clstr.nodeset import expand, parse_node_lines
+    lines = checked_blocks()["test_slots_example"]
+    words = shlex.split(lines[0][2:], comments=True)
+    assert words[:2] == ["clstr", "-n"] and "# 160 slots" in lines[0]
+    assert len(expand(words[2])) == 160
+    assert lines[1] == "$ cat nodes.txt"
+    shown = lines[2:5]
+    assert parse_node_lines(shown, "nodes.txt") == (
+        ["bignode"] * 8 + ["small1", "small1", "small2", "small2"] + ["me@spare"] * 3)
+    # The same file with loopback names (the user is the cluster's), run.
+    loopback = {"bignode": "node001", "small[1-2]": "node[002-003]",
+                "me@spare": cluster.user + "@node004"}
+    nodes = tmp_path / "nodes.txt"
+    nodes.write_text("".join(re.sub(r"(\S+/)(\S+)", lambda m: m.group(1) + loopback[m.group(2)],
+                                    line) + "\n" for line in shown))
+    words = shlex.split(lines[5][2:], comments=True)
+    assert words[:3] == ["clstr", "-N", "nodes.txt"] and words[-3:] == ["|", "wc", "-l"]
+    result = _run_readme_command(cluster, ["clstr", "-N", str(nodes)] + words[3:-3])
+    assert result.returncode == 0, result.stderr
+    assert [str(len(result.stdout.splitlines()))] == lines[6:]
+    assert result.stdout.splitlines() == [os.uname().nodename.encode()] * 4
+
+
 def test_status_and_active_nodes_example():
     lines = checked_blocks()["test_status_and_active_nodes_example"]
     assert lines[0].startswith("$ clstr --status ")

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from clstr_run import REPO, RUN_ID, clstr, node_args, read_terminal, wait_until
+from clstr_run import REPO, RUN_ID, clstr, node_args, read_terminal, start_clstr, wait_until
 
 
 def test_three_jobs_on_two_nodes_print_every_line(cluster):
@@ -54,6 +54,41 @@ def test_on_each_node_runs_once_per_node(cluster):
     result = clstr(cluster, *node_args(names + names[:5]), "-E", "echo ran")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [b"ran"] * 60
+
+
+def test_n_slash_host_runs_n_jobs_at_once_on_that_host(cluster, shared_dir):
+    # Eight jobs that wait for the test on 4/envnode001 and 1/envnode002: five
+    # start (four on node001), and no more until the test lets them go.
+    go = os.path.join(shared_dir, "go")
+    job = ('echo "$CLSTR_TEST_NODE" > %s/started.%%d; i=0; '
+           'while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; '
+           'echo done %%d' % (shared_dir, go))
+    jobs = []
+    for i in range(8):
+        jobs += ["-j", job % (i, i)]
+    process = start_clstr(cluster, "-n", "4/envnode001", "1/envnode002", *jobs)
+    try:
+        started = lambda: sorted(name for name in os.listdir(shared_dir)
+                                 if name.startswith("started."))
+        wait_until(lambda: len(started()) == 5, what="five jobs started")
+        hosts = []
+        for name in started():
+            with open(os.path.join(shared_dir, name)) as handle:
+                hosts.append(handle.read().strip())
+        assert sorted(hosts) == ["envnode001"] * 4 + ["envnode002"]
+        open(go, "w").close()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert sorted(out.splitlines()) == sorted(b"done %d" % i for i in range(8))
+    assert len(started()) == 8
+
+
+def test_on_each_node_runs_once_per_host_whatever_its_slots(cluster):
+    result = clstr(cluster, "-n", "4/node001", "2/node002,3/node003", "-E", "echo ran")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [b"ran"] * 3
 
 
 def test_400_jobs_over_16_slots_each_complete_exactly_once(cluster, tmp_path):

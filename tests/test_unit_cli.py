@@ -41,6 +41,9 @@ def run(*args, stdin=subprocess.DEVNULL, **kwargs):
      "--retries counts a job's own exit as that job's failure"),
     (["-n", "a", "-j", "JOB", "--halt", "soon,done=1"], "done=N is not supported"),
     (["-n", "a", "-j", "JOB", "--halt", "sometimes"], "argument --halt: 'sometimes'"),
+    (["-n", "0/a", "-j", "JOB"], "'0/a'"),
+    (["-n", "x/lab[1-2]", "-j", "JOB"], "'x/lab[1-2]'"),
+    (["--node=-1/a", "-j", "JOB"], "'-1/a'"),
 ])
 def test_usage_errors_are_one_line_exit_2_and_start_nothing(args, mentions, tmp_path):
     marker = tmp_path / "ran"
@@ -102,9 +105,10 @@ def test_exec_host_gets_an_address_without_its_brackets():
     assert hosts == ["H=::1", "H=me@fe80::1%eth0"], result.stdout
 
 
-def test_node_file_error_names_the_line(tmp_path):
+@pytest.mark.parametrize("line", ["b[9-1]", "0/b"])
+def test_node_file_error_names_the_line(tmp_path, line):
     nodes = tmp_path / "nodes"
-    nodes.write_text("a\nb[9-1]\n")
+    nodes.write_text("a\n%s\n" % line)
     result = run("-N", str(nodes), "-j", "x")
     assert result.returncode == 2
     assert ("%s:2:" % nodes) in result.stderr.decode()

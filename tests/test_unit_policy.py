@@ -92,6 +92,52 @@ def test_a_bracket_body_with_a_colon_is_never_a_range(spec):
         expand(spec)
 
 
+def test_n_slash_host_gives_each_host_n_slots_as_gnu_parallel_writes_it():
+    assert expand("4/h1") == ["h1"] * 4
+    assert expand("2/lab[1-2]") == ["lab1", "lab1", "lab2", "lab2"]
+    # Each comma-separated part has its own count.
+    assert expand("2/a,b,3/c") == ["a", "a", "b", "c", "c", "c"]
+    assert expand("1/h") == ["h"]
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("2/user@h", ["user@h", "user@h"]),
+    ("2/me@h[1-2]", ["me@h1", "me@h1", "me@h2", "me@h2"]),
+    ("2/[::1]", ["::1", "::1"]),
+    ("2/me@[fe80::1%eth0]", ["me@fe80::1%eth0"] * 2),
+])
+def test_n_slash_host_keeps_user_and_address_forms(spec, names):
+    assert [validate_host(name) for name in expand(spec)] == names
+
+
+@pytest.mark.parametrize("spec, count", [("0/h", "0"), ("x/h", "x"), ("-1/h", "-1"),
+                                         ("/h", ""), ("1.5/h", "1.5"), ("user@4/h", "user@4"),
+                                         ("a,0/lab[1-2]", "0")])
+def test_a_bad_slot_count_is_an_error_naming_the_spec(spec, count):
+    with pytest.raises(NodeSpecError) as error:
+        expand(spec)
+    assert str(error.value).startswith("bad slot count %r in node spec %r" % (count, spec))
+
+
+def test_a_slot_count_with_no_host_is_an_error():
+    with pytest.raises(NodeSpecError, match="no host after '4/' in node spec '4/'"):
+        expand("4/")
+
+
+def test_slots_count_against_the_limit_on_names():
+    assert len(expand("10/n[1-10000]")) == 100000
+    with pytest.raises(NodeSpecError, match="too many names"):
+        expand("50000/n[1-3]")
+
+
+def test_node_file_takes_slots_and_a_bad_count_names_file_and_line():
+    assert parse_node_lines(["4/a\n", "2/b[1-2]  # two each\n"], "nodes.txt") == (
+        ["a"] * 4 + ["b1", "b1", "b2", "b2"])
+    with pytest.raises(NodeSpecError) as error:
+        parse_node_lines(["a\n", "\n", "x/b\n"], "nodes.txt")
+    assert str(error.value).startswith("nodes.txt:3: bad slot count 'x'")
+
+
 def test_ssh_times_are_whole_numbers_ssh_accepts():
     options = SshSettings(connect_timeout=1000000, alive_interval=1000000).default_options()
     assert "ConnectTimeout=1000000" in options and "ServerAliveInterval=1000000" in options
