@@ -66,10 +66,12 @@ def test_n_slash_host_runs_n_jobs_at_once_on_that_host(cluster, shared_dir):
     jobs = []
     for i in range(8):
         jobs += ["-j", job % (i, i)]
+
+    def started():
+        return sorted(name for name in os.listdir(shared_dir) if name.startswith("started."))
+
     process = start_clstr(cluster, "-n", "4/envnode001", "1/envnode002", *jobs)
     try:
-        started = lambda: sorted(name for name in os.listdir(shared_dir)
-                                 if name.startswith("started."))
         wait_until(lambda: len(started()) == 5, what="five jobs started")
         hosts = []
         for name in started():
