@@ -8,11 +8,11 @@ the verdict means for the job, the node and the run is the run's business
 (run.py): it hears of every attempt through ``AttemptsOwner``.
 """
 
-import tempfile
 import time
 
 from .errors import LocalIOError
 from .failures import judge, not_delivered, start_overdue, stopped_by_clstr, timed_out
+from .output.sinks import spill_files
 from .transport.interface import START_GRACE, AttemptHandler, stop_grace
 from .transport.prelude import attempt_prelude
 
@@ -104,7 +104,7 @@ class Attempts:
 
     def delivery_files(self):
         """Where job output goes besides the sinks, for error messages."""
-        return self._plan.output_dir_path or "a temporary file in %s" % tempfile.gettempdir()
+        return self._plan.output_dir_path or spill_files()
 
     def start(self, job, slot):
         """Start ``job`` on ``slot``; returns whether it started (the owner

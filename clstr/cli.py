@@ -208,6 +208,11 @@ def build_parser():
                         "groups go to stderr. Exit status and failure report as without it; "
                         "a failed job's output is shown too, unless cut short (lost "
                         "connection, --timeout, Ctrl-C)" % "lab[01-07,09] (8)")
+    output.add_argument("--keep-order", "-k", action="store_true",
+                        help="print jobs' output in the order of the jobs, as GNU parallel "
+                        "-k does: the first unfinished job's lines as they come, each later "
+                        "job's held (on disk when large) until every job before it has "
+                        "finished; with --group, whole jobs in order")
     output.add_argument("--output-dir", metavar="DIR",
                         help="write job N's stdout and stderr to DIR/N.out and DIR/N.err "
                         "(complete files only) and an index to DIR/index.tsv (job, status: 0 or "
@@ -546,7 +551,7 @@ def _check_gather(args):
     if args.on_each_node is None:
         raise UsageError("--gather needs --on-each-node (-E): it groups nodes by their output")
     for given, option in ((args.tag, "--tag"), (args.group, "--group"),
-                          (args.output_dir, "--output-dir")):
+                          (args.keep_order, "--keep-order"), (args.output_dir, "--output-dir")):
         if given:
             raise UsageError("--gather cannot be combined with %s: it prints each output "
                              "once, under its nodes' names" % option)
@@ -602,6 +607,9 @@ def make_plan(argv):
     if args.group and args.output_dir:
         raise UsageError("--group and --output-dir cannot be combined")
     _check_gather(args)
+    if args.keep_order and args.output_dir:
+        raise UsageError("--keep-order and --output-dir cannot be combined: each job's "
+                         "output has files of its own there (DIR/N.out, DIR/N.err)")
     if args.resume and not args.joblog:
         raise UsageError("--resume needs --joblog FILE")
     job_failure = _job_failure(args)
@@ -645,7 +653,8 @@ def make_plan(argv):
                    and not exec_words),
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
-        tag=args.tag, group=args.group, gather=args.gather, dry_run=args.dry_run,
+        tag=args.tag, group=args.group, keep_order=args.keep_order, gather=args.gather,
+        dry_run=args.dry_run,
         max_attempts=args.max_attempts, job_failure=job_failure, timeout=args.timeout,
         retries=args.retries, halt=args.halt,
         retry_nodes=args.retry_nodes, exec_words=exec_words, env=env, workdir=workdir,

@@ -39,6 +39,8 @@ class Plan:
     group: bool = False
     # --gather: -E's outputs printed once per distinct output at the end.
     gather: bool = False
+    # -k: lines and groups in job order (output/ordering.py).
+    keep_order: bool = False
     dry_run: bool = False
     max_attempts: int = 0  # 0: never give a job up
     job_failure: str = "node"  # or "job"

@@ -73,7 +73,8 @@ class Run(RunEvents, AttemptsOwner):
                                 self._pressure, lambda: self._stop(EXIT_BROKEN_PIPE),
                                 self.local_io_failed)
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
-                                 output_dir=plan.output_dir, gather=plan.gather)
+                                 output_dir=plan.output_dir, gather=plan.gather,
+                                 keep_order=plan.keep_order)
         self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
         self.status = None

@@ -69,7 +69,7 @@ class StartLimits:
         per_job = self._transport.fds_per_attempt
         if plan.output_dir:
             per_job += 2  # the job's two partial output files
-        if plan.group or plan.gather:
+        if plan.group or plan.gather or plan.keep_order:
             # Outputs past SPILL_AFTER (--gather: HOLD_IN_MEMORY) wait in files.
             per_job += 2
         fit = slots_that_fit(limit, open_fd_count(), per_job)

@@ -1,10 +1,10 @@
 """How one attempt's output is delivered: merged lines (optionally tagged with
 the host), grouped per job, files per job, or gathered per distinct output
-(gathered.py).
+(gathered.py); lines and groups in job order with -k (ordering.py).
 
-``Delivery.open(attempt_id, job, host)`` returns an object with
-``data(stream, bytes)`` and ``close(succeeded)``; stream is 1 (stdout) or 2
-(stderr).  The run feeds it and never needs to know which mode is on.
+``Delivery.open(seq, host)`` returns an object with ``data(stream, bytes)``
+and ``close(succeeded)``; stream is 1 (stdout) or 2 (stderr).  The run feeds
+it and never needs to know which mode is on.
 """
 
 import os
@@ -14,6 +14,7 @@ from ..failures import Kind
 from ..userfiles import write_all
 from .gathered import Gathering
 from .lines import LINE_ENDS, LineAssembler, final_line_end
+from .ordering import Ordering
 from .sinks import SpillBuffer
 
 
@@ -157,17 +158,20 @@ class _Files:
 
 class Delivery:
     """Chooses the mode for a run: ``group`` and ``tag`` flags, an
-    ``output_dir`` (a ``userfiles.OutputDir``, already open), or ``gather``.
-    In files mode ``record`` appends to DIR/index.tsv (job number, status,
-    host, command), one line per job with a single
+    ``output_dir`` (a ``userfiles.OutputDir``, already open), or ``gather``;
+    ``keep_order`` (not with ``output_dir`` or ``gather``) puts lines and
+    groups in job order.  In files mode ``record`` appends to DIR/index.tsv
+    (job number, status, host, command), one line per job with a single
     write, so the index is never torn."""
 
-    def __init__(self, sinks, tag=False, group=False, output_dir=None, gather=False):
+    def __init__(self, sinks, tag=False, group=False, output_dir=None, gather=False,
+                 keep_order=False):
         self._sinks = sinks
         self._tag = tag
         self._group = group
         self._output_dir = output_dir  # an open userfiles.OutputDir
         self._gathering = Gathering(sinks) if gather else None
+        self._ordering = Ordering(sinks) if keep_order else None
 
     def open(self, seq, host):
         if self._output_dir is not None:
@@ -175,7 +179,10 @@ class Delivery:
         if self._gathering is not None:
             return self._gathering.open(host)
         prefix = (host + ": ").encode("utf-8", "surrogateescape") if self._tag else b""
-        return (_Group if self._group else _Lines)(self._sinks, prefix)
+        mode = _Group if self._group else _Lines
+        if self._ordering is not None:
+            return self._ordering.open(seq, lambda sinks: mode(sinks, prefix))
+        return mode(self._sinks, prefix)
 
     def keeps(self, failure):
         """Whether the output of an attempt that ended with ``failure``
@@ -193,11 +200,14 @@ class Delivery:
             self._gathering.write()
 
     def record(self, seq, failure, host, command):
-        """Note a job's final outcome (files mode only): ``failure`` None if
-        it completed, else how its last attempt failed.  The status column is
-        0 for a completed job, else the failure's label ("job exit 3",
-        "timeout", "refused"...): the words of -v and the failure report, not
-        ssh's 255, which says nothing of what happened."""
+        """Note a job's final outcome: ``failure`` None if it completed, else
+        how its last attempt failed.  With -k the next job's turn may come;
+        in files mode the index gets its line, whose status column is 0 for
+        a completed job, else the failure's label ("job exit 3", "timeout",
+        "refused"...): the words of -v and the failure report, not ssh's
+        255, which says nothing of what happened."""
+        if self._ordering is not None:
+            self._ordering.finished(seq)
         if self._output_dir is not None:
             status = "0" if failure is None else failure.label
             line = "%d\t%s\t%s\t%s\n" % (
@@ -205,6 +215,8 @@ class Delivery:
             self._output_dir.record(line.encode("utf-8", "backslashreplace"))
 
     def close(self):
+        if self._ordering is not None:
+            self._ordering.close()
         if self._gathering is not None:
             self._gathering.close()
         if self._output_dir is not None:

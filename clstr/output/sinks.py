@@ -239,6 +239,11 @@ class Sink:
 SPILL_AFTER = 1024 * 1024
 
 
+def spill_files():
+    """Where spilled output waits, as an error message names it."""
+    return "a temporary file in %s" % tempfile.gettempdir()
+
+
 class SpillBuffer:
     """Bytes appended in order, in memory while small (up to ``spill_after``
     bytes), on disk when large."""
@@ -270,6 +275,16 @@ class SpillBuffer:
                 self.append(piece)
         finally:
             reader.close()
+
+    def read_at(self, offset, size):
+        """Up to ``size`` bytes from ``offset``, the buffer left as it was
+        (still open for appending): a tape of many pieces is read back by
+        place (ordering.py)."""
+        if self._file is None:
+            with self._memory.getbuffer() as view:
+                return bytes(view[offset:offset + size])
+        self._file.flush()
+        return os.pread(self._file.fileno(), size, offset)
 
     def reader(self):
         """A reader over everything appended; the buffer belongs to it now.
