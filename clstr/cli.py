@@ -24,6 +24,7 @@ examples:
   clstr -N nodes.txt -E 'grep "model name" /proc/cpuinfo' | sort | uniq -c
   clstr -n 'lab[01-40]' -E 'uname -r' --gather
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
+  clstr -n '4/lab[01-40]' -J jobs.txt -k
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
   clstr -N nodes.txt -J jobs.txt --halt now,fail=1
   clstr -N nodes.txt -J jobs.txt --retries 3 --timeout 600
@@ -212,7 +213,8 @@ def build_parser():
                         help="print jobs' output in the order of the jobs, as GNU parallel "
                         "-k does: the first unfinished job's lines as they come, each later "
                         "job's held (on disk when large) until every job before it has "
-                        "finished; with --group, whole jobs in order")
+                        "finished; with --group, whole jobs in order (not with "
+                        "--output-dir)")
     output.add_argument("--output-dir", metavar="DIR",
                         help="write job N's stdout and stderr to DIR/N.out and DIR/N.err "
                         "(complete files only) and an index to DIR/index.tsv (job, status: 0 or "

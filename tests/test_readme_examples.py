@@ -197,6 +197,16 @@ def test_argument_templates_example(cluster):
     assert sorted(result.stdout.decode().splitlines()) == sorted(output)
 
 
+def test_keep_order_example(cluster):
+    words, output, status = _command_and_output(checked_blocks()["test_keep_order_example"])
+    assert status is None and words[:3] == ["clstr", "-n", "3/lab01"]
+    # The same jobs on a loopback node: the order is the jobs', whatever
+    # order they end in.
+    result = _run_readme_command(cluster, ["clstr", "-n", "3/node001"] + words[3:])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == output
+
+
 def test_slots_example(cluster, tmp_path):
     from clstr.nodeset import expand, parse_node_lines
     lines = checked_blocks()["test_slots_example"]
