@@ -12,6 +12,8 @@ than a test waits for a line, so a line held too long fails the test."""
 import os
 import subprocess
 
+import pytest
+
 from clstr_run import clstr, joblog_rows, read_lines, require_program, start_clstr, wait_until
 
 WAIT = "i=0; while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
@@ -85,9 +87,10 @@ def test_keep_order_with_group_prints_what_gnu_parallel_k_prints(cluster, shared
     assert (ours.stdout, ours.stderr) == (theirs.stdout, theirs.stderr)
 
 
-def test_keep_order_group_and_tag_keep_whole_tagged_jobs_in_order(cluster, shared_dir):
+@pytest.mark.parametrize("mode", [[], ["--group"]], ids=["lines", "group"])
+def test_keep_order_with_tag_keeps_tagged_lines_in_job_order(cluster, shared_dir, mode):
     ours = clstr_on(cluster, reverse_jobs(shared_dir, 3, 'echo "job %(i)d"; echo "job %(i)d end"'),
-                    "-n", "3/node001", "-k", "--group", "--tag")
+                    "-n", "3/node001", "-k", "--tag", *mode)
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == b"".join(b"node001: job %d\nnode001: job %d end\n" % (i, i)
                                    for i in (1, 2, 3))
