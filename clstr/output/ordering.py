@@ -18,7 +18,7 @@ sink, as --group does (memory while small, then an unlinked file).  When the
 attempt ends, what it held moves onto a tape (``_Tape``): one SpillBuffer
 that the held output of many attempts is appended to and read back from by
 place, so however many finished jobs wait for a slow one, they cost a few
-bytes of memory each, no open file each, and disk for their bytes.  A tape
+hundred bytes of memory each, no open file each, and disk for their bytes.  A tape
 is retired after ``TAPE_BYTES``, and each is closed, its disk freed, once
 nothing on it waits any more.
 """
@@ -133,12 +133,15 @@ class _Turn:
 
     def attempt_closed(self):
         """The running attempt has delivered all it will: what it held moves
-        onto the tape, and no file stays open for it."""
-        for sink, (source, buffer) in list(self.open.items()):
-            del self.open[sink]
+        onto the tape, and no file stays open for it.  A token stands for
+        the attempt as the pieces' source from now on (a Sink only compares
+        sources), so that nothing of the attempt's is kept alive."""
+        token = object()
+        buffers, self.open = self.open, {}
+        for sink, (_, buffer) in buffers.items():
             piece = self._shelf.put(buffer)
             if piece is not None:
-                self.held.append((sink, source, piece))
+                self.held.append((sink, token, piece))
 
     def take_turn(self):
         """The turn has come: everything held goes to the sinks, in the
