@@ -249,11 +249,3 @@ def test_output_held_past_memory_waits_on_disk_in_bounded_memory(cluster, shared
     # clstr's memory stays well under what it held (19 MiB here).
     assert held_rss < 30 * 1024, held_rss
 
-
-def test_keep_order_with_output_dir_is_a_usage_error(cluster, tmp_path):
-    result = clstr(cluster, "-n", "node001", "-k", "--output-dir", str(tmp_path / "out"),
-                   "-j", "echo x")
-    assert result.returncode == 2
-    assert result.stderr.startswith(b"clstr: error: --keep-order and --output-dir")
-    assert not (tmp_path / "out").exists()
-

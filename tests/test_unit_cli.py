@@ -105,6 +105,13 @@ def test_exec_host_gets_an_address_without_its_brackets():
     assert hosts == ["H=::1", "H=me@fe80::1%eth0"], result.stdout
 
 
+def test_keep_order_with_output_dir_is_a_usage_error_and_makes_no_directory(tmp_path):
+    result = run("-n", "a", "-k", "--output-dir", str(tmp_path / "out"), "-j", "echo x")
+    assert result.returncode == 2
+    assert result.stderr.startswith(b"clstr: error: --keep-order and --output-dir")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("line", ["b[9-1]", "0/b"])
 def test_node_file_error_names_the_line(tmp_path, line):
     nodes = tmp_path / "nodes"
