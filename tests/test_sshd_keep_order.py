@@ -133,6 +133,23 @@ def test_a_job_given_up_passes_the_turn_on(cluster, shared_dir):
     assert out == b"three end\n"
 
 
+def test_what_waits_behind_a_job_that_never_completes_comes_before_the_report(
+        cluster, shared_dir):
+    # Job 1 fails on both nodes (retiring them: no node is left), after job
+    # 2 has ended: job 2's line, held until then, comes before the report.
+    done = os.path.join(shared_dir, "done.2")
+    process = start_clstr(cluster, "-n", "envnode001", "envnode002", "-k",
+                          "-j", WAIT % done + "exit 3", "-j", "echo two; touch %s" % done,
+                          stderr=subprocess.STDOUT)
+    try:
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    lines = out.splitlines()
+    assert lines[0] == b"two" and lines[1] == b"clstr: 2 nodes retired:", lines
+
+
 def test_streamed_jobs_wait_for_every_earlier_job_and_no_longer(cluster, shared_dir):
     # Jobs come from a pipe.  Job 1 prints a line and waits; job 2 ends at
     # once; job 3 comes after job 2 has ended.  Job 1's line shows as it

@@ -162,7 +162,7 @@ def test_at_the_end_everything_held_goes_out_in_order_finished_or_not():
     outputs.start(1, (1, b"one, cut short\n"))
     outputs.job(3, (1, b"three\n"))
     outputs.start(2, (1, b"two, still running\n"))
-    outputs.delivery.close()
+    outputs.delivery.finish()
     assert outputs.stdout == b"one, cut short\ntwo, still running\nthree\n"
 
 

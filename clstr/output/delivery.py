@@ -195,9 +195,12 @@ class Delivery:
 
     def finish(self):
         """The run's jobs are over: print what waited for the end (the
-        gathered outputs), before clstr's report."""
+        gathered outputs; with -k what jobs behind one that never finished
+        hold), before clstr's report."""
         if self._gathering is not None:
             self._gathering.write()
+        if self._ordering is not None:
+            self._ordering.finish()
 
     def record(self, seq, failure, host, command):
         """Note a job's final outcome: ``failure`` None if it completed, else
@@ -215,8 +218,6 @@ class Delivery:
             self._output_dir.record(line.encode("utf-8", "backslashreplace"))
 
     def close(self):
-        if self._ordering is not None:
-            self._ordering.close()
         if self._gathering is not None:
             self._gathering.close()
         if self._output_dir is not None:

@@ -68,10 +68,10 @@ class Ordering:
         if turn.current:
             self._guarded(self._advance)
 
-    def close(self):
-        """The run is over: what every job still holds goes out in job order,
-        finished or not (as its lines would have without -k).  Raises
-        LocalIOError."""
+    def finish(self):
+        """The run's jobs are over: what every job still holds goes out in
+        job order, finished or not (as its lines would have without -k).
+        Raises LocalIOError."""
         def release_all():
             while self._owed:
                 self._turns[heapq.heappop(self._owed)].take_turn()
