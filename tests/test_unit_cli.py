@@ -41,6 +41,7 @@ def run(*args, stdin=subprocess.DEVNULL, **kwargs):
      "--retries counts a job's own exit as that job's failure"),
     (["-n", "a", "-j", "JOB", "--halt", "soon,done=1"], "done=N is not supported"),
     (["-n", "a", "-j", "JOB", "--halt", "sometimes"], "argument --halt: 'sometimes'"),
+    (["-n", "a", "-E", "JOB", "--gather", "-k"], "--gather cannot be combined with --keep-order"),
     (["-n", "0/a", "-j", "JOB"], "'0/a'"),
     (["-n", "x/lab[1-2]", "-j", "JOB"], "'x/lab[1-2]'"),
     (["--node=-1/a", "-j", "JOB"], "'-1/a'"),
