@@ -18,9 +18,9 @@ sink, as --group does (memory while small, then an unlinked file).  When the
 attempt ends, what it held moves onto a tape (``_Tape``): one SpillBuffer
 that the held output of many attempts is appended to and read back from by
 place, so however many finished jobs wait for a slow one, they cost a few
-hundred bytes of memory each, no open file each, and disk for their bytes.  A tape
-is retired after ``TAPE_BYTES``, and each is closed, its disk freed, once
-nothing on it waits any more.
+hundred bytes of memory each, no open file each, and disk for their bytes.
+A tape is retired after ``TAPE_BYTES``, and each is closed, its disk freed,
+once nothing on it waits any more.
 """
 
 import heapq
