@@ -72,8 +72,12 @@ def test_keep_order_prints_what_gnu_parallel_k_prints_for_jobs_finishing_in_reve
     assert ours.stdout == theirs.stdout
     assert ours.stderr == theirs.stderr
     assert ours.stdout.startswith(b"job 1 says hello\njob 1 again\njob 2 says hello\n")
-    # They did finish in reverse: the joblog has a line per job as it ended.
-    assert [int(row[0]) for row in joblog_rows(tmp_path / "log")] == list(range(count, 0, -1))
+    # They did finish out of order: the joblog has a line per job as clstr
+    # heard it end.  (Neighbours may swap: job i ends just after it made the
+    # flag job i-1 waits for, so only the far ends are sure.)
+    ended = [int(row[0]) for row in joblog_rows(tmp_path / "log")]
+    assert sorted(ended) == list(range(1, count + 1))
+    assert ended.index(count) < ended.index(1), ended
 
 
 def test_keep_order_with_group_prints_what_gnu_parallel_k_prints(cluster, shared_dir, tmp_path):
