@@ -668,30 +668,37 @@ def slurm(tools, results, reps, jobs_count):
     xargs -P + srun, all as steps inside one
     salloc on a throwaway one-node Slurm (tests/slurm_cluster.py); only
     where Slurm is installed (make test-slurm installs it) and as root."""
-    scenario = "%d `true` jobs through srun, 4 tasks" % jobs_count
-    print(scenario, flush=True)
     if os.geteuid() != 0 or not all(shutil.which(p) for p in ("srun", "salloc", "slurmctld",
                                                                  "slurmd", "munged")):
-        results.append(Result(scenario, "clstr --slurm", [], "n/a (Slurm not installed)"))
+        results.append(Result("%d `true` jobs through srun" % jobs_count, "clstr --slurm", [],
+                              "n/a (Slurm not installed)"))
         return
-    from slurm_cluster import NODE, LoopbackSlurm
+    from slurm_cluster import NODE, NODES, LoopbackSlurm
 
     from clstr.transport.slurm import SRUN_TEMPLATE
     jobs = _job_file(tools, "srun-jobs", jobs_count)
-    salloc = ["salloc", "--quiet", "-N1", "-n4"]
-    srun = SRUN_TEMPLATE.replace("{host}", NODE).split()
-    with LoopbackSlurm(nodes=[NODE], cpus=4) as cluster:
-        env = dict(cluster.env(), PATH=tools.env["PATH"])
-        run_one(results, scenario, "clstr --slurm",
-                salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,
-                jobs_count, reference=True)
-        # A worker per slot: 4 steps, not one per job (tests/slurm counts them).
-        run_one(results, scenario, "clstr --slurm --workers",
-                salloc + [sys.executable, tools.pyz, "--slurm", "--workers", "-J", jobs], reps,
-                env, jobs_count)
-        run_one(results, scenario, "xargs -P 4 + srun",
-                salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"], reps, env, jobs_count,
-                stdin_path=jobs)
+    # One node with 4 tasks, and four nodes with one each (xargs then lets
+    # srun place each step).
+    for nodes, cpus, srun in (
+            ([NODE], 4, SRUN_TEMPLATE.replace("{host}", NODE).split()),
+            (list(NODES), 1, ["srun", "--nodes=1", "--ntasks=1", "--overlap", "--quiet"])):
+        scenario = "%d `true` jobs through srun, %d node%s, 4 tasks" % (
+            jobs_count, len(nodes), "s" if len(nodes) > 1 else "")
+        print(scenario, flush=True)
+        salloc = ["salloc", "--quiet", "-N%d" % len(nodes), "-n4"]
+        with LoopbackSlurm(nodes=nodes, cpus=cpus) as cluster:
+            env = dict(cluster.env(), PATH=tools.env["PATH"])
+            run_one(results, scenario, "clstr --slurm",
+                    salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,
+                    jobs_count, reference=True)
+            # A worker per slot: 4 steps, not one per job (tests/slurm
+            # counts them).
+            run_one(results, scenario, "clstr --slurm --workers",
+                    salloc + [sys.executable, tools.pyz, "--slurm", "--workers", "-J", jobs],
+                    reps, env, jobs_count)
+            run_one(results, scenario, "xargs -P 4 + srun",
+                    salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"], reps, env,
+                    jobs_count, stdin_path=jobs)
 
 
 def start_up(tools, results, reps):
