@@ -179,3 +179,14 @@ def read_terminal(master):
         drawn += chunk
     os.close(master)
     return drawn
+
+
+def all_jobs(feed):
+    """Every job a JobFeed holds, its sources read to their end."""
+    feed.read_everything()
+    jobs = []
+    while True:
+        job = feed.take()
+        if job is None:
+            return jobs
+        jobs.append(job)

@@ -22,7 +22,7 @@ from clstr.records import (
     torn_tail,
 )
 from clstr.scheduler import Scheduler
-from clstr_run import REPO, clstr, node_args
+from clstr_run import REPO, all_jobs, clstr, node_args
 
 HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -123,23 +123,13 @@ def test_on_each_node_jobs_are_keyed_on_host_not_sequence():
 # -- job sources (pure) --------------------------------------------------------
 
 
-def _read_all(feed):
-    feed.read_everything()
-    jobs = []
-    while True:
-        job = feed.take()
-        if job is None:
-            return jobs
-        jobs.append(job)
-
-
 @pytest.mark.parametrize("path", ["/dev/null", "empty"])
 def test_an_empty_job_file_or_device_is_zero_jobs(tmp_path, path):
     if path == "empty":
         path = str(tmp_path / "empty")
         open(path, "w").close()
     feed = JobFeed(files=[open_job_file(path)])
-    assert _read_all(feed) == [] and feed.total == 0 and feed.empty
+    assert all_jobs(feed) == [] and feed.total == 0 and feed.empty
 
 
 def test_a_nul_byte_in_a_job_file_is_found_at_open_with_its_line(tmp_path):
@@ -166,7 +156,7 @@ def test_scanning_a_job_file_leaves_it_to_be_read_from_where_it_was(tmp_path):
     try:
         os.dup2(fd, 0)
         feed = JobFeed(files=[open_job_file("-")])
-        assert [job.command for job in _read_all(feed)] == [b"first", b"second"]
+        assert [job.command for job in all_jobs(feed)] == [b"first", b"second"]
     finally:
         os.dup2(saved, 0)
         os.close(saved)
@@ -181,7 +171,7 @@ def test_a_nul_byte_in_a_stream_is_a_rejected_job_that_counts_as_not_completed()
     try:
         os.dup2(read_end, 0)
         feed = JobFeed(files=[open_job_file("-")])
-        jobs = _read_all(feed)
+        jobs = all_jobs(feed)
     finally:
         os.dup2(saved, 0)
         os.close(saved)
@@ -209,7 +199,7 @@ def test_not_completed_lists_jobs_in_order():
 def test_a_job_file_that_is_not_utf8_is_bytes_end_to_end(tmp_path):
     path = tmp_path / "jobs.txt"
     path.write_bytes(b"echo caf\xe9\n")
-    [job] = _read_all(JobFeed(files=[open_job_file(str(path))]))
+    [job] = all_jobs(JobFeed(files=[open_job_file(str(path))]))
     assert job.command == b"echo caf\xe9"
 
 

@@ -18,7 +18,7 @@ from clstr.jobs import Job, JobFeed, numbered_input_lines
 from clstr.nodes import NodePool
 from clstr.records import job_key
 from clstr.templates import FILES, VALUES, Template, TemplateError, dirname, quote, split_inputs
-from clstr_run import REPO
+from clstr_run import REPO, all_jobs
 
 FAKESSH = os.path.join(REPO, "tests", "fakessh")
 
@@ -158,22 +158,12 @@ def test_input_lines_keep_empty_lines_and_cr_and_drop_the_last_newline():
     assert numbered_input_lines(b"", 4, False) == [(4, b"")]
 
 
-def _jobs(feed):
-    feed.read_everything()
-    jobs = []
-    while True:
-        job = feed.take()
-        if job is None:
-            return jobs
-        jobs.append(job)
-
-
 def test_inputs_combine_as_gnu_parallel_does_with_the_last_varying_fastest(tmp_path):
     (tmp_path / "f").write_bytes(b"x\n\ny\n")
     source, _ = open_inputs([(VALUES, ["1", "2"]), (FILES, str(tmp_path / "f"))])
     feed = JobFeed((), [source], template=Template(b"echo {#} {1} {2}", 2))
     assert source.expected == 6
-    assert [job.command for job in _jobs(feed)] == [
+    assert [job.command for job in all_jobs(feed)] == [
         b"echo 1 1 x", b"echo 2 1 ''", b"echo 3 1 y", b"echo 4 2 x", b"echo 5 2 ''",
         b"echo 6 2 y"]
 
@@ -214,7 +204,7 @@ def test_a_streaming_first_input_gives_jobs_before_it_ends():
 
 def test_resume_knows_a_job_by_its_number_and_command_with_slot_strings_as_written(tmp_path):
     source, _ = open_inputs([(VALUES, ["a"])])
-    [job] = _jobs(JobFeed((), [source], template=Template(b"echo {} {%}", 1)))
+    [job] = all_jobs(JobFeed((), [source], template=Template(b"echo {} {%}", 1)))
     assert job_key(job) == (1, "echo a {%}")
 
 
@@ -225,7 +215,7 @@ def test_job_lines_and_jobs_without_inputs_stay_literal(tmp_path):
     for argv in (["-n", "a", "-j", "find . -exec rm {} +"], ["-n", "a", "-J",
                                                               str(tmp_path / "jobs")]):
         _, feed = make_plan(argv)
-        [job] = _jobs(feed)
+        [job] = all_jobs(feed)
         assert job.late is None and b"{}" in job.command and not feed.templated
 
 
@@ -233,7 +223,7 @@ def test_arg_files_come_before_the_other_inputs(tmp_path):
     (tmp_path / "f").write_text("a\nb\n")
     _, feed = make_plan(["-n", "h", "-j", "echo {1}{2}", "-a", str(tmp_path / "f"), ":::",
                          "X", "Y"])
-    assert [job.command for job in _jobs(feed)] == [b"echo aX", b"echo aY", b"echo bX",
+    assert [job.command for job in all_jobs(feed)] == [b"echo aX", b"echo aY", b"echo bX",
                                                     b"echo bY"]
 
 
