@@ -12,7 +12,6 @@ stops the run, never a node.
 
 import os
 import random
-import time
 
 from .attempts import Attempts, AttemptsOwner
 from .errors import LocalIOError
@@ -29,7 +28,7 @@ from .privatedir import PrivateDirectory
 from .records import run_report
 from .scheduler import Scheduler
 from .startlimits import StartLimits
-from .status import ActiveNodesFile, open_status_line, progress_fields, summary_fields
+from .status import RunWatch
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
 
@@ -64,7 +63,6 @@ class Run(RunEvents, AttemptsOwner):
         self._stopping = False
         self._leaving = False  # a second signal: drop unwritten output, exit now
         self._io_error = None  # the first LocalIOError of the run
-        self._started = time.monotonic()
         self._report_when_stopped = False
         self._halt_said = False
         self.sinks = open_sinks(self.loop, plan.stdout_fd, plan.stderr_fd,
@@ -77,15 +75,8 @@ class Run(RunEvents, AttemptsOwner):
                                  keep_order=plan.keep_order)
         self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
-        self.status = None
-        if plan.status:
-            self.status = open_status_line(self.loop, self.sinks.values(), self._status_fields,
-                                           self._summary_fields)
-        self.active_nodes = None
-        if plan.active_nodes:
-            # Its own timer's failures reach local_io_failed through the loop.
-            self.active_nodes = ActiveNodesFile(self.loop, plan.active_nodes,
-                                                self.attempts.entries)
+        self.watch = RunWatch(self.loop, plan, self.sinks.values(), self.scheduler, feed,
+                              self.pool, self.attempts)
 
     def guarded(self, what, write, *args):
         """Run one of clstr's own writes (joblog, -A, --output-dir); if it
@@ -111,8 +102,7 @@ class Run(RunEvents, AttemptsOwner):
             self.loop.add_signal_handler(signum, lambda s=signum: self._interrupted(s))
         try:
             self.limits.fit(self.plan, self.scheduler)
-            if self.active_nodes:
-                self.guarded(self.plan.active_nodes.shown, self.active_nodes.write)
+            self._write_active_nodes()
             self.feed.start(self.loop, self._dispatch)
             self._dispatch()
             if self.exit_status is None:
@@ -135,7 +125,7 @@ class Run(RunEvents, AttemptsOwner):
                 break
             if self.attempts.start(*assignment):
                 self.limits.started()
-        self._changed()
+        self.watch.changed()
         if not self.pool.busy and self.scheduler.nothing_more_can_run():
             self._finish()
 
@@ -315,8 +305,7 @@ class Run(RunEvents, AttemptsOwner):
         self.transport.shutdown()
         self.private.remove()
         self.feed.close()
-        if self.active_nodes:
-            self.guarded(self.plan.active_nodes.shown, self.active_nodes.write)
+        self._write_active_nodes()
         self.guarded(self._index_path, self.delivery.close)
         if self.joblog:
             self.guarded(self.joblog.path, self.joblog.close)
@@ -325,10 +314,7 @@ class Run(RunEvents, AttemptsOwner):
             # Signals are still handled meanwhile: one drops the rest and
             # leaves (a stalled reader never makes clstr unkillable).
             write_out(self.loop, self.sinks.values(), lambda: self._leaving)
-        if self.status:
-            self.status.finish()
-            if self.status.fd != 2:
-                os.close(self.status.fd)
+        self.watch.finish()
         for sink in set(self.sinks.values()):
             sink.close()
         self.loop.close()
@@ -339,21 +325,9 @@ class Run(RunEvents, AttemptsOwner):
         """A sink is backed up: stop reading children until it drains."""
         self.attempts.pause(pressed)
 
-    def _changed(self):
-        if self.status:
-            self.status.changed()
-        if self.active_nodes:
-            self.active_nodes.changed()
-
-    def _status_fields(self):
-        expected, known = self.feed.expected_total
-        return progress_fields(self.scheduler.completed, expected - self.feed.skipped,
-                               self.pool.busy, self.pool.live_slots, known,
-                               time.monotonic() - self._started, len(self.pool.retired_hosts()))
-
-    def _summary_fields(self):
-        return summary_fields(self.scheduler.completed, self.feed.total - self.feed.skipped,
-                              time.monotonic() - self._started, len(self.pool.retired_hosts()))
+    def _write_active_nodes(self):
+        if self.watch.active_nodes:
+            self.guarded(self.plan.active_nodes.shown, self.watch.active_nodes.write)
 
     def _message(self, text):
         """One line from clstr itself, on stderr, in order with job output."""

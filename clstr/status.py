@@ -183,3 +183,48 @@ def open_status_line(loop, sinks, fields, summary):
         if os.isatty(sink.fd) and same_file(sink.fd, terminal):
             sink.before_write = line.clear
     return line
+
+
+class RunWatch:
+    """The run as ``--status`` and ``--active-nodes`` show it (each may be
+    off): ``changed()`` after anything that may change them, ``finish()``
+    as the run ends.  It reads the run's ``scheduler``, ``feed``, ``pool``
+    and ``attempts`` (the running entries)."""
+
+    def __init__(self, loop, plan, sinks, scheduler, feed, pool, attempts):
+        self._scheduler = scheduler
+        self._feed = feed
+        self._pool = pool
+        self._started = time.monotonic()
+        self.status = None
+        if plan.status:
+            self.status = open_status_line(loop, sinks, self._status_fields,
+                                           self._summary_fields)
+        self.active_nodes = None
+        if plan.active_nodes:
+            # Its own timer's failures reach the run through the loop.
+            self.active_nodes = ActiveNodesFile(loop, plan.active_nodes, attempts.entries)
+
+    def changed(self):
+        if self.status:
+            self.status.changed()
+        if self.active_nodes:
+            self.active_nodes.changed()
+
+    def finish(self):
+        """The status line's last word (its own terminal fd closed)."""
+        if self.status:
+            self.status.finish()
+            if self.status.fd != 2:
+                os.close(self.status.fd)
+
+    def _status_fields(self):
+        expected, known = self._feed.expected_total
+        return progress_fields(self._scheduler.completed, expected - self._feed.skipped,
+                               self._pool.busy, self._pool.live_slots, known,
+                               time.monotonic() - self._started,
+                               len(self._pool.retired_hosts()))
+
+    def _summary_fields(self):
+        return summary_fields(self._scheduler.completed, self._feed.total - self._feed.skipped,
+                              time.monotonic() - self._started, len(self._pool.retired_hosts()))
