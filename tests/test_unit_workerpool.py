@@ -4,6 +4,7 @@ transport may cut them."""
 
 import types
 
+from clstr.transport.worker import NO_GROUP
 from clstr.transport.workerpool import WorkerTransport
 
 READY = b"\x1eclstr-ready:s\n"
@@ -117,9 +118,10 @@ def test_a_worker_that_cannot_give_a_job_a_group_hands_its_hosts_jobs_to_session
     transport = WorkerTransport(base, loop=None)
     reports, handler = start_job(transport)
     worker = base.processes[0].handler
-    # No job control, no setsid: it says so after its ready report and exits.
-    worker.output(1, READY + b"\x1eclstr-ready:e1\n")
-    worker.output(2, READY + b"\x1eclstr-ready:e1\n")
+    # No job control, no setsid: it says so instead of ready, and exits; the
+    # words may come cut anywhere.
+    worker.output(1, b"motd\n" + NO_GROUP[:9])
+    worker.output(1, NO_GROUP[9:])
     worker.ended(0, None)
     assert [opened.reports for opened, _ in base.opened] == [reports]
     assert handler.ends == [] and not reports.started

@@ -51,11 +51,12 @@ STOP_FRAME = b"k\n"
 # writes no start report per job (two fewer writes to carry: a third of a
 # job's cost through srun).
 READY_TOKEN = "ready"
-# The status of an end report after the ready report: this worker cannot
-# give a job a process group of its own (no job control, no setsid), so it
-# has exited, and its node's jobs go one session each, where sshd or the
-# --exec wrapper make the group.
-NO_GROUP = 1
+# Written on stdout instead of the ready report by a worker that cannot
+# give a job a process group of its own (no job control, no setsid), as it
+# exits: its node's jobs go one session each, where sshd or the --exec
+# wrapper make the group.  Not a report, so it is looked for among what
+# comes before the ready report, however the stream is cut.
+NO_GROUP = b"\x1eclstr-no-process-group\n"
 # Sent back for each chunk of a running job's output, and ignored by the
 # worker.  srun's I/O to its step is one TCP connection with Nagle's
 # algorithm on both ends: the worker's reports and output are several small
@@ -114,7 +115,7 @@ def worker_script(inline):
         "clstr_fork=; " + job_control +
         "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
         "if [ -z \"$clstr_fork$clstr_setsid\" ]; then "
-        + _report("s", READY_TOKEN) + _report("e%d", "%s %d" % (READY_TOKEN, NO_GROUP))
+        + "printf \"%s\"; " % NO_GROUP.decode().replace("\x1e", "\\036").replace("\n", "\\n")
         + "exit 0; fi; "
         # A job's `kill $$` (the worker: its jobs share its $$) stops that
         # job, as it would stop a per-job wrapper's, and not the worker; it

@@ -153,9 +153,8 @@ class Worker(AttemptHandler):
         reader = self._until_ready[stream]
         if reader is not None:
             data = reader.feed(data)
-            if reader.status == NO_GROUP:
-                self._no_group = True
-            if not reader.started or self._no_group:
+            if not reader.started:
+                self._no_group = NO_GROUP in reader.said_before_start
                 return
             self._until_ready[stream] = None
             if self.job is not None:
