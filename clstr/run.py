@@ -26,7 +26,9 @@ from .output.delivery import Delivery
 from .output.sinks import open_sinks, write_out
 from .privatedir import PrivateDirectory
 from .records import run_report
+from .returnfiles import Returns
 from .scheduler import Scheduler
+from .sendfiles import Sends
 from .startlimits import StartLimits
 from .status import RunWatch
 from .transport.choice import transport_for
@@ -52,8 +54,13 @@ class Run(RunEvents, AttemptsOwner):
                                    retries=plan.retries, halt=plan.halt)
         health = NodeHealth(random.Random(), job_failure=plan.job_failure,
                             retry_after=plan.retry_nodes, masters=self.transport.has_masters)
+        sends = None
+        if plan.sends:
+            sends = Sends(self.loop, self.transport, plan.sends,
+                          lambda name, failure: self.nodes.sent(name, failure))
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
-                              self._dispatch, lambda: self._stopping or self.scheduler.done())
+                              self._dispatch, lambda: self._stopping or self.scheduler.done(),
+                              sends)
         wanted = len(plan.hosts)
         self.limits = StartLimits(self.loop, self.pool, self.transport,
                                   min(wanted, plan.max_nodes) if plan.max_nodes else wanted,
@@ -73,7 +80,12 @@ class Run(RunEvents, AttemptsOwner):
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir, gather=plan.gather,
                                  keep_order=plan.keep_order)
-        self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
+        returns = None
+        if plan.returns:
+            returns = Returns(self.loop, self.transport, plan.returns, plan.output_dir_path,
+                              self.guarded)
+        self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self,
+                                 returns)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
         self.watch = RunWatch(self.loop, plan, self.sinks.values(), self.scheduler, feed,
                               self.pool, self.attempts)
@@ -104,6 +116,7 @@ class Run(RunEvents, AttemptsOwner):
             self.limits.fit(self.plan, self.scheduler)
             self._write_active_nodes()
             self.feed.start(self.loop, self._dispatch)
+            self.nodes.start()
             self._dispatch()
             if self.exit_status is None:
                 self.loop.run()
@@ -302,6 +315,7 @@ class Run(RunEvents, AttemptsOwner):
 
     def _shut_down(self):
         self.attempts.kill_all()
+        self.nodes.shutdown()
         self.transport.shutdown()
         self.private.remove()
         self.feed.close()

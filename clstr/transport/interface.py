@@ -163,11 +163,20 @@ class AttemptHandler:
 
 
 def write_after(loop, writer, fd, data):
-    """A StdinWriter writing ``data`` to ``fd`` after what ``writer`` (the
-    last one, or None) has not written yet."""
+    """A writer of ``data`` to ``fd`` (``stdin_writer``) after what
+    ``writer`` (the last one, or None) has not written yet."""
     if writer is not None:
         data = writer.take_rest() + data
-    return StdinWriter(loop, fd, data)
+    return stdin_writer(loop, fd, data)
+
+
+def stdin_writer(loop, fd, data):
+    """The writer of ``data`` to the pipe ``fd``: bytes through a
+    StdinWriter, or a local file (sendfiles.SentFile: ``data.writer(loop,
+    fd)``), streamed as the pipe takes it, never whole in memory."""
+    if isinstance(data, bytes):
+        return StdinWriter(loop, fd, data)
+    return data.writer(loop, fd)
 
 
 class RunEvents:
@@ -254,6 +263,21 @@ class Transport:
     def describe(self, job, slot, prelude):
         """The argv ``open`` would run for ``job`` on ``slot`` after
         ``prelude`` (--dry-run)."""
+        raise NotImplementedError
+
+    def remote_process(self, slot, handler, words, reports, stdin_data=None):
+        """A Session on ``slot``'s node running ``words`` (bytes: the argv
+        of a program of clstr's own, such as the --send and --return copies
+        of filecopy.py; never a job: no wrapper, no login shell's parsing
+        of it), over the connection the slot's attempts use (its master, if
+        any), reporting to ``handler``, its stderr through ``reports`` (a
+        ReportReader from ``report_reader()``), ``stdin_data`` (bytes, or a
+        local file: ``stdin_writer``) written on its stdin first.  Raises
+        OSError as ``open`` does."""
+        raise NotImplementedError
+
+    def describe_remote(self, slot, words):
+        """The argv ``remote_process`` would run (--dry-run)."""
         raise NotImplementedError
 
     def shutdown(self):

@@ -59,7 +59,7 @@ import time
 from ..failures import MuxError
 from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
-from .interface import StdinWriter, write_after
+from .interface import stdin_writer, write_after
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -621,8 +621,9 @@ class MuxAttempt:
     wrapper's watcher sees EOF and stops the job, and the attempt ends
     normally with the wrapper's status.  ``pause()``/``resume()`` stop and
     restart reading, as ``ChildProcess`` does.  ``stdin_fd`` is the write end
-    of the stdin pipe (None once closed); ``stdin_data`` (bytes, or None) is
-    written to it first, as the master takes it (a big job's command).
+    of the stdin pipe (None once closed); ``stdin_data`` (bytes, a local file
+    (interface.stdin_writer), or None) is written to it first, as the master
+    takes it (a big job's command, a --send file).
     Raises OSError if the pipes cannot be made (out of fds), ValueError for a
     NUL byte in ``command``; either way nothing is left open."""
 
@@ -658,7 +659,7 @@ class MuxAttempt:
             raise
         self._pipes.watch()
         if stdin_data:
-            self._writer = StdinWriter(loop, self.stdin_fd, stdin_data)
+            self._writer = stdin_writer(loop, self.stdin_fd, stdin_data)
 
     @property
     def running(self):

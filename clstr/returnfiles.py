@@ -1,0 +1,233 @@
+"""``--return PATH``: after a job's attempt completed, copy the file PATH
+back from its node (GNU parallel's --return, rpdcp), over the connection
+the job used (filecopy.py: ``cat`` in a copy program of clstr's own).
+
+The attempt is not over until its files are here: each arrives into a
+fresh hidden file beside its local name (userfiles.PartialFile, written as
+it comes, never held in memory) and all are renamed into place only once
+every one arrived whole, so an attempt that failed, or whose files could
+not all be fetched, leaves nothing under their names.  A file the node
+cannot give (missing, unreadable) fails the attempt as a job's own exit
+would (``Kind.FILE``, in the node's words); a connection lost meanwhile is
+a lost connection; clstr's own write errors are exit 3.
+
+Where a file lands: under ``--output-dir DIR`` in ``DIR/<job number>/PATH``
+(an absolute PATH without its leading /), else at PATH relative to where
+clstr runs, which must then differ for each job (``{#}``).  No local path
+leaves the current directory or DIR, and no symbolic link below them is
+followed (PartialFile).
+"""
+
+import os
+
+from .failures import cannot_start_ssh, stopped_by_clstr
+from .filecopy import RemoteCopy, copy_program, remote_path
+from .limits import out_of_resources
+from .transport.interface import Session
+from .userfiles import PartialFile, new_file_mode
+
+# The job's number in PATH.  (Argument templates will bring the rest.)
+JOB_NUMBER = "{#}"
+# Tried again after this long when the copy could not start (no fd or
+# process left, or the master gone and a new one coming).
+RETRY_AFTER = 0.5
+
+# $1: the file.  cat says why it cannot (its words are the failure's).
+_RETURN = ("if [ -d \"$1\" ]; then printf \"%s: Is a directory\\n\" \"$1\" >&2; clstr_done 1; "
+           "fi; cat -- \"$1\"; clstr_done $?")
+
+
+class ReturnPathError(Exception):
+    """A --return PATH that cannot be used (a usage error)."""
+
+
+def return_path(pattern, seq):
+    """``pattern`` (str) for job ``seq``: its replacement strings filled in."""
+    return pattern.replace(JOB_NUMBER, "%d" % seq)
+
+
+def check_return(pattern, output_dir):
+    """Raise ReturnPathError unless ``--return pattern`` names a file that
+    can land under ``output_dir`` (a path or None: the current directory)
+    for every job."""
+    shown = "--return %s" % pattern
+    if not pattern or "\0" in pattern:
+        raise ReturnPathError("%s: not a file name" % shown)
+    if output_dir is None and JOB_NUMBER not in pattern:
+        raise ReturnPathError("%s: every job would fetch its file to the same place; put %s "
+                              "(the job's number) in PATH, or give --output-dir DIR (each "
+                              "job's files in DIR/N/)" % (shown, JOB_NUMBER))
+    local_relative(return_path(pattern, 1), output_dir, shown)
+
+
+def local_relative(path, output_dir, shown):
+    """Where ``path`` lands, relative to the current directory, or to
+    ``output_dir``'s job directory: normalised, never above it.  Raises
+    ReturnPathError."""
+    if os.path.isabs(path) and output_dir is None:
+        here = os.getcwd()
+        if os.path.commonpath([here, os.path.normpath(path)]) != here:
+            raise ReturnPathError("%s: lands outside the current directory; give "
+                                  "--output-dir DIR (each job's files in DIR/N/%s)"
+                                  % (shown, path.lstrip("/")))
+        path = os.path.relpath(path, here)
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ReturnPathError("%s: '..' would land outside %s" % (
+            shown, "the current directory" if output_dir is None else output_dir))
+    if not parts:
+        raise ReturnPathError("%s: names no file" % shown)
+    return "/".join(parts)
+
+
+class Returns:
+    """The run's --return files (``patterns``, str), fetched through
+    ``transport`` under ``loop`` into ``output_dir`` (a path, or None: the
+    current directory).  ``guarded(what, write, *args)`` runs one of
+    clstr's own writes (attempts.AttemptsOwner.guarded), stopping the run
+    if it fails; it returns whether it succeeded."""
+
+    def __init__(self, loop, transport, patterns, output_dir, guarded):
+        self.loop = loop
+        self.transport = transport
+        self._patterns = patterns
+        self._output_dir = output_dir
+        self.guarded = guarded
+        # As a shell's > would make them.
+        self.mode = new_file_mode()
+
+    def fetch(self, seq, slot, done):
+        """Fetch job ``seq``'s files from ``slot``'s node; returns the
+        Session fetching them.  ``done(failure)``: None once all are in
+        place."""
+        return _Fetch(self, seq, slot, done)
+
+    def copies(self, seq):
+        """(remote path, local directory, path below it) for each of job
+        ``seq``'s files."""
+        copies = []
+        for pattern in self._patterns:
+            path = return_path(pattern, seq)
+            local = local_relative(path, self._output_dir, "--return " + pattern)
+            if self._output_dir is None:
+                copies.append((path, ".", local))
+            else:
+                copies.append((path, self._output_dir, "%d/%s" % (seq, local)))
+        return copies
+
+    def describe(self, seq, slot):
+        """The copies' argv for job ``seq`` on ``slot`` (--dry-run), each
+        with its local path."""
+        token = self._transport.report_reader().token
+        return [(self._transport.describe_remote(slot, _program(remote)(token)),
+                 os.path.normpath(os.path.join(root, local)))
+                for remote, root, local in self.copies(seq)]
+
+
+def _program(path):
+    return lambda token: copy_program(token, _RETURN, "clstr-return",
+                                      [remote_path(os.fsencode(path))])
+
+
+class _Fetch(Session):
+    """One attempt's files, fetched one after another; the attempt's
+    Session until they are all in place (or one could not be)."""
+
+    def __init__(self, returns, seq, slot, done):
+        self._returns = returns
+        self._slot = slot
+        self._done = done
+        self._left = returns.copies(seq)
+        self._partials = []  # those fetched, and the one being fetched
+        self._copy = None
+        self._retry = None
+        self._over = False
+        self._copy_next()
+
+    def _copy_next(self):
+        self._retry = None
+        if not self._left:
+            if self._returns.guarded("--return", self._publish):
+                self._end(None)
+            return
+        remote, root, local = self._left[0]
+        made = []
+        if not self._returns.guarded(os.path.join(root, local), lambda: made.append(
+                PartialFile(root, local, self._returns.mode))):
+            # The run is stopping (exit 3): this attempt with it.
+            self._end(stopped_by_clstr())
+            return
+        partial = made[0]
+        try:
+            self._copy = RemoteCopy(self._returns.transport, self._slot, _program(remote),
+                                    lambda failure: self._copied(partial, failure),
+                                    lambda error: self._unstarted(partial, error),
+                                    on_stdout=lambda data: self._write(partial, data))
+        except OSError as error:
+            self._unstarted(partial, error)
+            return
+        self._left.pop(0)
+        self._partials.append(partial)
+
+    def _write(self, partial, data):
+        if not partial.discarded:
+            self._returns.guarded(partial.shown, partial.write, data)
+
+    def _copied(self, partial, failure):
+        self._copy = None
+        if failure is None and partial.discarded:
+            failure = stopped_by_clstr()  # it could not be written here
+        if failure is None:
+            self._copy_next()
+        else:
+            self._end(failure)
+
+    def _unstarted(self, partial, error):
+        """Nothing ran: the master had gone (``error`` None) or no fd or
+        process was left; tried again shortly (through the new master, or
+        the ssh client meanwhile)."""
+        self._copy = None
+        partial.discard()
+        if error is not None and not out_of_resources(error):
+            self._end(cannot_start_ssh(error))
+            return
+        self._retry = self._returns.loop.call_later(RETRY_AFTER, self._copy_next)
+
+    def _publish(self):
+        while self._partials:
+            self._partials.pop(0).publish()
+
+    def _discard(self):
+        while self._partials:
+            self._partials.pop().discard()
+
+    def _end(self, failure):
+        if not self._over:
+            self._over = True
+            self._discard()
+            self._done(failure)
+
+    # -- the attempt's Session -------------------------------------------------
+
+    def stop(self, grace):
+        if self._retry is not None:
+            self._retry.cancel()
+            self._end(stopped_by_clstr())
+        elif self._copy is not None:
+            self._copy.stop(grace)
+
+    def kill(self):
+        self._over = True
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._copy is not None:
+            self._copy.session.kill()
+        self._discard()
+
+    def pause(self):
+        if self._copy is not None:
+            self._copy.session.pause()
+
+    def resume(self):
+        if self._copy is not None:
+            self._copy.session.resume()
