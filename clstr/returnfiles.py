@@ -103,25 +103,30 @@ class Returns:
         return _Fetch(self, seq, slot, done)
 
     def copies(self, seq):
-        """(remote path, local directory, path below it) for each of job
-        ``seq``'s files."""
-        copies = []
-        for pattern in self._patterns:
-            path = return_path(pattern, seq)
-            local = local_relative(path, self._output_dir, "--return " + pattern)
-            if self._output_dir is None:
-                copies.append((path, ".", local))
-            else:
-                copies.append((path, self._output_dir, "%d/%s" % (seq, local)))
-        return copies
+        return copies(self._patterns, self._output_dir, seq)
 
-    def describe(self, seq, slot):
-        """The copies' argv for job ``seq`` on ``slot`` (--dry-run), each
-        with its local path."""
-        token = self._transport.report_reader().token
-        return [(self._transport.describe_remote(slot, _program(remote)(token)),
-                 os.path.normpath(os.path.join(root, local)))
-                for remote, root, local in self.copies(seq)]
+
+def copies(patterns, output_dir, seq):
+    """(remote path, local directory, path below it) for each of job
+    ``seq``'s files (``patterns``) under ``output_dir`` (or None)."""
+    pairs = []
+    for pattern in patterns:
+        path = return_path(pattern, seq)
+        local = local_relative(path, output_dir, "--return " + pattern)
+        if output_dir is None:
+            pairs.append((path, ".", local))
+        else:
+            pairs.append((path, output_dir, "%d/%s" % (seq, local)))
+    return pairs
+
+
+def describe_returns(transport, patterns, output_dir, seq, slot):
+    """(argv, local path) of each copy of job ``seq``'s files from
+    ``slot``'s node (--dry-run)."""
+    token = transport.report_reader().token
+    return [(transport.describe_remote(slot, _program(remote)(token)),
+             os.path.normpath(os.path.join(root, local)))
+            for remote, root, local in copies(patterns, output_dir, seq)]
 
 
 def _program(path):

@@ -112,6 +112,12 @@ def sent_files(paths):
     return files
 
 
+def describe_sends(transport, slot, files):
+    """(argv, SentFile) of each copy to ``slot``'s host (--dry-run)."""
+    token = transport.report_reader().token
+    return [(transport.describe_remote(slot, sent.program(token)), sent) for sent in files]
+
+
 def _pread_write(out_fd, in_fd, offset, count):
     return os.write(out_fd, os.pread(in_fd, count, offset))
 
@@ -224,13 +230,6 @@ class Sends:
             self._loop.call_later(RETRY_AFTER, lambda: self.start(host_send.slot))
             return
         self._done(host_send.slot.host.name, cannot_start_ssh(error))
-
-    def describe(self, slot):
-        """The copies' argv for ``slot``'s host (--dry-run), each with the
-        file it reads."""
-        token = self._transport.report_reader().token
-        return [(self._transport.describe_remote(slot, sent.program(token)), sent)
-                for sent in self._files]
 
     def kill_all(self):
         """The run is over: drop every copy (each node removes its
