@@ -101,6 +101,25 @@ def test_a_sent_file_reaches_each_of_30_nodes_once_through_its_master(cluster, h
         assert leftovers(cluster.node_home(name), "model.bin") == [], name
 
 
+def test_a_host_with_a_master_per_slot_gets_its_files_once(cluster, homes, tmp_path):
+    names, naming = homes(2)
+    (tmp_path / "a.txt").write_bytes(b"a\n")
+    (tmp_path / "b.txt").write_bytes(b"b\n")
+    logins = len(cluster.accepted_logins())
+    # Three slots a host, a master each: the first master up sends (both
+    # files, in order), the others' slots wait for it (test_unit_sends.py
+    # shows a master that comes up meanwhile).
+    result = run_here(cluster, tmp_path, "--ssh-command", naming, *node_args(names * 3),
+                      "--max-sessions", "1", "--send", "a.txt", "b.txt",
+                      *["-j", "cat a.txt b.txt"] * 12)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [b"a"] * 12 + [b"b"] * 12
+    assert len(cluster.accepted_logins()) - logins == 6
+    for name in names:
+        sends = sends_on(cluster, name)
+        assert len(sends) == 2 and b"./a.txt" in sends[0] and b"./b.txt" in sends[1], sends
+
+
 def test_a_node_that_cannot_store_a_sent_file_is_retired_in_its_words(cluster, homes,
                                                                       tmp_path):
     names, naming = homes(3)
@@ -180,9 +199,11 @@ def test_sshd_killed_mid_copy_loses_the_connection_and_leaves_no_partial_file(
     # The other node ran every job; the victim's connection was lost.
     assert process.returncode == 0, stderr
     assert "clstr:   %s: connection lost" % victim in stderr, stderr
+    # Thawed, the copy reads its EOF, finds the file short, removes what it
+    # had stored and ends: nothing under the file's name, no leftover.
+    wait_until(lambda: not copy_processes(cluster, victim), what="the copy's end")
     assert not os.path.exists(os.path.join(home, "big.bin"))
-    # Once it reads its EOF, the copy removes what it had stored.
-    wait_until(lambda: not leftovers(home, "big.bin"), what="the partial file removed")
+    assert leftovers(home, "big.bin") == []
 
 
 def test_dry_run_shows_the_copies_and_touches_nothing(cluster, tmp_path):
