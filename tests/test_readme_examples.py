@@ -5,8 +5,9 @@
 is checked by TEST here (the failure-report and joblog examples are run on
 the loopback cluster and compared after normalising ports and times; the
 list of failure kinds is compared with clstr.failures.Kind; the usage
-example runs on two loopback nodes, the files example on three; the status and active-nodes lines are
-what clstr.status prints for the numbers shown), so the docs
+example runs on two loopback nodes, the files example on three; the status
+and active-nodes lines are what clstr.status prints for the numbers
+shown), so the docs
 cannot drift from what clstr prints.  Every marker names a test of this file
 and every such test has its marker."""
 
