@@ -57,7 +57,8 @@ class Run(RunEvents, AttemptsOwner):
         sends = None
         if plan.sends:
             sends = Sends(self.loop, self.transport, plan.sends,
-                          lambda name, failure: self.nodes.sent(name, failure))
+                          lambda name, failure: self.nodes.sent(name, failure),
+                          self.local_io_failed)
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
                               self._dispatch, lambda: self._stopping or self.scheduler.done(),
                               sends)

@@ -14,9 +14,11 @@ jobs start in (the home); a missing directory on the way is made.  The
 owner is the remote user; the time of modification is the copy's (mtime is
 not kept, as with cp and pdcp without -p).
 
-The file streams from disk to the copy's stdin pipe (``FileWriter``:
-sendfile, no more than a pipe's worth in memory), opened afresh for each
-node, so a local read error is clstr's own (exit 3), never the node's.
+The file itself, opened afresh for each node, is the copy's stdin: the
+transport (the host's master, or ssh) reads it to its end, as ``ssh host
+cmd < file`` does, so no byte of it passes through clstr, and its end is
+the EOF the copy reads to.  A file clstr cannot open is its own failure
+(exit 3), never the node's.
 """
 
 import collections
@@ -29,23 +31,24 @@ from .failures import cannot_start_ssh
 from .filecopy import RemoteCopy, copy_program, remote_path
 from .limits import out_of_resources
 
-# How many hosts receive their files at once: each copy holds a session
-# and, without masters, an ssh of its own.
+# How many hosts receive their files at once without masters, where each
+# copy is an ssh of its own.  Through masters, every host whose master is
+# up sends at once: a master kept waiting would leave after its idle time
+# (masters.MASTER_IDLE_EXIT) and cost a login more.
 SENDING_AT_ONCE = 32
 # Tried again after this long when no fd or process was left for a copy.
 RETRY_AFTER = 0.5
-# Bytes sent to a copy's pipe at a time.
-CHUNK = 1 << 20
 
-# $1: the target, $2: its size in bytes, $3: its mode (octal).  A short
-# read (the connection lost, stdin closed early) leaves a short temporary
-# file, which is removed; the target is touched only by the rename.
+# $1: the target, $2: its size in bytes, $3: its mode (octal).  The file
+# comes on stdin, to its end.  A short one (the connection lost, clstr's
+# stop) leaves a short temporary file, which is removed; the target is
+# touched only by the rename.
 _SEND = (
     "t=$1; case $t in */*) d=${t%/*}; d=${d:-/};; *) d=.;; esac; "
     "[ -d \"$d\" ] || mkdir -p -- \"$d\" || clstr_done 1; "
     "if [ -d \"$t\" ]; then printf \"%s: Is a directory\\n\" \"$t\" >&2; clstr_done 1; fi; "
     "p=$d/.${t##*/}.clstr-$(uname -n)-$$; got=-1; "
-    "head -c \"$2\" >\"$p\" && got=$(wc -c <\"$p\"); "
+    "cat >\"$p\" && got=$(wc -c <\"$p\"); "
     "if [ \"$got\" -eq \"$2\" ] && chmod \"$3\" \"$p\" && mv -f -- \"$p\" \"$t\"; then "
     "clstr_done 0; fi; "
     "rm -f -- \"$p\"; "
@@ -75,9 +78,14 @@ class SentFile:
         return copy_program(token, _SEND, "clstr-send",
                             [remote_path(self.target), b"%d" % self.size, b"%o" % self.mode])
 
-    def writer(self, loop, fd):
-        """Streams the file into the pipe ``fd`` (interface.stdin_writer)."""
-        return FileWriter(loop, fd, self.path, self.size)
+    def open(self):
+        """The file opened afresh, as a copy's stdin (interface.stdin_ends:
+        its own offset, read to its end by the transport).  Raises
+        LocalIOError."""
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise LocalIOError("--send " + self.path, error)
 
 
 def sent_file(path):
@@ -118,64 +126,6 @@ def describe_sends(transport, slot, files):
     return [(transport.describe_remote(slot, sent.program(token)), sent) for sent in files]
 
 
-def _pread_write(out_fd, in_fd, offset, count):
-    return os.write(out_fd, os.pread(in_fd, count, offset))
-
-
-class FileWriter:
-    """Writes the first ``size`` bytes of the file at ``path`` to the pipe
-    ``fd`` from ``loop`` as its reader takes them; ``cancel()`` before
-    ``fd`` is closed.  The file is opened at the first write, in the loop,
-    so that its errors reach the run's handler (LocalIOError: exit 3); a
-    reader gone (EPIPE) ends the writing quietly: the copy's end says why."""
-
-    __slots__ = ("_loop", "_fd", "_path", "_size", "_file", "_offset", "_send")
-
-    def __init__(self, loop, fd, path, size):
-        self._loop = loop
-        self._fd = fd
-        self._path = path
-        self._size = size
-        self._file = None
-        self._offset = 0
-        self._send = getattr(os, "sendfile", _pread_write)
-        os.set_blocking(fd, False)
-        loop.add_writer(fd, self._write)
-
-    def _write(self):
-        try:
-            if self._file is None:
-                self._file = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-            count = min(CHUNK, self._size - self._offset)
-            written = self._send(self._fd, self._file, self._offset, count) if count else 0
-        except (BlockingIOError, InterruptedError):
-            return
-        except BrokenPipeError:
-            self.cancel()
-            return
-        except OSError as error:
-            if error.errno in (errno.EINVAL, errno.ENOSYS) and self._send is not _pread_write:
-                self._send = _pread_write  # no sendfile to a pipe here
-                return
-            self.cancel()
-            raise LocalIOError("--send " + self._path, error)
-        if count and not written:
-            self.cancel()
-            raise LocalIOError("--send " + self._path,
-                               OSError(errno.EIO, "it shrank while being sent"))
-        self._offset += written
-        if self._offset >= self._size:
-            self.cancel()
-
-    def cancel(self):
-        if self._fd is not None:
-            self._loop.remove_writer(self._fd)
-            self._fd = None
-        if self._file is not None:
-            os.close(self._file)
-            self._file = None
-
-
 class Sends:
     """The --send step of each host's preparation: ``files`` (SentFiles)
     copied, one after another, through ``transport`` under ``loop``.
@@ -183,9 +133,12 @@ class Sends:
     connection; ``done(name, failure)`` hears the end: failure None when
     every file is there (the host is then ``ready``), else the first
     failure (``failures.judge_copy``'s).  A copy whose master had gone is
-    forgotten: the host's next master brings a new ``start``."""
+    forgotten: the host's next master brings a new ``start``.  A file clstr
+    cannot open goes to ``local_io_failed(error)`` (the run stops, exit
+    3)."""
 
-    def __init__(self, loop, transport, files, done):
+    def __init__(self, loop, transport, files, done, local_io_failed):
+        self._local_io_failed = local_io_failed
         self._loop = loop
         self._transport = transport
         self._files = files
@@ -205,7 +158,8 @@ class Sends:
         self._next()
 
     def _next(self):
-        while self._waiting and len(self._running) < SENDING_AT_ONCE:
+        while self._waiting and (self._transport.has_masters
+                                 or len(self._running) < SENDING_AT_ONCE):
             slot = self._waiting.popleft()
             if slot.host.retired:
                 continue
@@ -219,6 +173,11 @@ class Sends:
             self._ready.add(name)
         self._done(name, failure)
         self._next()
+
+    def _cannot_read(self, host_send, error):
+        """clstr cannot open a file: its own failure, not the host's."""
+        del self._running[host_send.slot.host.name]
+        self._local_io_failed(error)
 
     def _unstarted(self, host_send, error):
         """A copy could not start: its master had gone (``error`` None) or
@@ -260,6 +219,8 @@ class _HostSend:
                                     self._copied, self._unstarted, stdin_data=sent)
         except OSError as error:
             self._unstarted(error)
+        except LocalIOError as error:
+            self._sends._cannot_read(self, error)
 
     def _copied(self, failure):
         if failure is None:

@@ -160,7 +160,7 @@ def session_sshd(pid):
 def copy_processes(cluster, name):
     """(pid, command line) of the send copy's processes on homenode ``name``."""
     return [(pid, cmdline) for pid, cmdline in cluster.remote_processes(name)
-            if "clstr-send" in cmdline or cmdline.startswith("head ")]
+            if "clstr-send" in cmdline or cmdline.split()[:1] == ["cat"]]
 
 
 def test_sshd_killed_mid_copy_loses_the_connection_and_leaves_no_partial_file(
@@ -175,10 +175,10 @@ def test_sshd_killed_mid_copy_loses_the_connection_and_leaves_no_partial_file(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stopped = []
     try:
-        # Freeze the victim's copy mid-way (its head stops reading, so the
+        # Freeze the victim's copy mid-way (its cat stops reading, so the
         # transfer stalls), then kill the sshd of its connection.
         copy = wait_until(lambda: [pid for pid, cmdline in copy_processes(cluster, victim)
-                                   if cmdline.startswith("head ")],
+                                   if cmdline.split()[:1] == ["cat"]],
                           timeout=60, interval=0.01, what="the victim's copy")
         for pid, _ in copy_processes(cluster, victim):
             os.kill(pid, signal.SIGSTOP)

@@ -59,7 +59,7 @@ import time
 from ..failures import MuxError
 from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
-from .interface import stdin_writer, write_after
+from .interface import StdinWriter, stdin_ends, write_after
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -621,9 +621,10 @@ class MuxAttempt:
     wrapper's watcher sees EOF and stops the job, and the attempt ends
     normally with the wrapper's status.  ``pause()``/``resume()`` stop and
     restart reading, as ``ChildProcess`` does.  ``stdin_fd`` is the write end
-    of the stdin pipe (None once closed); ``stdin_data`` (bytes, a local file
-    (interface.stdin_writer), or None) is written to it first, as the master
-    takes it (a big job's command, a --send file).
+    of the stdin pipe (None once closed); ``stdin_data`` (bytes, or None) is
+    written to it first, as the master takes it (a big job's command); a
+    local file (interface.stdin_ends) is the command's stdin instead, read
+    by the master itself (a --send copy's).
     Raises OSError if the pipes cannot be made (out of fds), ValueError for a
     NUL byte in ``command``; either way nothing is left open."""
 
@@ -639,7 +640,7 @@ class MuxAttempt:
         self._reported = False
         self._pipes = OutputPipes(loop, on_output, self._maybe_finish)
         try:
-            stdin_read, self.stdin_fd = os.pipe()
+            stdin_read, self.stdin_fd = stdin_ends(stdin_data)
         except BaseException:
             self._pipes.close()
             self._pipes.close_write_ends()
@@ -658,8 +659,8 @@ class MuxAttempt:
             self._close_stdin()
             raise
         self._pipes.watch()
-        if stdin_data:
-            self._writer = stdin_writer(loop, self.stdin_fd, stdin_data)
+        if stdin_data and self.stdin_fd is not None:
+            self._writer = StdinWriter(loop, self.stdin_fd, stdin_data)
 
     @property
     def running(self):
