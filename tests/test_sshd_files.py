@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -118,6 +119,37 @@ def test_a_host_with_a_master_per_slot_gets_its_files_once(cluster, homes, tmp_p
     for name in names:
         sends = sends_on(cluster, name)
         assert len(sends) == 2 and b"./a.txt" in sends[0] and b"./b.txt" in sends[1], sends
+
+
+def test_without_masters_a_file_is_sent_over_a_login_of_its_own(cluster, homes, tmp_path):
+    names, naming = homes(2)
+    (tmp_path / "a.txt").write_bytes(b"a\n")
+    logins = len(cluster.accepted_logins())
+    result = run_here(cluster, tmp_path, "--ssh-command", naming, *node_args(names),
+                      "--no-multiplex", "--send", "a.txt", *["-j", "cat a.txt"] * 4)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"a\n" * 4
+    # A login a copy, a login a job.
+    assert len(cluster.accepted_logins()) - logins == 2 + 4
+    for name in names:
+        assert len(sends_on(cluster, name)) == 1
+
+
+def test_through_an_exec_template_a_file_is_sent_to_each_node(tmp_path):
+    # env -C gives each "node" a directory of its own to start in.
+    for node in ("a", "b"):
+        (tmp_path / node).mkdir()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "f.txt").write_bytes(b"f\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "clstr", "--exec", "env -C %s/{host}" % tmp_path, "-n", "a", "b",
+         "--send", "f.txt", "-j", "cat f.txt", "-j", "cat f.txt"],
+        cwd=str(tmp_path / "here"), env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"f\nf\n"
+    for node in ("a", "b"):
+        assert (tmp_path / node / "f.txt").read_bytes() == b"f\n"
 
 
 def test_a_node_that_cannot_store_a_sent_file_is_retired_in_its_words(cluster, homes,
