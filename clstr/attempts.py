@@ -254,7 +254,7 @@ class Attempts:
             # come: its job's time is over (--timeout), not its attempt.
             self._disarm_timers(attempt)
             attempt.session = self._returns.fetch(
-                job.seq, attempt.slot,
+                job, attempt.slot,
                 lambda failure: self._over(attempt, returned(verdict, failure)))
             return
         self._over(attempt, verdict)

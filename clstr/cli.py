@@ -600,19 +600,20 @@ def _template(args, groups, job_files):
         raise UsageError(str(error))
 
 
-def _files(args):
-    """The --send files (checked) and --return patterns."""
+def _files(args, groups):
+    """The --send files (checked) and --return templates, in a run with
+    ``groups`` input groups."""
     if not (args.send or args.returns):
         return (), ()
     from .returnfiles import ReturnPathError, check_return
     from .sendfiles import SendFileError, sent_files
     try:
         sends = tuple(sent_files(_flatten(args.send)))
-        for pattern in args.returns:
-            check_return(pattern, args.output_dir)
+        returns = tuple(check_return(pattern, args.output_dir, groups)
+                        for pattern in args.returns)
     except (SendFileError, ReturnPathError) as error:
         raise UsageError(str(error))
-    return sends, tuple(args.returns)
+    return sends, returns
 
 
 def make_plan(argv):
@@ -648,7 +649,7 @@ def make_plan(argv):
         raise UsageError("--resume needs --joblog FILE")
     job_failure = _job_failure(args)
     exec_words = _transport(args)
-    sends, returns = _files(args)
+    sends, returns = _files(args, len(groups) if template is not None else 0)
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)

@@ -131,7 +131,7 @@ def dry_run_lines(plan, feed):
                 line += "  # job %d: %s" % (job.seq, shown)
             yield line
             for argv, local in describe_returns(transport, plan.returns, plan.output_dir_path,
-                                                job.seq, slot):
+                                                job, slot):
                 yield "%s  # stdout to %s" % (quote_argv(argv), local)
             running.append(assignment)
             assignment = next_assignment()

@@ -64,8 +64,8 @@ class Plan:
     workdir: bytes | None = None
     # --send: sendfiles.SentFile each, copied to every node before its jobs.
     sends: tuple = ()
-    # --return: each job's files (patterns, str: returnfiles.py), fetched
-    # after its attempt completed.
+    # --return: each job's files (templates.Template each, filled in for a
+    # job's attempt: returnfiles.py), fetched after its attempt completed.
     returns: tuple = ()
     # The outputs, as the user named them (None: clstr's own stdout, stderr;
     # no joblog, no output directory).

@@ -18,16 +18,16 @@ leaves the current directory or DIR, and no symbolic link below them is
 followed (PartialFile).
 """
 
+import errno
 import os
 
+from .errors import LocalIOError
 from .failures import cannot_start_ssh, stopped_by_clstr
 from .filecopy import RemoteCopy, copy_program, remote_path
 from .limits import out_of_resources
 from .transport.interface import Session
 from .userfiles import PartialFile, new_file_mode
 
-# The job's number in PATH.  (Argument templates will bring the rest.)
-JOB_NUMBER = "{#}"
 # Tried again after this long when the copy could not start (no fd or
 # process left, or the master gone and a new one coming).
 RETRY_AFTER = 0.5
@@ -38,26 +38,46 @@ _RETURN = ("if [ -d \"$1\" ]; then printf \"%s: Is a directory\\n\" \"$1\" >&2; 
 
 
 class ReturnPathError(Exception):
-    """A --return PATH that cannot be used (a usage error)."""
+    """A --return PATH (``shown``) that cannot be used, and why: a usage
+    error, or for one job's values clstr's own refusal."""
+
+    def __init__(self, shown, reason):
+        super().__init__("%s: %s" % (shown, reason))
+        self.shown = shown
+        self.reason = reason
 
 
-def return_path(pattern, seq):
-    """``pattern`` (str) for job ``seq``: its replacement strings filled in."""
-    return pattern.replace(JOB_NUMBER, "%d" % seq)
+def return_path(template, job, slot):
+    """The file (str) ``template`` (``check_return``'s) names for ``job``'s
+    attempt on ``slot``: the argument templates' strings filled in
+    (templates.Template.fill_path), unquoted."""
+    return os.fsdecode(template.fill_path(job.seq, job.values, slot.index + 1,
+                                          slot.host.name))
 
 
-def check_return(pattern, output_dir):
-    """Raise ReturnPathError unless ``--return pattern`` names a file that
-    can land under ``output_dir`` (a path or None: the current directory)
-    for every job."""
+def check_return(pattern, output_dir, groups):
+    """The Template of ``--return pattern`` in a run with ``groups`` input
+    groups (:::), checked: the strings of argument templates, {#} (the
+    job's number), {%} and {host} (its slot and node), and with inputs {}
+    and its forms, each filled in as it is.  Raises ReturnPathError unless
+    it names a file that lands under ``output_dir`` (a path, or None: the
+    current directory), a different one for each job without it."""
+    from .templates import Template, TemplateError
     shown = "--return %s" % pattern
     if not pattern or "\0" in pattern:
-        raise ReturnPathError("%s: not a file name" % shown)
-    if output_dir is None and JOB_NUMBER not in pattern:
-        raise ReturnPathError("%s: every job would fetch its file to the same place; put %s "
-                              "(the job's number) in PATH, or give --output-dir DIR (each "
-                              "job's files in DIR/N/)" % (shown, JOB_NUMBER))
-    local_relative(return_path(pattern, 1), output_dir, shown)
+        raise ReturnPathError(shown, "not a file name")
+    try:
+        template = Template(os.fsencode(pattern), groups, append=False, option="--return")
+    except TemplateError as error:
+        # Its words begin with the option and PATH, as ours do.
+        raise ReturnPathError(shown, str(error).split(": ", 1)[-1]) from None
+    if output_dir is None and not template.per_job:
+        raise ReturnPathError(shown, "every job would fetch its file to the same place; put "
+                              "{#} (the job's number) in PATH, or give --output-dir DIR "
+                              "(each job's files in DIR/N/)")
+    example = os.fsdecode(template.fill_path(1, (b"x",) * groups, 1, "h"))
+    local_relative(example, output_dir, shown)
+    return template
 
 
 def local_relative(path, output_dir, shown):
@@ -67,66 +87,67 @@ def local_relative(path, output_dir, shown):
     if os.path.isabs(path) and output_dir is None:
         here = os.getcwd()
         if os.path.commonpath([here, os.path.normpath(path)]) != here:
-            raise ReturnPathError("%s: lands outside the current directory; give "
+            raise ReturnPathError(shown, "lands outside the current directory; give "
                                   "--output-dir DIR (each job's files in DIR/N/%s)"
-                                  % (shown, path.lstrip("/")))
+                                  % path.lstrip("/"))
         path = os.path.relpath(path, here)
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise ReturnPathError("%s: '..' would land outside %s" % (
-            shown, "the current directory" if output_dir is None else output_dir))
+        raise ReturnPathError(shown, "'..' would land outside %s" % (
+            "the current directory" if output_dir is None else output_dir))
     if not parts:
-        raise ReturnPathError("%s: names no file" % shown)
+        raise ReturnPathError(shown, "names no file")
     return "/".join(parts)
 
 
 class Returns:
-    """The run's --return files (``patterns``, str), fetched through
+    """The run's --return files (``templates``: check_return's), fetched through
     ``transport`` under ``loop`` into ``output_dir`` (a path, or None: the
     current directory).  ``guarded(what, write, *args)`` runs one of
     clstr's own writes (attempts.AttemptsOwner.guarded), stopping the run
     if it fails; it returns whether it succeeded."""
 
-    def __init__(self, loop, transport, patterns, output_dir, guarded):
+    def __init__(self, loop, transport, templates, output_dir, guarded):
         self.loop = loop
         self.transport = transport
-        self._patterns = patterns
+        self._templates = templates
         self._output_dir = output_dir
         self.guarded = guarded
         # As a shell's > would make them.
         self.mode = new_file_mode()
 
-    def fetch(self, seq, slot, done):
-        """Fetch job ``seq``'s files from ``slot``'s node; returns the
-        Session fetching them.  ``done(failure)``: None once all are in
-        place."""
-        return _Fetch(self, seq, slot, done)
+    def fetch(self, job, slot, done):
+        """Fetch ``job``'s files from ``slot``'s node; returns the Session
+        fetching them.  ``done(failure)``: None once all are in place."""
+        return _Fetch(self, job, slot, done)
 
-    def copies(self, seq):
-        return copies(self._patterns, self._output_dir, seq)
+    def copies(self, job, slot):
+        return copies(self._templates, self._output_dir, job, slot)
 
 
-def copies(patterns, output_dir, seq):
-    """(remote path, local directory, path below it) for each of job
-    ``seq``'s files (``patterns``) under ``output_dir`` (or None)."""
+def copies(templates, output_dir, job, slot):
+    """(remote path, local directory, path below it) for each of ``job``'s
+    files (``templates``) from ``slot``'s node, under ``output_dir`` (or
+    None).  Raises ReturnPathError for a value that would land a file
+    outside (an input such as ../x)."""
     pairs = []
-    for pattern in patterns:
-        path = return_path(pattern, seq)
-        local = local_relative(path, output_dir, "--return " + pattern)
+    for template in templates:
+        path = return_path(template, job, slot)
+        local = local_relative(path, output_dir, "--return %s (job %d)" % (path, job.seq))
         if output_dir is None:
             pairs.append((path, ".", local))
         else:
-            pairs.append((path, output_dir, "%d/%s" % (seq, local)))
+            pairs.append((path, output_dir, "%d/%s" % (job.seq, local)))
     return pairs
 
 
-def describe_returns(transport, patterns, output_dir, seq, slot):
-    """(argv, local path) of each copy of job ``seq``'s files from
-    ``slot``'s node (--dry-run)."""
+def describe_returns(transport, templates, output_dir, job, slot):
+    """(argv, local path) of each copy of ``job``'s files from ``slot``'s
+    node (--dry-run)."""
     token = transport.report_reader().token
     return [(transport.describe_remote(slot, _program(remote)(token)),
              os.path.normpath(os.path.join(root, local)))
-            for remote, root, local in copies(patterns, output_dir, seq)]
+            for remote, root, local in copies(templates, output_dir, job, slot)]
 
 
 def _program(path):
@@ -138,15 +159,22 @@ class _Fetch(Session):
     """One attempt's files, fetched one after another; the attempt's
     Session until they are all in place (or one could not be)."""
 
-    def __init__(self, returns, seq, slot, done):
+    def __init__(self, returns, job, slot, done):
         self._returns = returns
         self._slot = slot
         self._done = done
-        self._left = returns.copies(seq)
         self._partials = []  # those fetched, and the one being fetched
         self._copy = None
         self._retry = None
         self._over = False
+        try:
+            self._left = returns.copies(job, slot)
+        except ReturnPathError as error:
+            # A value that would land a file outside: clstr's refusal.
+            self._left = []
+            self._returns.guarded("--return", _refuse, error)
+            self._end(stopped_by_clstr())
+            return
         self._copy_next()
 
     def _copy_next(self):
@@ -236,3 +264,7 @@ class _Fetch(Session):
     def resume(self):
         if self._copy is not None:
             self._copy.session.resume()
+
+
+def _refuse(error):
+    raise LocalIOError(error.shown, OSError(errno.EPERM, error.reason))

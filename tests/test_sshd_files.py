@@ -293,6 +293,28 @@ def test_returned_files_land_here_under_their_job_number(cluster, homes, tmp_pat
             n, hosts[n])
 
 
+def test_returned_files_are_named_by_the_jobs_argument_template(cluster, homes, tmp_path):
+    names, naming = homes(2)
+    # Each input value names the file its job makes there, and here.
+    result = run_here(cluster, tmp_path, "--ssh-command", naming, *node_args(names),
+                      "--return", "sorted/{/.}.txt", "--return", "{#}-{%}-{host}.log",
+                      "-j", "mkdir -p sorted && echo {} > sorted/{/.}.txt && "
+                      "echo on $CLSTR_TEST_NODE > {#}-{%}-{host}.log",
+                      "--joblog", "log", ":::", "in/a b.csv", "in/c.csv")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sorted" / "a b.txt").read_text() == "in/a b.csv\n"
+    assert (tmp_path / "sorted" / "c.txt").read_text() == "in/c.csv\n"
+    hosts = {int(row[0]): row[1].decode() for row in joblog_rows(tmp_path / "log")}
+    for seq, host in hosts.items():
+        assert (tmp_path / ("%d-1-%s.log" % (seq, host))).read_text() == "on %s\n" % host
+    # A value that would land a file outside is clstr's own refusal (exit 3).
+    result = run_here(cluster, tmp_path, "--ssh-command", naming, "-n", names[0],
+                      "--return", "{}", "-j", "true", ":::", "../escaped")
+    assert result.returncode == 3, result.stderr
+    assert b"'..' would land outside" in result.stderr, result.stderr
+    assert not (tmp_path.parent / "escaped").exists()
+
+
 def test_a_missing_returned_file_fails_the_attempt_as_a_job_exit_would(cluster, homes,
                                                                        tmp_path):
     names, naming = homes(2)
@@ -330,6 +352,7 @@ def test_a_link_planted_in_the_output_dir_is_not_followed_and_is_exit_3(cluster,
     (["--return", "r.txt"], "put {#}"),
     (["--return", "../r{#}.txt"], "'..' would land outside"),
     (["--return", "/tmp/r{#}.txt"], "lands outside the current directory"),
+    (["--return", "r{1}.txt"], "--return r{1}.txt: {1}, but there are only 0 input groups"),
 ])
 def test_file_usage_errors_are_one_line_and_touch_nothing(cluster, tmp_path, args, words):
     result = run_here(cluster, tmp_path, "-n", "node001", "-j", "true", "--joblog", "log",
