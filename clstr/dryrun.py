@@ -71,7 +71,8 @@ class _Rehearsal(RunEvents):
     """The run's side, as in run.Run when every master comes up: the first
     master of a host sends its --send files (``sends``), shown as lines."""
 
-    def __init__(self, pool, due, sends, lines):
+    def __init__(self, pool, due, sends, workdir, lines):
+        self._workdir = workdir
         self._pool = pool
         self._due = due
         self._sends = sends
@@ -89,7 +90,7 @@ class _Rehearsal(RunEvents):
         if not self._sends or slot.host.name in self._sent:
             return
         self._sent.add(slot.host.name)
-        for argv, sent in describe_sends(self.transport, slot, self._sends):
+        for argv, sent in describe_sends(self.transport, slot, self._sends, self._workdir):
             self._lines.append("%s  # on stdin: %s (%d bytes)"
                                % (quote_argv(argv), sent.path, sent.size))
 
@@ -104,7 +105,7 @@ def dry_run_lines(plan, feed):
     due = collections.deque()  # what happens next: masters up, jobs ending
     pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
     scheduler = Scheduler(pool, feed, max_running=plan.max_nodes)
-    rehearsal = _Rehearsal(pool, due, plan.sends, lines)
+    rehearsal = _Rehearsal(pool, due, plan.sends, plan.workdir, lines)
     transport = rehearsal.transport = transport_for(
         plan, None, PrivateDirectory(SOCKETS), pool, rehearsal,
         masters=_Masters(plan.ssh, due, lines),
@@ -131,7 +132,7 @@ def dry_run_lines(plan, feed):
                 line += "  # job %d: %s" % (job.seq, shown)
             yield line
             for argv, local in describe_returns(transport, plan.returns, plan.output_dir_path,
-                                                job, slot):
+                                                plan.workdir, job, slot):
                 yield "%s  # stdout to %s" % (quote_argv(argv), local)
             running.append(assignment)
             assignment = next_assignment()

@@ -16,21 +16,25 @@ node that could not be reached, exactly as for a job.
 from .failures import judge_copy, stopped_by_clstr
 from .transport.endreport import report_printf
 from .transport.interface import AttemptHandler
+from .transport.prelude import enter_workdir
 
 # The copy's stderr kept for the node's words (its last line is used).
 SAID_BYTES = 4096
 
 
-def copy_program(token, body, name, args):
+def copy_program(token, body, name, args, workdir=None):
     """The argv (bytes) of a copy: ``sh -c`` running ``body`` (POSIX sh
     text, ``$1``... its ``args``) between a start report and the end report
     that ``clstr_done STATUS`` writes before it exits, both with ``token``
-    (the reader's: a --workers run has one per attempt).  It exits 0 once
-    it has reported, so that no transport adds words of its own about its
-    status (srun's "exited with exit code 1")."""
-    script = ("clstr_done() { %s \"$1\" >&2; exit 0; }; %s >&2; %s"
-              % (report_printf(token, "e%d"), report_printf(token, "s"), body))
-    return [b"sh", b"-c", script.encode(), name.encode()] + list(args)
+    (the reader's: a --workers run has one per attempt), in ``workdir``
+    (--workdir, bytes, or None: where the node's sessions start), as the
+    jobs are: a relative path is the jobs'.  It exits 0 once it has
+    reported, so that no transport adds words of its own about its status
+    (srun's "exited with exit code 1")."""
+    head = ("clstr_done() { %s \"$1\" >&2; exit 0; }; %s >&2; "
+            % (report_printf(token, "e%d"), report_printf(token, "s"))).encode()
+    script = head + enter_workdir(workdir, b"clstr_done 1") + body.encode()
+    return [b"sh", b"-c", script, name.encode()] + list(args)
 
 
 def remote_path(path):

@@ -107,7 +107,8 @@ class Returns:
     clstr's own writes (attempts.AttemptsOwner.guarded), stopping the run
     if it fails; it returns whether it succeeded."""
 
-    def __init__(self, loop, transport, templates, output_dir, guarded):
+    def __init__(self, loop, transport, templates, output_dir, workdir, guarded):
+        self.workdir = workdir  # --workdir: where relative PATHs are
         self.loop = loop
         self.transport = transport
         self._templates = templates
@@ -141,18 +142,18 @@ def copies(templates, output_dir, job, slot):
     return pairs
 
 
-def describe_returns(transport, templates, output_dir, job, slot):
+def describe_returns(transport, templates, output_dir, workdir, job, slot):
     """(argv, local path) of each copy of ``job``'s files from ``slot``'s
     node (--dry-run)."""
     token = transport.report_reader().token
-    return [(transport.describe_remote(slot, _program(remote)(token)),
+    return [(transport.describe_remote(slot, _program(remote, workdir)(token)),
              os.path.normpath(os.path.join(root, local)))
             for remote, root, local in copies(templates, output_dir, job, slot)]
 
 
-def _program(path):
+def _program(path, workdir):
     return lambda token: copy_program(token, _RETURN, "clstr-return",
-                                      [remote_path(os.fsencode(path))])
+                                      [remote_path(os.fsencode(path))], workdir)
 
 
 class _Fetch(Session):
@@ -192,7 +193,8 @@ class _Fetch(Session):
             return
         partial = made[0]
         try:
-            self._copy = RemoteCopy(self._returns.transport, self._slot, _program(remote),
+            self._copy = RemoteCopy(self._returns.transport, self._slot,
+                                    _program(remote, self._returns.workdir),
                                     lambda failure: self._copied(partial, failure),
                                     lambda error: self._unstarted(partial, error),
                                     on_stdout=lambda data: self._write(partial, data))

@@ -56,7 +56,7 @@ class Run(RunEvents, AttemptsOwner):
                             retry_after=plan.retry_nodes, masters=self.transport.has_masters)
         sends = None
         if plan.sends:
-            sends = Sends(self.loop, self.transport, plan.sends,
+            sends = Sends(self.loop, self.transport, plan.sends, plan.workdir,
                           lambda name, failure: self.nodes.sent(name, failure),
                           self.local_io_failed)
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
@@ -84,7 +84,7 @@ class Run(RunEvents, AttemptsOwner):
         returns = None
         if plan.returns:
             returns = Returns(self.loop, self.transport, plan.returns, plan.output_dir_path,
-                              self.guarded)
+                              plan.workdir, self.guarded)
         self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self,
                                  returns)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)

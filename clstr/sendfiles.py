@@ -23,6 +23,7 @@ the EOF the copy reads to.  A file clstr cannot open is its own failure
 
 import collections
 import errno
+import functools
 import os
 import stat
 
@@ -73,10 +74,12 @@ class SentFile:
         self.size = size
         self.mode = mode
 
-    def program(self, token):
-        """The copy's argv, reporting with ``token``."""
+    def program(self, token, workdir=None):
+        """The copy's argv, reporting with ``token``, in ``workdir``
+        (--workdir, or None)."""
         return copy_program(token, _SEND, "clstr-send",
-                            [remote_path(self.target), b"%d" % self.size, b"%o" % self.mode])
+                            [remote_path(self.target), b"%d" % self.size, b"%o" % self.mode],
+                            workdir)
 
     def open(self):
         """The file opened afresh, as a copy's stdin (interface.stdin_ends:
@@ -120,15 +123,17 @@ def sent_files(paths):
     return files
 
 
-def describe_sends(transport, slot, files):
+def describe_sends(transport, slot, files, workdir):
     """(argv, SentFile) of each copy to ``slot``'s host (--dry-run)."""
     token = transport.report_reader().token
-    return [(transport.describe_remote(slot, sent.program(token)), sent) for sent in files]
+    return [(transport.describe_remote(slot, sent.program(token, workdir)), sent)
+            for sent in files]
 
 
 class Sends:
     """The --send step of each host's preparation: ``files`` (SentFiles)
-    copied, one after another, through ``transport`` under ``loop``.
+    copied, one after another, through ``transport`` under ``loop``, into
+    ``workdir`` (--workdir) for relative targets.
     ``start(slot)`` begins the copies to ``slot``'s host over its
     connection; ``done(name, failure)`` hears the end: failure None when
     every file is there (the host is then ``ready``), else the first
@@ -137,8 +142,9 @@ class Sends:
     cannot open goes to ``local_io_failed(error)`` (the run stops, exit
     3)."""
 
-    def __init__(self, loop, transport, files, done, local_io_failed):
+    def __init__(self, loop, transport, files, workdir, done, local_io_failed):
         self._local_io_failed = local_io_failed
+        self.workdir = workdir
         self._loop = loop
         self._transport = transport
         self._files = files
@@ -215,7 +221,8 @@ class _HostSend:
             return
         sent = self._left.pop(0)
         try:
-            self._copy = RemoteCopy(self._sends._transport, self.slot, sent.program,
+            program = functools.partial(sent.program, workdir=self._sends.workdir)
+            self._copy = RemoteCopy(self._sends._transport, self.slot, program,
                                     self._copied, self._unstarted, stdin_data=sent)
         except OSError as error:
             self._unstarted(error)

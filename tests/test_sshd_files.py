@@ -238,6 +238,20 @@ def test_sshd_killed_mid_copy_loses_the_connection_and_leaves_no_partial_file(
     assert leftovers(home, "big.bin") == []
 
 
+def test_relative_paths_are_the_jobs_own_under_workdir(cluster, homes, tmp_path):
+    names, naming = homes(2)
+    (tmp_path / "in.txt").write_bytes(b"data\n")
+    result = run_here(cluster, tmp_path, "--ssh-command", naming, *node_args(names),
+                      "--workdir", "run/here", "--send", "in.txt", "--return", "out.txt",
+                      "--output-dir", "out", "-j", "cp in.txt out.txt", "-j", "cp in.txt out.txt")
+    assert result.returncode == 0, result.stderr
+    for name in names:
+        assert (open(os.path.join(cluster.node_home(name), "run/here/in.txt"), "rb").read()
+                == b"data\n")
+    for seq in (1, 2):
+        assert (tmp_path / "out" / str(seq) / "out.txt").read_bytes() == b"data\n"
+
+
 def test_dry_run_shows_the_copies_and_touches_nothing(cluster, tmp_path):
     (tmp_path / "input.dat").write_bytes(b"x" * 10)
     result = run_here(cluster, tmp_path, "-n", "node001", "--send", "input.dat", "-j", "true",
