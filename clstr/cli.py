@@ -230,7 +230,8 @@ def build_parser():
         "with connection sharing); each file whole or not at all.")
     files.add_argument("--send", metavar="FILE", nargs="+", action="append", default=[],
                        help="copy FILE to every node once, before its first job: a relative "
-                       "path lands relative to the jobs' directory (the home), an absolute "
+                       "path lands relative to the jobs' directory (the home, or --workdir), "
+                       "an absolute "
                        "one where it names; mode kept (less setuid/setgid), owner the remote "
                        "user, mtime not kept. A node that cannot store it is retired in its "
                        "own words. -E true --send FILE does what pdcp does")
@@ -238,7 +239,9 @@ def build_parser():
                        default=[], help="after a job completed, copy PATH back from its "
                        "node (relative to the jobs' directory): with --output-dir DIR into "
                        "DIR/N/PATH, else to PATH here, which then needs {#} (the job's "
-                       "number); a missing file fails the job like an exit of its own. "
+                       "number) or an input's {}; PATH takes the templates' strings, "
+                       "unquoted, e.g. --return '{/.}.out'. A missing file fails the job "
+                       "like an exit of its own. "
                        "-E CMD --return PATH --output-dir DIR does what rpdcp does")
 
     watching = parser.add_argument_group("watching")
