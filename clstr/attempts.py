@@ -11,9 +11,9 @@ the verdict means for the job, the node and the run is the run's business
 import time
 
 from .errors import LocalIOError
-from .failures import (judge, not_delivered, returned, start_overdue, stopped_by_clstr,
-                       timed_out)
+from .failures import judge, not_delivered, returned, start_overdue, stopped_by_clstr, timed_out
 from .output.sinks import spill_files
+from .returnfiles import Returns
 from .transport.interface import START_GRACE, AttemptHandler, stop_grace
 from .transport.prelude import attempt_prelude
 
@@ -82,12 +82,15 @@ class Attempt(AttemptHandler):
 class Attempts:
     """The running attempts of one run, started through ``transport`` with
     output to ``delivery`` and records to ``joblog`` (or None).  With
-    ``returns`` (returnfiles.Returns), an attempt whose job completed is
-    over only once its --return files are here."""
+    --return (returnfiles.Returns), an attempt whose job completed is over
+    only once its files are here."""
 
-    def __init__(self, loop, plan, transport, delivery, joblog, owner, returns=None):
+    def __init__(self, loop, plan, transport, delivery, joblog, owner):
         self._loop = loop
-        self._returns = returns
+        self._returns = None
+        if plan.returns:
+            self._returns = Returns(loop, transport, plan.returns, plan.output_dir_path,
+                                    plan.workdir, owner.guarded)
         self._plan = plan
         self._transport = transport
         self._delivery = delivery

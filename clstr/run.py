@@ -26,7 +26,6 @@ from .output.delivery import Delivery
 from .output.sinks import open_sinks, write_out
 from .privatedir import PrivateDirectory
 from .records import run_report
-from .returnfiles import Returns
 from .scheduler import Scheduler
 from .sendfiles import Sends
 from .startlimits import StartLimits
@@ -54,11 +53,9 @@ class Run(RunEvents, AttemptsOwner):
                                    retries=plan.retries, halt=plan.halt)
         health = NodeHealth(random.Random(), job_failure=plan.job_failure,
                             retry_after=plan.retry_nodes, masters=self.transport.has_masters)
-        sends = None
-        if plan.sends:
-            sends = Sends(self.loop, self.transport, plan.sends, plan.workdir,
-                          lambda name, failure: self.nodes.sent(name, failure),
-                          self.local_io_failed)
+        sends = Sends(self.loop, self.transport, plan.sends, plan.workdir,
+                      lambda name, failure: self.nodes.sent(name, failure),
+                      self.local_io_failed) if plan.sends else None
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
                               self._dispatch, lambda: self._stopping or self.scheduler.done(),
                               sends)
@@ -81,12 +78,7 @@ class Run(RunEvents, AttemptsOwner):
         self.delivery = Delivery(self.sinks, tag=plan.tag, group=plan.group,
                                  output_dir=plan.output_dir, gather=plan.gather,
                                  keep_order=plan.keep_order)
-        returns = None
-        if plan.returns:
-            returns = Returns(self.loop, self.transport, plan.returns, plan.output_dir_path,
-                              plan.workdir, self.guarded)
-        self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self,
-                                 returns)
+        self.attempts = Attempts(self.loop, plan, self.transport, self.delivery, joblog, self)
         self.loop.handle_errors((LocalIOError,), self.local_io_failed)
         self.watch = RunWatch(self.loop, plan, self.sinks.values(), self.scheduler, feed,
                               self.pool, self.attempts)
