@@ -21,9 +21,11 @@ contradicts its configuration fails the whole bench run.
 
 import argparse
 import fcntl
+import hashlib
 import os
 import platform
 import pty
+import pwd
 import shlex
 import shutil
 import statistics
@@ -44,6 +46,7 @@ from scale import descendants, pss_kib, rss_kib  # noqa: E402
 from cluster import LoopbackCluster  # noqa: E402
 
 TIMEOUT = 300
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 
 class VerboseCluster(LoopbackCluster):
@@ -57,6 +60,9 @@ class VerboseCluster(LoopbackCluster):
             text = config.read()
         with open(path, "w") as config:
             config.write(text.replace("LogLevel INFO", "LogLevel VERBOSE"))
+            # scp (clush --copy) speaks SFTP since OpenSSH 9.0.
+            if os.path.exists(SFTP_SERVER):
+                config.write("Subsystem sftp %s\n" % SFTP_SERVER)
 
 
 class SshdCounter:
@@ -90,7 +96,9 @@ class SshdCounter:
         with open(self._path, "rb") as log:
             log.seek(self._offset)
             text = log.read()
-        return text.count(b"Accepted publickey"), text.count(b"Starting session: command")
+        # A remote command, or a subsystem (scp's sftp-server).
+        return text.count(b"Accepted publickey"), (text.count(b"Starting session: command")
+                                                   + text.count(b"Starting session: subsystem"))
 
 
 class Expect:
@@ -177,12 +185,13 @@ class ContradictedConfiguration(Exception):
 
 
 def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, tty=False,
-            counter=None, expect=None, sampler=None):
+            counter=None, expect=None, sampler=None, cwd=None):
     """Run ``argv`` ``reps`` times; returns (times, note, counts).
     ``check(stdout)`` returns an error text when the output is wrong.  ``tty``:
     run it with a terminal for stdin, stderr and /dev/tty.  ``counter`` and
     ``expect``: the sshd's counts per repetition, and what they must be.
-    ``sampler(popen)``: called with the running process, in a thread."""
+    ``sampler(popen)``: called with the running process, in a thread.
+    ``cwd``: where it runs (None: here)."""
     times, note, counts = [], "", []
     for _ in range(reps):
         if counter:
@@ -197,7 +206,7 @@ def measure(argv, reps, check=None, env=None, stdin_path=None, timeout=TIMEOUT, 
             extra = dict(stdin=stdin, stderr=subprocess.PIPE)
         started = time.monotonic()
         try:
-            done = _run(argv, timeout, env, extra, sampler)
+            done = _run(argv, timeout, env, dict(extra, cwd=cwd), sampler)
         except subprocess.TimeoutExpired:
             return [], "timed out after %d s" % timeout, counts
         except OSError as error:
@@ -348,6 +357,20 @@ class Tools:
             return None
         return ["parallel-ssh", "-x", "-F %s" % self.cluster.ssh_config, "-p", str(len(hosts)),
                 "-i", "-H", " ".join(hosts), command]
+
+    def pdcp(self, hosts, source, target):
+        """pdcp through ssh (pdsh's rcmd module), which runs pdcp on each
+        node too (here the same machine's)."""
+        if not self.have("pdcp"):
+            return None
+        return ["env", "PDSH_RCMD_TYPE=ssh", "PDSH_SSH_ARGS=-F %s -x %%h" % self.cluster.ssh_config,
+                "pdcp", "-f", str(len(hosts)), "-w", ",".join(hosts), source, target]
+
+    def clush_copy(self, hosts, source, target):
+        if not self.have("clush"):
+            return None
+        return ["clush", "-f", str(len(hosts)), "-o", "-F %s" % self.cluster.ssh_config,
+                "-w", ",".join(hosts), "--copy", source, "--dest", target]
 
     def clush(self, hosts, command):
         if not self.have("clush"):
@@ -603,6 +626,51 @@ def once_on_each_node(tools, results, reps, count):
             check=answered, tty=True, **counted)
 
 
+def send_a_file(tools, results, reps, megabytes, count):
+    """--send (-E true: what pdcp does) against pdcp and clush --copy, one
+    file to every node.  The loopback nodes share one home, so every tool
+    writes its own file there, 30 times over; each repetition checks the
+    copy that stayed."""
+    scenario = "a %d MB file to %d nodes" % (megabytes, count)
+    print(scenario, flush=True)
+    hosts = tools.cluster.nodes(count)
+    source = os.path.join(tools.work, "sent.bin")
+    with open(source, "wb") as handle:
+        for _ in range(megabytes):
+            handle.write(os.urandom(1 << 20))
+    os.chmod(source, 0o644)
+    with open(source, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    home = pwd.getpwnam(tools.cluster.user).pw_dir
+
+    def arrived(name):
+        def check(stdout):
+            with open(os.path.join(home, name), "rb") as handle:
+                copied = hashlib.sha256(handle.read()).hexdigest()
+            return None if copied == digest else "%s differs from the file sent" % name
+        return check
+
+    # One login a node for each tool: clstr's masters carry its copy and
+    # its `true` (and a login shell probe); pdcp and clush --copy run one
+    # remote program a node (pdcp's server, scp's sftp-server).
+    run_one(results, scenario, "clstr -E true --send",
+            tools.clstr("-n", *hosts, "--send", "sent.bin", "-E", "true"), reps, tools.env,
+            reference=True, cwd=tools.work, check=arrived("sent.bin"), counter=tools.counter,
+            expect=Expect(exactly(count), exactly(2 * count), 1))
+    run_one(results, scenario, "pdcp", tools.pdcp(hosts, source, home + "/pdcp.bin"), reps,
+            tools.env, check=arrived("pdcp.bin"), counter=tools.counter,
+            expect=Expect(exactly(count), exactly(count)))
+    run_one(results, scenario, "clush --copy",
+            tools.clush_copy(hosts, source, home + "/clush.bin"), reps, tools.env,
+            check=arrived("clush.bin"), counter=tools.counter,
+            expect=Expect(exactly(count), exactly(count)))
+    for name in ("sent.bin", "pdcp.bin", "clush.bin"):
+        try:
+            os.unlink(os.path.join(home, name))
+        except FileNotFoundError:
+            pass
+
+
 def scheduler_overhead(tools, results, reps, jobs_count):
     scenario = "%d jobs, 32 slots, no network" % jobs_count
     print(scenario, flush=True)
@@ -762,7 +830,7 @@ def main():
     parser.add_argument("--no-install", action="store_true", help="use only what is installed")
     parser.add_argument("--out", default=os.path.join(HERE, "results-latest.md"))
     parser.add_argument("--only", choices=("short", "slots", "each", "scheduler", "dead",
-                                           "slurm", "startup", "workers"),
+                                           "slurm", "startup", "workers", "send"),
                         action="append", help="run only these scenarios (repeatable)")
     parser.add_argument("--clstr-only", action="store_true",
                         help="time clstr alone, no peers (still checking its logins)")
@@ -778,7 +846,7 @@ def main():
         try:
             tools = Tools(cluster, work, venv)
             wanted = set(args.only or ("short", "slots", "each", "scheduler", "dead", "slurm",
-                                       "startup", "workers"))
+                                       "startup", "workers", "send"))
             if "short" in wanted:
                 many_short_jobs(tools, results, reps, 40 if args.quick else 400)
             if "slots" in wanted:
@@ -788,6 +856,9 @@ def main():
                                  80 if args.quick else 2000)
             if "each" in wanted:
                 once_on_each_node(tools, results, reps, 10 if args.quick else 100)
+            if "send" in wanted:
+                send_a_file(tools, results, reps, 5 if args.quick else 50,
+                            4 if args.quick else 30)
             if "scheduler" in wanted:
                 scheduler_overhead(tools, results, reps, 500 if args.quick else 20000)
             if "dead" in wanted:

@@ -11,8 +11,9 @@ the verdict means for the job, the node and the run is the run's business
 import time
 
 from .errors import LocalIOError
-from .failures import judge, not_delivered, start_overdue, stopped_by_clstr, timed_out
+from .failures import judge, not_delivered, returned, start_overdue, stopped_by_clstr, timed_out
 from .output.sinks import spill_files
+from .returnfiles import Returns
 from .transport.interface import START_GRACE, AttemptHandler, stop_grace
 from .transport.prelude import attempt_prelude
 
@@ -80,10 +81,16 @@ class Attempt(AttemptHandler):
 
 class Attempts:
     """The running attempts of one run, started through ``transport`` with
-    output to ``delivery`` and records to ``joblog`` (or None)."""
+    output to ``delivery`` and records to ``joblog`` (or None).  With
+    --return (returnfiles.Returns), an attempt whose job completed is over
+    only once its files are here."""
 
     def __init__(self, loop, plan, transport, delivery, joblog, owner):
         self._loop = loop
+        self._returns = None
+        if plan.returns:
+            self._returns = Returns(loop, transport, plan.returns, plan.output_dir_path,
+                                    plan.workdir, owner.guarded)
         self._plan = plan
         self._transport = transport
         self._delivery = delivery
@@ -230,18 +237,35 @@ class Attempts:
 
     def _forget(self, attempt):
         self._running.discard(attempt)
+        self._disarm_timers(attempt)
+
+    def _disarm_timers(self, attempt):
         if attempt.timer:
             attempt.timer.cancel()
+            attempt.timer = None
         self._disarm_start_deadline(attempt)
 
     def ended(self, attempt, code, failure):
-        self._forget(attempt)
         job = attempt.job
         undelivered = attempt.reports.undelivered
         if undelivered is not None:
             undelivered = not_delivered(undelivered, len(attempt.command))
         verdict = judge(failure, code, attempt.reports.started, attempt.reports.status,
                         attempt.stopped, undelivered)
+        if verdict.failure is None and self._returns is not None:
+            # Still running (stopped, killed, paused as one) while its files
+            # come: its job's time is over (--timeout), not its attempt.
+            self._disarm_timers(attempt)
+            attempt.session = self._returns.fetch(
+                job, attempt.slot,
+                lambda failure: self._over(attempt, returned(verdict, failure)))
+            return
+        self._over(attempt, verdict)
+
+    def _over(self, attempt, verdict):
+        """The attempt is over: recorded, its output closed, its owner told."""
+        self._forget(attempt)
+        job = attempt.job
         if self._joblog:
             self._owner.guarded(self._joblog.path, self._joblog.record, job.seq,
                                 attempt.slot.host.name, attempt.started,

@@ -23,6 +23,7 @@ examples:
   clstr -N nodes.txt -J <(for i in $(seq 10); do echo "echo job $i"; done)
   clstr -N nodes.txt -E 'grep "model name" /proc/cpuinfo' | sort | uniq -c
   clstr -n 'lab[01-40]' -E 'uname -r' --gather
+  clstr -n 'lab[01-40]' --send model.bin -J jobs.txt --return 'out/{#}.csv'
   clstr -n 'lab[01-40]' -J jobs.txt -A /tmp/running -v
   clstr -n '4/lab[01-40]' -J jobs.txt -k
   clstr -N nodes.txt -J <(sed 's/^/[ -z "$(users)" ] \\&\\& /' jobs.txt)
@@ -223,6 +224,25 @@ def build_parser():
                         help="write jobs' stdout to FILE (no FILE: discard it)")
     output.add_argument("--stderr", "-e", metavar="FILE", nargs="?", const=os.devnull,
                         help="write jobs' stderr to FILE (no FILE: discard it)")
+
+    files = parser.add_argument_group(
+        "files to and from the nodes", "Over the connection the jobs use (no extra login "
+        "with connection sharing); each file whole or not at all.")
+    files.add_argument("--send", metavar="FILE", nargs="+", action="append", default=[],
+                       help="copy FILE to every node once, before its first job: a relative "
+                       "path lands relative to the jobs' directory (the home, or --workdir), "
+                       "an absolute "
+                       "one where it names; mode kept (less setuid/setgid), owner the remote "
+                       "user, mtime not kept. A node that cannot store it is retired in its "
+                       "own words. -E true --send FILE does what pdcp does")
+    files.add_argument("--return", metavar="PATH", dest="returns", action="append",
+                       default=[], help="after a job completed, copy PATH back from its "
+                       "node (relative to the jobs' directory): with --output-dir DIR into "
+                       "DIR/N/PATH, else to PATH here, which then needs {#} (the job's "
+                       "number) or an input's {}; PATH takes the templates' strings, "
+                       "unquoted, e.g. --return '{/.}.out'. A missing file fails the job "
+                       "like an exit of its own. "
+                       "-E CMD --return PATH --output-dir DIR does what rpdcp does")
 
     watching = parser.add_argument_group("watching")
     watching.add_argument("--dry-run", action="store_true",
@@ -583,6 +603,22 @@ def _template(args, groups, job_files):
         raise UsageError(str(error))
 
 
+def _files(args, groups):
+    """The --send files (checked) and --return templates, in a run with
+    ``groups`` input groups."""
+    if not (args.send or args.returns):
+        return (), ()
+    from .returnfiles import ReturnPathError, check_return
+    from .sendfiles import SendFileError, sent_files
+    try:
+        sends = tuple(sent_files(_flatten(args.send)))
+        returns = tuple(check_return(pattern, args.output_dir, groups)
+                        for pattern in args.returns)
+    except (SendFileError, ReturnPathError) as error:
+        raise UsageError(str(error))
+    return sends, returns
+
+
 def make_plan(argv):
     """Parse and check ``argv``: returns a Plan and the job feed, or raises
     UsageError.  Reads inputs (node files, job files, a joblog to resume) but
@@ -616,6 +652,7 @@ def make_plan(argv):
         raise UsageError("--resume needs --joblog FILE")
     job_failure = _job_failure(args)
     exec_words = _transport(args)
+    sends, returns = _files(args, len(groups) if template is not None else 0)
     active_nodes = _check_user_files(args)
     hosts = _hosts(args)
     ssh = _ssh_settings(args)
@@ -650,9 +687,10 @@ def make_plan(argv):
     from .plan import Plan
     plan = Plan(
         hosts=tuple(hosts), pinned=pinned, ssh=ssh,
-        # Once per node, a master would cost a connection and save nothing.
-        multiplex=((not pinned if args.multiplex is None else args.multiplex)
-                   and not exec_words),
+        # Once per node, a master would cost a connection and save nothing;
+        # with files to copy too, a node has several sessions, and saves.
+        multiplex=((not pinned or bool(sends or returns)) if args.multiplex is None
+                   else args.multiplex) and not exec_words,
         sessions_per_master=args.max_sessions or 10, max_nodes=args.max_nodes,
         max_node_uses=args.max_node_uses, verbose=args.verbose, status=args.status,
         tag=args.tag, group=args.group, keep_order=args.keep_order, gather=args.gather,
@@ -664,7 +702,7 @@ def make_plan(argv):
         # Where output goes: paths, and the -A file resolved but untouched.
         stdout_path=args.stdout, stderr_path=args.stderr, joblog_path=args.joblog,
         resume=args.resume, output_dir_path=args.output_dir,
-        active_nodes=active_nodes)
+        active_nodes=active_nodes, sends=sends, returns=returns)
     return plan, feed
 
 

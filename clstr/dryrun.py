@@ -18,7 +18,9 @@ import shlex
 
 from .nodes import NodePool
 from .privatedir import PrivateDirectory
+from .returnfiles import describe_returns
 from .scheduler import Scheduler
+from .sendfiles import describe_sends
 from .transport.choice import transport_for
 from .transport.interface import RunEvents
 from .transport.masters import MASTER_IDLE_EXIT
@@ -66,15 +68,31 @@ class _Masters:
 
 
 class _Rehearsal(RunEvents):
-    """The run's side, as in run.Run when every master comes up."""
+    """The run's side, as in run.Run when every master comes up: the first
+    master of a host sends its --send files (``sends``), shown as lines."""
 
-    def __init__(self, pool, due):
+    def __init__(self, pool, due, sends, workdir, lines):
+        self._workdir = workdir
         self._pool = pool
         self._due = due
+        self._sends = sends
+        self._lines = lines
+        self._sent = set()
         self.transport = None
 
     def master_up(self, host, group, unavailable):
-        self._pool.admit(host, lambda slot: self.transport.master_of(slot) == group)
+        which = lambda slot: self.transport.master_of(slot) == group  # noqa: E731
+        self.send_to(next(slot for slot in self._pool.hosts[host].held if which(slot)))
+        self._pool.admit(host, which)
+
+    def send_to(self, slot):
+        """The --send copies to ``slot``'s host, once per host."""
+        if not self._sends or slot.host.name in self._sent:
+            return
+        self._sent.add(slot.host.name)
+        for argv, sent in describe_sends(self.transport, slot, self._sends, self._workdir):
+            self._lines.append("%s  # on stdin: %s (%d bytes)"
+                               % (quote_argv(argv), sent.path, sent.size))
 
     def note(self, text):
         pass
@@ -87,12 +105,15 @@ def dry_run_lines(plan, feed):
     due = collections.deque()  # what happens next: masters up, jobs ending
     pool = NodePool(plan.hosts, max_uses=plan.max_node_uses)
     scheduler = Scheduler(pool, feed, max_running=plan.max_nodes)
-    rehearsal = _Rehearsal(pool, due)
+    rehearsal = _Rehearsal(pool, due, plan.sends, plan.workdir, lines)
     transport = rehearsal.transport = transport_for(
         plan, None, PrivateDirectory(SOCKETS), pool, rehearsal,
         masters=_Masters(plan.ssh, due, lines),
         # The hosts' own order: one a run may take, and easy to read.
         shuffle=lambda items: None)
+    if not transport.has_masters:
+        for host in pool.hosts.values():
+            rehearsal.send_to(host.slots[0])
     next_assignment = scheduler.next_pinned_assignment if plan.pinned else scheduler.next_assignment
     running = collections.deque()
     while True:
@@ -110,6 +131,9 @@ def dry_run_lines(plan, feed):
                 shown = os.fsdecode(command.replace(b"\n", b"\\n"))
                 line += "  # job %d: %s" % (job.seq, shown)
             yield line
+            for argv, local in describe_returns(transport, plan.returns, plan.output_dir_path,
+                                                plan.workdir, job, slot):
+                yield "%s  # stdout to %s" % (quote_argv(argv), local)
             running.append(assignment)
             assignment = next_assignment()
         if due:

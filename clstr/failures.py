@@ -42,6 +42,9 @@ class Kind(enum.Enum):
     # A command too big for a command line that the node could not store
     # (it comes on stdin, transport/wrapper.py): the job never ran, and it fails alone.
     NOT_DELIVERED = "not delivered"
+    # A --send file the node could not store, or a --return file it could
+    # not give (filecopy.py): the node's own words, like a job's exit.
+    FILE = "file"
     JOB_EXIT = "job exit"
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
@@ -49,7 +52,8 @@ class Kind(enum.Enum):
     @property
     def transport(self):
         """True when the connection, not the job, failed."""
-        return self not in (Kind.JOB_EXIT, Kind.TIMEOUT, Kind.INTERRUPTED, Kind.NOT_DELIVERED)
+        return self not in (Kind.JOB_EXIT, Kind.FILE, Kind.TIMEOUT, Kind.INTERRUPTED,
+                            Kind.NOT_DELIVERED)
 
     @property
     def stops_run(self):
@@ -463,6 +467,36 @@ def judge(transport_failure, code, started, status, stopped=None, undelivered=No
         return Verdict(transport_failure, UNKNOWN_STATUS)
     return Verdict(Failure(Kind.SSH_ERROR, "the job never started (transport exit %s)"
                            % _code_text(code)), UNKNOWN_STATUS)
+
+
+def judge_copy(transport_failure, code, reports, stopped, said):
+    """The failure (None: success) of one of clstr's file copies
+    (filecopy.py), from the same evidence as ``judge``: ``reports`` (its
+    ReportReader: the copy's start, and its end with status 0 when the
+    file was stored whole) and what the transport said.  A copy that
+    reported failing is the node's refusal (``Kind.FILE``), in its own
+    words: the last line of ``said``, the copy's stderr (a full disk, a
+    directory it may not write, a missing file)."""
+    verdict = judge(transport_failure, code, reports.started, reports.status, stopped)
+    failure = verdict.failure
+    if failure is None or failure.kind is not Kind.JOB_EXIT:
+        return failure
+    lines = _last_lines(said, 1)
+    words = lines[0].decode("utf-8", "replace") if lines else "status %d" % failure.status
+    return Failure(Kind.FILE, words)
+
+
+def returned(verdict, failure):
+    """The Verdict on an attempt whose job completed (``verdict``) once
+    its --return files were fetched: ``failure`` None when all arrived,
+    else what kept one away (a FILE failure in the node's words, a lost
+    connection, clstr's own stop).  Its joblog Exitval is then 255, as for
+    a job that reported no status: ``$7 == 0`` still lists exactly the
+    completed attempts."""
+    if failure is None:
+        return verdict
+    signal = STOPPED_SIGNAL if failure.kind is Kind.INTERRUPTED else 0
+    return Verdict(failure, UNKNOWN_STATUS, signal)
 
 
 def _code_text(code):

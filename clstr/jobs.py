@@ -44,15 +44,16 @@ class Job:
     """One command to run, and what has happened to it so far.  A
     ``rejected`` job (the reason, naming file and line) is never run."""
 
-    __slots__ = ("seq", "command", "host", "late", "attempts", "failures", "rejected")
+    __slots__ = ("seq", "command", "host", "late", "values", "attempts", "failures", "rejected")
 
-    def __init__(self, seq, command, host=None, late=None):
+    def __init__(self, seq, command, host=None, late=None, values=()):
         self.seq = seq
         # With a template's {%} or {host}, as written: what the joblog and
         # --resume see (an attempt runs ``command_on(slot)``).
         self.command = command
         self.host = host  # set for --on-each-node: runs on this host only
         self.late = late  # the template's parts for command_on, or None
+        self.values = values  # a template's input values (bytes) for this job
         self.attempts = 0
         self.failures = []  # (host name, Failure) per failed attempt
         self.rejected = None
@@ -316,10 +317,11 @@ class JobFeed:
         """Add a job: ``command``, or the template's command for the values
         ``command`` holds."""
         self._count += 1
-        late = None
+        late, values = None, ()
         if self._template is not None:
-            command, late = self._template.expand(self._count, command)
-        job = Job(self._count, command, host, late)
+            values = command
+            command, late = self._template.expand(self._count, values)
+        job = Job(self._count, command, host, late, values)
         if b"\0" in command:
             # Only a stream gets here: other files are checked when opened,
             # and argv cannot hold a NUL.

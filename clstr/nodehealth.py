@@ -13,6 +13,8 @@ to work.  The rules live here and nowhere else:
   after a cooldown that doubles with each retirement (up to
   RETRY_COOLDOWN_MAX), with a real connection: its masters, or one slot on
   probation until a job succeeds there, then all of its slots.
+- A host that cannot be prepared for its jobs (its --send files) is retired
+  whatever --job-failure says, as a lost connection would retire it.
 - Connection sharing is an optimisation, never a reason to lose a node: a
   master that cannot share, or whose restarts are used up, means direct
   connections for its host.
@@ -88,7 +90,7 @@ def blames_node(failure, job_failure):
     (``job_failure``: --job-failure, "node" or "job")."""
     if failure.kind in (Kind.TIMEOUT, Kind.NOT_DELIVERED):
         return False
-    return failure.kind is not Kind.JOB_EXIT or job_failure == "node"
+    return failure.kind not in (Kind.JOB_EXIT, Kind.FILE) or job_failure == "node"
 
 
 class NodeHealth:
@@ -140,6 +142,17 @@ class NodeHealth:
         if failure.kind is Kind.THROTTLED:
             return [self._throttled_connection(host, group, failure)]
         return [self._retire(name, failure)]
+
+    def preparation_failed(self, host, failure):
+        """``host`` could not be prepared for its jobs (its --send files
+        did not all reach it: ``failure``).  A throttled session rests and
+        tries again; anything else retires the host, whatever
+        --job-failure says: none of its jobs could run without the files."""
+        if host.retired:
+            return []
+        if failure.kind is Kind.THROTTLED:
+            return [self._throttled_connection(host, None, failure)]
+        return [self._retire(host.name, failure)]
 
     def master_gone(self, name, expired):
         """A job found the master it was to use gone (nothing ran); ``expired``:

@@ -62,6 +62,11 @@ class Plan:
     env: tuple = ()
     # --workdir: where jobs run (bytes; ~ expanded on the node), or None.
     workdir: bytes | None = None
+    # --send: sendfiles.SentFile each, copied to every node before its jobs.
+    sends: tuple = ()
+    # --return: each job's files (templates.Template each, filled in for a
+    # job's attempt: returnfiles.py), fetched after its attempt completed.
+    returns: tuple = ()
     # The outputs, as the user named them (None: clstr's own stdout, stderr;
     # no joblog, no output directory).
     stdout_path: str | None = None

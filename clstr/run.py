@@ -27,6 +27,7 @@ from .output.sinks import open_sinks, write_out
 from .privatedir import PrivateDirectory
 from .records import run_report
 from .scheduler import Scheduler
+from .sendfiles import Sends
 from .startlimits import StartLimits
 from .status import RunWatch
 from .transport.choice import transport_for
@@ -52,8 +53,12 @@ class Run(RunEvents, AttemptsOwner):
                                    retries=plan.retries, halt=plan.halt)
         health = NodeHealth(random.Random(), job_failure=plan.job_failure,
                             retry_after=plan.retry_nodes, masters=self.transport.has_masters)
+        sends = Sends(self.loop, self.transport, plan.sends, plan.workdir,
+                      lambda name, failure: self.nodes.sent(name, failure),
+                      self.local_io_failed) if plan.sends else None
         self.nodes = NodeCare(self.loop, self.pool, self.transport, health, self.note,
-                              self._dispatch, lambda: self._stopping or self.scheduler.done())
+                              self._dispatch, lambda: self._stopping or self.scheduler.done(),
+                              sends)
         wanted = len(plan.hosts)
         self.limits = StartLimits(self.loop, self.pool, self.transport,
                                   min(wanted, plan.max_nodes) if plan.max_nodes else wanted,
@@ -104,6 +109,7 @@ class Run(RunEvents, AttemptsOwner):
             self.limits.fit(self.plan, self.scheduler)
             self._write_active_nodes()
             self.feed.start(self.loop, self._dispatch)
+            self.nodes.start()
             self._dispatch()
             if self.exit_status is None:
                 self.loop.run()
@@ -302,6 +308,7 @@ class Run(RunEvents, AttemptsOwner):
 
     def _shut_down(self):
         self.attempts.kill_all()
+        self.nodes.shutdown()
         self.transport.shutdown()
         self.private.remove()
         self.feed.close()

@@ -140,9 +140,12 @@ class Template:
     when it has neither.  Raises TemplateError for a ``{n}`` beyond the
     groups."""
 
-    def __init__(self, text, groups):
+    def __init__(self, text, groups, append=True, option="--job"):
         # The template as pieces: bytes, or (group index or None for all,
         # transform) for an input, _SEQ for the job number, or a marker.
+        # ``append``: a template with no replacement string gets the values
+        # appended (a command's; never a file name's, ``fill_path``);
+        # ``option`` names it in errors.
         self._pieces = []
         self._late = False
         at = 0
@@ -156,19 +159,37 @@ class Template:
                 self._late = True
             else:
                 if number is not None and int(number) > groups:
-                    raise TemplateError("--job %r: %s, but there %s only %d input group%s"
-                                        % (text.decode("utf-8", "replace"),
+                    raise TemplateError("%s %r: %s, but there %s only %d input group%s"
+                                        % (option, text.decode("utf-8", "replace"),
                                            match.group(0).decode(), "is" if groups == 1
                                            else "are", groups, "s" * (groups != 1)))
                 index = None if number is None else int(number) - 1
                 self._pieces.append((index, _TRANSFORMS[transform]))
             at = match.end()
         self._pieces.append(text[at:])
-        if len(self._pieces) == 1:
+        # Whether each job fills it in its own way: its number, or a value.
+        self.per_job = any(piece == _SEQ or isinstance(piece, tuple) for piece in self._pieces)
+        if len(self._pieces) == 1 and append:
             # No replacement string: the values go at the end, as in parallel.
             self._pieces += [b" ", (None, _TRANSFORMS[None])]
 
     def expand(self, seq, values):
+        parts = self._parts(seq, values, quote)
+        command = b"".join(b"{%}" if part == SLOT else b"{host}" if part == HOST else part
+                           for part in parts)
+        return command, (tuple(parts) if self._late else None)
+
+    def fill_path(self, seq, values, slot_number, host):
+        """The template as a file name (bytes) for job ``seq`` with
+        ``values``, on slot ``slot_number`` of ``host``: every string
+        filled in as it is, unquoted (--return's PATH, returnfiles.py)."""
+        return b"".join(str(slot_number).encode() if part == SLOT
+                        else host.encode() if part == HOST else part
+                        for part in self._parts(seq, values, lambda value: value))
+
+    def _parts(self, seq, values, word):
+        """The template's pieces for job ``seq``: each input's value made
+        a word by ``word``; the markers left for the attempt."""
         parts = []
         for piece in self._pieces:
             if isinstance(piece, bytes):
@@ -178,12 +199,10 @@ class Template:
             elif isinstance(piece, tuple):
                 index, transform = piece
                 chosen = values if index is None else (values[index],)
-                parts.append(b" ".join(quote(transform(value)) for value in chosen))
+                parts.append(b" ".join(word(transform(value)) for value in chosen))
             else:
                 parts.append(piece)
-        command = b"".join(b"{%}" if part == SLOT else b"{host}" if part == HOST else part
-                           for part in parts)
-        return command, (tuple(parts) if self._late else None)
+        return parts
 
 
 def command_on(command, late, slot_number, host):

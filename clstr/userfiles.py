@@ -466,3 +466,84 @@ class OutputDir:
         if self._index_fd is not None:
             os.close(self._index_fd)
             self._index_fd = None
+
+
+class PartialFile:
+    """A file written under a fresh hidden name beside ``relative`` (a
+    path below the directory ``root``), put in place whole by ``publish()``
+    or removed by ``discard()`` (--return's files).  Directories on the way
+    are made (0777 minus the umask); no symbolic link below ``root`` is
+    followed, so a link planted there can never redirect the file.  The file
+    gets ``mode``.  Raises LocalIOError (``shown`` names it)."""
+
+    def __init__(self, root, relative, mode):
+        self.shown = os.path.normpath(os.path.join(root, relative))
+        *directories, self._name = relative.split("/")
+        self._directory = None
+        self._fd = None
+        self._partial = None  # its hidden name, once made
+        self.discarded = False
+        try:
+            self._directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            for name in directories:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=self._directory)
+                except FileExistsError:
+                    pass
+                below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC, dir_fd=self._directory)
+                os.close(self._directory)
+                self._directory = below
+            # A fresh name, made with O_EXCL: nothing planted is opened.
+            while self._partial is None:
+                name = ".%s.%s.partial" % (self._name, os.urandom(6).hex())
+                try:
+                    self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                       | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                                       dir_fd=self._directory)
+                except FileExistsError:
+                    continue
+                self._partial = name
+            os.fchmod(self._fd, mode)
+        except OSError as error:
+            self.discard()
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                error = OSError(error.errno, "a symbolic link or not a directory on the way; "
+                                "clstr follows no links below %s" % root)
+            raise LocalIOError(self.shown, error)
+
+    def write(self, data):
+        try:
+            write_all(self._fd, data, self.shown)
+        except LocalIOError:
+            self.discard()
+            raise
+
+    def publish(self):
+        """Put the file in place under its name (a rename: whole or not at
+        all, replacing what was there, never writing through a link)."""
+        try:
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self._partial, self._name, src_dir_fd=self._directory,
+                       dst_dir_fd=self._directory)
+        except OSError as error:
+            self.discard()
+            raise LocalIOError(self.shown, error)
+        os.close(self._directory)
+        self._directory = None
+
+    def discard(self):
+        """Remove what was written (it never gets the file's name)."""
+        self.discarded = True
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._directory is not None:
+            if self._partial is not None:
+                try:
+                    os.unlink(self._partial, dir_fd=self._directory)
+                except OSError:
+                    pass
+            os.close(self._directory)
+            self._directory = None

@@ -15,6 +15,12 @@ names onto it:
 - ``rcnode001``... log in as a bash user whose ``~/.bashrc`` talks
   (``clstrrc``: it prints "hello from bashrc"); tests never edit either
   user's files, as concurrent runs share them;
+- ``homenode...`` log in as a bash user (``clstrhome``) whose ``~/.bashrc``
+  gives each node name a home of its own when the session names its node
+  (``ssh_command_naming_sessions``): the session starts in
+  ``~clstrhome/nodes/<name>`` (made if missing), as on machines that do not
+  share one home, and notes each session's command in ``.sessions`` there
+  (``node_home``, ``sessions_on``);
 - ``envnode001``... to ``envnode016`` log in like ``node*`` and set
   ``CLSTR_TEST_NODE`` to their own name in the session, so a job can act
   differently on one node (all nodes are this one machine).
@@ -53,6 +59,13 @@ BASH_USER = "clstrbash"
 # edits a shared account's files while another run uses them.
 RC_USER = "clstrrc"
 RC_BASHRC = b"echo hello from bashrc\n"
+# A bash login user whose sessions each start in a home of their node's own
+# (below its real home), noting their command there: what --send and
+# --return do on machines that share no home directory.
+HOME_USER = "clstrhome"
+HOME_BASHRC = (b'if [ -n "$CLSTR_TEST_NODE" ]; then '
+               b'mkdir -p "$HOME/nodes/$CLSTR_TEST_NODE" && cd "$HOME/nodes/$CLSTR_TEST_NODE" && '
+               b'{ printf "%s\n" "$BASH_EXECUTION_STRING" >>.sessions; } 2>/dev/null; fi\n')
 # The user tests run clstr as when its local limits matter: neither root nor
 # a login user (whose remote sessions would count against its process limit).
 LOCAL_USER = "clstrlocal"
@@ -91,27 +104,27 @@ def ensure_test_user(name=TEST_USER, shell="/bin/sh"):
     return name
 
 
-def ensure_rc_user():
-    """RC_USER, with RC_BASHRC as its ~/.bashrc (None when not root).  The
+def ensure_rc_user(name=RC_USER, bashrc=RC_BASHRC):
+    """``name``, with ``bashrc`` as its ~/.bashrc (None when not root).  The
     file is put in place whole (a rename), and only when it differs, so a
     concurrent run never reads half of it."""
-    name = ensure_test_user(RC_USER, "/bin/bash")
+    name = ensure_test_user(name, "/bin/bash")
     if name is None:
         return None
     entry = pwd.getpwnam(name)
-    bashrc = os.path.join(entry.pw_dir, ".bashrc")
+    path = os.path.join(entry.pw_dir, ".bashrc")
     try:
-        with open(bashrc, "rb") as handle:
-            if handle.read() == RC_BASHRC:
+        with open(path, "rb") as handle:
+            if handle.read() == bashrc:
                 return name
     except OSError:
         pass
     fd, partial = tempfile.mkstemp(dir=entry.pw_dir, prefix=".bashrc.")
     with os.fdopen(fd, "wb") as handle:
-        handle.write(RC_BASHRC)
+        handle.write(bashrc)
     os.chown(partial, entry.pw_uid, entry.pw_gid)
     os.chmod(partial, 0o644)
-    os.replace(partial, bashrc)
+    os.replace(partial, path)
     return name
 
 
@@ -208,6 +221,7 @@ class LoopbackCluster:
         self.user = None
         self.bash_user = None
         self.rc_user = None
+        self.home_user = None
         self._sshd = None
         self._silent = None
         self._forwarders = []
@@ -228,6 +242,7 @@ class LoopbackCluster:
         self.user = ensure_test_user()
         self.bash_user = ensure_test_user(BASH_USER, "/bin/bash")
         self.rc_user = ensure_rc_user()
+        self.home_user = ensure_rc_user(HOME_USER, HOME_BASHRC)
         self.tmpdir = tempfile.mkdtemp(prefix="clstr-cluster-")
         # sshd (StrictModes) and the login user must be able to read the
         # authorized keys; the directory holds no secret of the user's.
@@ -309,7 +324,8 @@ class LoopbackCluster:
         return ours
 
     def _login_users(self):
-        return [user for user in (self.user, self.bash_user, self.rc_user) if user]
+        return [user for user in (self.user, self.bash_user, self.rc_user, self.home_user)
+                if user]
 
     def _login_user_pids(self):
         """Pids of processes run by the cluster's login users."""
@@ -388,6 +404,8 @@ class LoopbackCluster:
                 config.write(block("bashnode*", self.port, user=self.bash_user))
             if self.rc_user:
                 config.write(block("rcnode*", self.port, user=self.rc_user))
+            if self.home_user:
+                config.write(block("homenode*", self.port, user=self.home_user))
             config.write(block("dead*", self.dead_port))
             config.write(block("late*", self.late_port))
             config.write(block("silent*", self._silent.port))
@@ -471,6 +489,27 @@ class LoopbackCluster:
             with open(self.ssh_config) as ours:
                 config.write(ours.read())
         return "ssh -F %s" % path
+
+    def home_nodes(self, count, tag):
+        """``count`` homenode names holding ``tag`` (a test run's RUN_ID), each
+        with a home of its own once its sessions name it (see
+        HOME_BASHRC); None when not root."""
+        if not self.home_user:
+            return None
+        return ["homenode%sx%03d" % (tag, n) for n in range(1, count + 1)]
+
+    def node_home(self, name):
+        """The directory a homenode's sessions start in."""
+        return os.path.join(pwd.getpwnam(self.home_user).pw_dir, "nodes", name)
+
+    def sessions_on(self, name):
+        """The commands of the sessions that homenode ``name`` started, in
+        order (a line each)."""
+        try:
+            with open(os.path.join(self.node_home(name), ".sessions"), "rb") as trace:
+                return trace.read().splitlines()
+        except FileNotFoundError:
+            return []
 
     def late_nodes(self, count):
         """Names refused until ``bring_up_late_nodes()`` is called."""

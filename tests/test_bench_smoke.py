@@ -8,7 +8,7 @@ import sys
 
 from clstr_run import REPO
 
-SCENARIOS = ("short", "slots", "each", "scheduler", "dead", "startup")
+SCENARIOS = ("short", "slots", "each", "scheduler", "dead", "startup", "send")
 
 
 def table_rows(text):
@@ -42,7 +42,7 @@ def test_benchmark_quick_run_counts_every_job_once(cluster, tmp_path):
                                            "clstr (ssh = fakessh)",
                                            "clstr -j template (ssh = fakessh)",
                                            "clstr --workers (exec = env)",
-                                           "clstr.pyz --version"}, rows
+                                           "clstr.pyz --version", "clstr -E true --send"}, rows
 
     def counts(scenario, tool):
         logins, commands = rows[scenario, tool][4:6]
@@ -59,3 +59,6 @@ def test_benchmark_quick_run_counts_every_job_once(cluster, tmp_path):
     # Direct connections: one login and one command per job.
     assert counts("40 `true` jobs, 8 nodes", "clstr --no-multiplex") == (40, 40)
     assert counts("`uname -n` once on 10 nodes", "clstr -E") == (10, 10)
+    # --send: a master a node carries its copy and its job (and a probe).
+    logins, commands = counts("a 5 MB file to 4 nodes", "clstr -E true --send")
+    assert logins == 4 and 8 <= commands <= 12, (logins, commands)

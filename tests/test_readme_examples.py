@@ -5,8 +5,9 @@
 is checked by TEST here (the failure-report and joblog examples are run on
 the loopback cluster and compared after normalising ports and times; the
 list of failure kinds is compared with clstr.failures.Kind; the usage
-example runs on two loopback nodes; the status and active-nodes lines are
-what clstr.status prints for the numbers shown), so the docs
+example runs on two loopback nodes, the files example on three; the status
+and active-nodes lines are what clstr.status prints for the numbers
+shown), so the docs
 cannot drift from what clstr prints.  Every marker names a test of this file
 and every such test has its marker."""
 
@@ -14,12 +15,13 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 
 import pytest
 
 from clstr.failures import Kind
 from clstr.status import active_nodes_text, progress_fields
-from clstr_run import REPO, RUN_ID, clstr
+from clstr_run import REPO, RUN_ID, clstr, clstr_argv
 
 README = os.path.join(REPO, "README.md")
 MARKER = re.compile(r"^<!-- checked: tests/test_readme_examples\.py::(\w+) -->\n", re.M)
@@ -295,3 +297,26 @@ def test_job_environment_example(cluster):
         assert result.stdout.decode().splitlines() == expected
     finally:
         shutil.rmtree(os.path.join(home, mine), ignore_errors=True)
+
+
+# -- files to and from the nodes ------------------------------------------------
+
+def test_files_example(cluster, tmp_path):
+    lines = checked_blocks()["test_files_example"]
+    sessions = [index for index, line in enumerate(lines) if line.startswith("$ ")]
+    (tmp_path / "model.bin").write_bytes(b"weights\n")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for start, end in zip(sessions, sessions[1:] + [len(lines)]):
+        words = shlex.split(lines[start][2:])
+        if words[0] == "clstr":
+            argv = clstr_argv(cluster, *words[1:])
+        else:  # the shell's own: its glob
+            argv = ["sh", "-c", lines[start][2:]]
+        result = subprocess.run(argv, cwd=str(tmp_path), env=env, capture_output=True,
+                                stdin=subprocess.DEVNULL, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().splitlines() == lines[start + 1:end], words
+    # The nodes share the test user's home: leave nothing of it there.
+    home = os.path.expanduser("~" + cluster.user)
+    for name in ("model.bin", "where.txt"):
+        os.unlink(os.path.join(home, name))

@@ -107,6 +107,14 @@ class ExecTransport(Transport):
     def describe(self, job, slot, prelude):
         return self.argv_on(slot, wrapper_words(job.command_on(slot), prelude))
 
+    def remote_process(self, slot, handler, words, reports, stdin_data=None):
+        return ProcessSession(self._loop, self.describe_remote(slot, words), handler,
+                              functools.partial(self.classify_end, reports), reports,
+                              group=True, stdin_data=stdin_data)
+
+    def describe_remote(self, slot, words):
+        return self.argv_on(slot, words)
+
     def worker_process(self, slot, handler, classify_end):
         """A worker's process (workerpool.Worker) on ``slot``'s node,
         reporting to ``handler``, its end named by ``classify_end(code,

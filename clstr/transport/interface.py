@@ -105,12 +105,14 @@ class StdinWriter:
 
 class StdinPipe:
     """An attempt's stdin: the read end goes to the transport (then is closed
-    here), the write end stays with clstr until ``close()`` stops the job."""
+    here), the write end stays with clstr until ``close()`` stops the job.
+    ``stdin_data`` (``stdin_ends``): a local file makes it the file, with
+    no write end."""
 
     __slots__ = ("read_end", "write_end", "_writer")
 
-    def __init__(self):
-        self.read_end, self.write_end = os.pipe()
+    def __init__(self, stdin_data=None):
+        self.read_end, self.write_end = stdin_ends(stdin_data)
         self._writer = None
 
     def send(self, loop, data):
@@ -168,6 +170,19 @@ def write_after(loop, writer, fd, data):
     if writer is not None:
         data = writer.take_rest() + data
     return StdinWriter(loop, fd, data)
+
+
+def stdin_ends(stdin_data):
+    """The (read end, write end) of a session's stdin for ``stdin_data``:
+    a pipe, whose write end clstr keeps (None or bytes: what to write
+    first); or, for a local file (a --send copy's, sendfiles.py: its
+    ``open()``), the file itself, opened afresh, and no write end: the
+    transport (ssh, a master) reads it to its end, as ``ssh host cmd <
+    file`` would, and that end is the EOF the copy reads to.  Raises
+    OSError (a pipe), LocalIOError (the file)."""
+    if stdin_data is None or isinstance(stdin_data, bytes):
+        return os.pipe()
+    return stdin_data.open(), None
 
 
 class RunEvents:
@@ -254,6 +269,22 @@ class Transport:
     def describe(self, job, slot, prelude):
         """The argv ``open`` would run for ``job`` on ``slot`` after
         ``prelude`` (--dry-run)."""
+        raise NotImplementedError
+
+    def remote_process(self, slot, handler, words, reports, stdin_data=None):
+        """A Session on ``slot``'s node running ``words`` (bytes: the argv
+        of a program of clstr's own, such as the --send and --return copies
+        of filecopy.py; never a job: no wrapper, no login shell's parsing
+        of it), over the connection the slot's attempts use (its master, if
+        any), reporting to ``handler``, its stderr through ``reports`` (a
+        ReportReader from ``report_reader()``), ``stdin_data`` (bytes written
+        on its stdin first, or a local file that is its stdin:
+        ``stdin_ends``).  Raises OSError as ``open`` does (LocalIOError for
+        a file that cannot be opened)."""
+        raise NotImplementedError
+
+    def describe_remote(self, slot, words):
+        """The argv ``remote_process`` would run (--dry-run)."""
         raise NotImplementedError
 
     def shutdown(self):

@@ -24,7 +24,7 @@ from ..failures import MuxError, cannot_start_ssh
 from ..limits import out_of_resources
 from .interface import NoSession, Transport
 from .worker import worker_command
-from .wrapper import stdin_payload, wrapped_command
+from .wrapper import login_shell_command, stdin_payload, wrapped_command
 
 
 class MuxTransport(Transport):
@@ -145,6 +145,17 @@ class MuxTransport(Transport):
             lambda control_path, login_shell: self._direct.worker_process(
                 slot, handler, control_path=control_path, login_shell=login_shell),
             worker_command, None, None)
+
+    def remote_process(self, slot, handler, words, reports, stdin_data=None):
+        return self._through_master(
+            slot, handler,
+            lambda control_path, login_shell: self._direct.remote_process(
+                slot, handler, words, reports, stdin_data, control_path),
+            lambda login_shell: login_shell_command(words), reports, stdin_data)
+
+    def describe_remote(self, slot, words):
+        control_path = self._masters.control_path(slot.host.name, self.master_of(slot))
+        return self._direct.describe_remote(slot, words, control_path)
 
     def _through_master(self, slot, handler, open_direct, remote_command, reports, stdin_data):
         """A session on ``slot``'s node running ``remote_command(login

@@ -59,7 +59,7 @@ import time
 from ..failures import MuxError
 from ..limits import out_of_resources
 from .child import READ_SIZE, OutputPipes
-from .interface import StdinWriter, write_after
+from .interface import StdinWriter, stdin_ends, write_after
 
 # Protocol numbers, from PROTOCOL.mux section 11 (same in mux.c, 9.2p1).
 MUX_MSG_HELLO = 0x00000001
@@ -622,7 +622,9 @@ class MuxAttempt:
     normally with the wrapper's status.  ``pause()``/``resume()`` stop and
     restart reading, as ``ChildProcess`` does.  ``stdin_fd`` is the write end
     of the stdin pipe (None once closed); ``stdin_data`` (bytes, or None) is
-    written to it first, as the master takes it (a big job's command).
+    written to it first, as the master takes it (a big job's command); a
+    local file (interface.stdin_ends) is the command's stdin instead, read
+    by the master itself (a --send copy's).
     Raises OSError if the pipes cannot be made (out of fds), ValueError for a
     NUL byte in ``command``; either way nothing is left open."""
 
@@ -638,7 +640,7 @@ class MuxAttempt:
         self._reported = False
         self._pipes = OutputPipes(loop, on_output, self._maybe_finish)
         try:
-            stdin_read, self.stdin_fd = os.pipe()
+            stdin_read, self.stdin_fd = stdin_ends(stdin_data)
         except BaseException:
             self._pipes.close()
             self._pipes.close_write_ends()
@@ -657,7 +659,7 @@ class MuxAttempt:
             self._close_stdin()
             raise
         self._pipes.watch()
-        if stdin_data:
+        if stdin_data and self.stdin_fd is not None:
             self._writer = StdinWriter(loop, self.stdin_fd, stdin_data)
 
     @property

@@ -89,15 +89,34 @@ def job_prelude(seq, slot_number, host, env=(), workdir=None):
                 b"CLSTR_HOST=" + _word(host)]
     text = b"export " + b" ".join(exports) + b"; "
     if workdir is not None:
-        # cd first: an existing directory costs no mkdir (an exec).  Only
-        # the first cd is silenced: mkdir's, or the second cd's, reason is
-        # shown, followed by clstr's line.
-        where = _directory(workdir)
-        text += (b"cd %s 2>/dev/null || { mkdir -p %s && cd %s; } || "
-                 b"{ printf 'clstr: --workdir %%s could not be entered%s' %s >&2; exit %d; }; "
-                 % (where, where, where, b"\\n", _word(workdir), WORKDIR_FAILED))
+        text += _enter(workdir, b"exit %d" % WORKDIR_FAILED)
     values = [value for _, value in env] + [host, workdir or b""]
     if any(_SPECIAL_BYTES.search(value) for value in values):
+        text = _DEFINE_SPECIAL + text
+    return text
+
+
+def _enter(workdir, failed):
+    """sh text entering ``workdir``, made first if missing, or saying why
+    not and running ``failed`` (sh text)."""
+    # cd first: an existing directory costs no mkdir (an exec).  Only the
+    # first cd is silenced: mkdir's, or the second cd's, reason is shown,
+    # followed by clstr's line.
+    where = _directory(workdir)
+    return (b"cd %s 2>/dev/null || { mkdir -p %s && cd %s; } || "
+            b"{ printf 'clstr: --workdir %%s could not be entered%s' %s >&2; %s; }; "
+            % (where, where, where, b"\\n", _word(workdir), failed))
+
+
+def enter_workdir(workdir, failed):
+    """sh text (bytes) entering ``workdir`` (bytes, or None: nothing) as a
+    job's prelude does, for a program of clstr's own that is no job (a
+    --send or --return copy, filecopy.py): it runs ``failed`` (sh text)
+    when the directory cannot be made or entered."""
+    if workdir is None:
+        return b""
+    text = _enter(workdir, failed)
+    if _SPECIAL_BYTES.search(workdir):
         text = _DEFINE_SPECIAL + text
     return text
 

@@ -23,8 +23,9 @@ class ProcessSession(Session):
     with it, at once or later (Slurm asks the controller first).  Stderr
     passes through ``reports`` (endreport.ReportReader), which takes the
     wrapper's reports out of it (None: stderr as it comes, for a worker,
-    whose jobs' sessions read their own reports).  ``stdin_data``: what to write on the
-    transport's stdin first (a big job's command), or None."""
+    whose jobs' sessions read their own reports).  ``stdin_data``: what to
+    write on the transport's stdin first (a big job's command), or None, or
+    a local file that is its stdin (interface.stdin_ends)."""
 
     def __init__(self, loop, argv, handler, classify_end, reports, group=False,
                  stdin_data=None):
@@ -37,7 +38,7 @@ class ProcessSession(Session):
         self._group = group
         self._stderr_tail = b""
         self._grace = None
-        self._stdin = StdinPipe()
+        self._stdin = StdinPipe(stdin_data)
         try:
             self._child = ChildProcess(loop, argv, self._stdin.read_end, self._output,
                                        self._exited)
@@ -45,7 +46,7 @@ class ProcessSession(Session):
             self._stdin.close()
             raise
         self._stdin.handed_over()
-        if stdin_data:
+        if stdin_data and not self._stdin.closed:
             self._stdin.send(loop, stdin_data)
 
     def _output(self, stream, data):
@@ -75,7 +76,8 @@ class ProcessSession(Session):
         """Close stdin (the wrapper stops the job and reports); the
         transport is sent TERM after ``grace`` seconds if it has not ended,
         and KILL ``grace`` later (a program that ignores TERM)."""
-        if self._stdin.closed or not self._child.running:
+        # (A stdin that is a file was never clstr's to close.)
+        if self._grace is not None or not self._child.running:
             return
         self._stdin.close()
         self._grace = self._loop.call_later(grace, lambda: self._signal(signal.SIGTERM, grace))

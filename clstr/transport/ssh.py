@@ -16,7 +16,7 @@ from .endreport import RUN_TOKEN
 from .interface import AttemptHandler, Session, Transport
 from .process import ProcessSession
 from .worker import worker_command
-from .wrapper import stdin_payload
+from .wrapper import login_shell_command, stdin_payload
 
 
 class SshTransport(Transport):
@@ -65,6 +65,24 @@ class SshTransport(Transport):
         """The argv ``worker_process`` runs (--dry-run)."""
         return self._worker_argv(slot, self._private.new_path("worker-", ".log"), control_path,
                                  login_shell)
+
+    def remote_process(self, slot, handler, words, reports, stdin_data=None,
+                       control_path=None):
+        """As Transport.remote_process; ``control_path``: as for ``open``.
+        Its end is named from ssh's log, as an attempt's is."""
+        log_path = self._private.new_path("remote-", ".log")
+        argv = self._remote_argv(slot, words, control_path, log_path)
+        return _SshSession(self._loop, argv, handler, reports, control_path, log_path,
+                           stdin_data, self._refuse_log_file)
+
+    def describe_remote(self, slot, words, control_path=None):
+        return self._remote_argv(slot, words, control_path,
+                                 self._private.new_path("remote-", ".log"))
+
+    def _remote_argv(self, slot, words, control_path, log_path):
+        # Each word quoted for any login shell, which passes them on as argv.
+        return self._ssh.remote_argv(slot.host.name, login_shell_command(words), control_path,
+                                     log_path)
 
     def _worker_argv(self, slot, log_path, control_path, login_shell):
         return self._ssh.remote_argv(slot.host.name, worker_command(login_shell), control_path,

@@ -97,6 +97,13 @@ class WorkerTransport(Transport):
         frame on its stdin)."""
         return self._base.describe_worker(slot)
 
+    def remote_process(self, slot, handler, words, reports, stdin_data=None):
+        # A program of clstr's own is no job: it runs beside the worker.
+        return self._base.remote_process(slot, handler, words, reports, stdin_data)
+
+    def describe_remote(self, slot, words):
+        return self._base.describe_remote(slot, words)
+
     def shutdown(self):
         # EOF: an idle worker exits, a running job is stopped by its watcher.
         for worker in list(self._workers.values()):
