@@ -10,14 +10,16 @@ import hashlib
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from clstr_run import REPO, RUN_ID, clstr_argv, joblog_rows, node_args, wait_until
+from clstr_run import REPO, RUN_ID, clstr_argv, joblog_rows, node_args, wait_for_file, wait_until
 
 MB = 1 << 20
 
@@ -153,7 +155,7 @@ def test_through_an_exec_template_a_file_is_sent_to_each_node(tmp_path):
 
 
 def test_a_node_that_cannot_store_a_sent_file_is_retired_in_its_words(cluster, homes,
-                                                                      tmp_path):
+                                                                      tmp_path, shared_dir):
     names, naming = homes(3)
     write_random(tmp_path / "input.dat", 2 * MB)
     # The second node's home is read-only to its user.
@@ -162,11 +164,31 @@ def test_a_node_that_cannot_store_a_sent_file_is_retired_in_its_words(cluster, h
     os.makedirs(read_only)
     os.chown(read_only, home_user.pw_uid, home_user.pw_gid)
     os.chmod(read_only, 0o555)
-    result = run_here(cluster, tmp_path, "--ssh-command", naming, *node_args(names), "-v",
-                      "--send", "input.dat", *["-j", "cmp input.dat input.dat"] * 6)
-    stderr = result.stderr.decode()
+    # The jobs wait until clstr has said the node is retired: on a loaded
+    # machine the other two could otherwise run all six before its copy
+    # failed, and the run end with that copy unfinished.
+    go = os.path.join(shared_dir, "go")  # where the nodes' user can see it
+    job = wait_for_file(go) + "cmp input.dat input.dat"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(
+        clstr_argv(cluster, "--ssh-command", naming, *node_args(names), "-v",
+                   "--send", "input.dat", *["-j", job] * 6),
+        cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    said = b""
+    deadline = time.monotonic() + 120
+    while b" retired: " not in said and time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 1)
+        if ready:
+            chunk = os.read(process.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            said += chunk
+    open(go, "w").close()
+    _, rest = process.communicate(timeout=300)
+    stderr = (said + rest).decode()
     # Every job ran on the two nodes that have the file.
-    assert result.returncode == 0, stderr
+    assert process.returncode == 0, stderr
     retired = [line for line in stderr.splitlines() if line.startswith("clstr:   ")]
     assert len(retired) == 1, stderr
     assert retired[0].startswith("clstr:   %s: file: " % names[1]), stderr
