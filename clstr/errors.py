@@ -15,3 +15,16 @@ class LocalIOError(Exception):
         self.error = error
         reason = getattr(error, "strerror", None) or str(error)
         super().__init__("%s: %s" % (what, reason))
+
+
+def guarded(what, write, args, failed):
+    """Run one of clstr's own writes, ``write(*args)`` to ``what``; if it
+    fails, tell ``failed(LocalIOError)``.  Returns whether it succeeded."""
+    try:
+        write(*args)
+        return True
+    except LocalIOError as error:
+        failed(error)
+    except OSError as error:
+        failed(LocalIOError(what, error))
+    return False

@@ -14,7 +14,7 @@ import os
 import random
 
 from .attempts import Attempts, AttemptsOwner
-from .errors import LocalIOError
+from .errors import LocalIOError, guarded
 from .exits import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_LOCAL_IO, EXIT_OK, SIGNAL_EXITS
 from .failures import stopped_by_halt
 from .limits import out_of_resources
@@ -84,17 +84,9 @@ class Run(RunEvents, AttemptsOwner):
                               self.pool, self.attempts)
 
     def guarded(self, what, write, *args):
-        """Run one of clstr's own writes (joblog, -A, --output-dir); if it
-        fails, stop the run as for any local I/O error.  Returns whether it
-        succeeded."""
-        try:
-            write(*args)
-            return True
-        except LocalIOError as error:
-            self.local_io_failed(error)
-        except OSError as error:
-            self.local_io_failed(LocalIOError(what, error))
-        return False
+        """One of clstr's own writes (joblog, -A, --output-dir): a failure
+        stops the run as any local I/O error does."""
+        return guarded(what, write, args, self.local_io_failed)
 
     @property
     def _index_path(self):
