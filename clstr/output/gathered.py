@@ -53,7 +53,7 @@ class Gathering:
 
     def __init__(self, sinks):
         self._sinks = sinks
-        self._groups = {1: {}, 2: {}}  # per stream: sha256 digest -> _Group
+        self._groups = {1: {}, 2: {}}  # per stream: sha256 digest -> _SameOutput
         self._store = None  # made with the first output
 
     def open(self, host):
@@ -68,7 +68,7 @@ class Gathering:
         if group is None:
             if self._store is None:
                 self._store = _Store()
-            group = _Group(self._store.keep(buffer))
+            group = _SameOutput(self._store.keep(buffer))
             self._groups[stream][digest] = group
         group.hosts.append(host)
 
@@ -89,7 +89,9 @@ class Gathering:
             self._store.release()
 
 
-class _Group:
+class _SameOutput:
+    """One distinct output (a _Stored) and the hosts that produced it."""
+
     __slots__ = ("output", "hosts")
 
     def __init__(self, output):
