@@ -8,13 +8,19 @@
 # the same bytes, whatever the files' times and modes or the order the file
 # system lists them in.  The stdlib zipapp module then adds the interpreter
 # line to that archive.
+#
+# Beside each module goes its bytecode, compiled by the Python that builds
+# (unchecked-hash .pyc: no timestamp, and a zip's times are fixed anyway):
+# a Python of that version imports it instead of compiling the source, ~0.1 s
+# off every start; any other Python finds the magic number is not its own
+# and compiles the .py as before.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 OUT=${1:-clstr.pyz}
 
 "$PYTHON" - "$OUT" <<'PY'
-import io, os, sys, zipapp, zipfile
+import importlib.util, io, marshal, os, sys, zipapp, zipfile
 
 out = sys.argv[1]
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -38,12 +44,22 @@ def modules(package):
                   for name in files if name.endswith(".py")]
     return sorted(names)
 
+def bytecode(name, source):
+    """The unchecked-hash .pyc of ``source`` (bytes), named ``name`` in
+    tracebacks (importlib's layout: magic, flags, source hash, code)."""
+    code = compile(source, name, "exec", dont_inherit=True)
+    flags = (1).to_bytes(4, "little")  # hash-based, unchecked
+    return (importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(source)
+            + marshal.dumps(code))
+
 buffer = io.BytesIO()
 with zipfile.ZipFile(buffer, "w") as archive:
     add(archive, "__main__.py", MAIN)
     for name in modules("clstr"):
         with open(name, "rb") as source:
-            add(archive, name, source.read())
+            text = source.read()
+        add(archive, name, text)
+        add(archive, name + "c", bytecode(name, text))
 buffer.seek(0)
 temporary = out + ".tmp"
 zipapp.create_archive(buffer, temporary, interpreter="/usr/bin/env python3")

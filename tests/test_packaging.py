@@ -78,7 +78,9 @@ def test_zipapp_bytes_depend_on_the_files_contents_only(tmp_path, tree):
 
 def test_zipapp_holds_every_module_at_any_depth(tmp_path, tree):
     pyz = build(tmp_path, "clstr.pyz", tree)
-    assert set(zipfile.ZipFile(pyz).namelist()) == {"__main__.py"} | modules(str(tree / "clstr"))
+    sources = modules(str(tree / "clstr"))
+    bytecode = {name + "c" for name in sources}
+    assert set(zipfile.ZipFile(pyz).namelist()) == {"__main__.py"} | sources | bytecode
     probe = subprocess.run([sys.executable, "-c", "import clstr.zzprobe.inner.probe as p; "
                             "print(p.ANSWER)"], env=dict(os.environ, PYTHONPATH=pyz),
                            cwd="/", capture_output=True, timeout=60)
@@ -142,6 +144,32 @@ def test_zipapp_holds_only_the_package_and_runs_from_anywhere(tmp_path):
     result = subprocess.run([copied, "--version"], cwd="/", capture_output=True, timeout=30)
     assert result.returncode == 0
     assert result.stdout.startswith(b"clstr ")
+
+
+def _module_file(pyz, python=sys.executable):
+    """Where ``python`` took clstr.cli from, importing it from ``pyz``."""
+    result = subprocess.run([python, "-c", "import clstr.cli; print(clstr.cli.__file__)"],
+                            env=dict(os.environ, PYTHONPATH=pyz), cwd="/", capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().strip()
+
+
+def test_the_building_python_imports_the_bytecode_and_others_the_source(tmp_path):
+    pyz = build(tmp_path, "clstr.pyz")
+    assert _module_file(pyz).endswith("/clstr/cli.pyc")
+    # Another Python's magic number: it compiles the source instead.
+    other = str(tmp_path / "other.pyz")
+    with zipfile.ZipFile(pyz) as built, zipfile.ZipFile(other, "w") as copy:
+        for info in built.infolist():
+            data = built.read(info)
+            if info.filename.endswith(".pyc"):
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+            copy.writestr(info, data)
+    assert _module_file(other).endswith("/clstr/cli.py")
+    result = subprocess.run([sys.executable, other, "--version"], capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(b"clstr "), result.stderr
 
 
 def _imports(path):
