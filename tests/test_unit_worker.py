@@ -19,6 +19,23 @@ from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, worker_ar
 from clstr_run import wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
+# dash on a node without bash: the worker stays in dash, with no job control,
+# and forks a watcher for each job (with bash there, it runs in bash).
+if "dash" in SHELLS and "bash" in SHELLS:
+    SHELLS.append("dash-alone")
+
+
+def path_without_bash(directory):
+    """A PATH (in ``directory``) holding every command of this one but bash."""
+    os.makedirs(directory, exist_ok=True)
+    for entry in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(entry):
+            continue
+        for name in os.listdir(entry):
+            link = os.path.join(directory, name)
+            if name != "bash" and not os.path.lexists(link):
+                os.symlink(os.path.join(entry, name), link)
+    return directory
 F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
 
 
@@ -26,16 +43,24 @@ class LocalWorker:
     """The worker under ``shell``, its stdout and stderr read per job."""
 
     def __init__(self, shell, cwd):
+        self.shell = shell
         argv = [os.fsdecode(word) for word in worker_argv()]
+        env = dict(os.environ)
+        if shell == "dash-alone":
+            shell = "dash"
+            env["PATH"] = path_without_bash(os.path.join(cwd, ".no-bash"))
         argv[0] = shell
+        env["SHELL"] = shutil.which(shell)
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, cwd=cwd,
-                                        env=dict(os.environ, SHELL=shutil.which(shell)))
+                                        stderr=subprocess.PIPE, cwd=cwd, env=env)
         self.count = 0
         for stream in (self.process.stdout, self.process.stderr):
             reader = ReportReader(READY_TOKEN, before_start="drop")
             self._read(stream, reader, "started")
             assert reader.said_before_start == b""
+        # What reads the frames for the worker's life: bash's reader, or
+        # nothing (a watcher per job).
+        self.reader = children(self.process.pid)
 
     @staticmethod
     def _read(stream, reader, until):
@@ -141,10 +166,11 @@ def test_a_job_reading_stdin_cannot_take_the_next_frame(worker):
 
 
 def test_a_job_holds_none_of_the_workers_fds(worker):
-    # fd 3 carries the frames: a job (or an ssh it runs) holding it could
-    # read the next job's frame or keep the pipe open past clstr's EOF.
-    probe = b"if { true <&3; } 2>/dev/null; then echo has-fd-3; else echo no-fd-3; fi"
-    assert worker.run(probe) == (0, b"no-fd-3\n", b"")
+    # fd 3 carries the frames, fd 5 the reader's: a job (or an ssh it runs)
+    # holding either could read the next job's frame or keep the pipe open
+    # past clstr's EOF; fd 4 is the worker's stderr.
+    probe = b"for fd in 3 4 5 6 7 8 9; do { true <&$fd; } 2>/dev/null && echo has-$fd; done; echo ok"
+    assert worker.run(probe) == (0, b"ok\n", b"")
 
 
 def test_a_stop_frame_stops_the_jobs_group_and_the_worker_runs_on(worker, tmp_path):
@@ -161,6 +187,41 @@ def test_a_stop_frame_after_its_job_ended_is_ignored(worker):
     assert worker.run(b"true")[0] == 0
     worker.send(STOP_FRAME + b"\n" + b"garbage\n")
     assert worker.run(b"echo still") == (0, b"still\n", b"")
+
+
+def test_a_stop_frame_right_behind_its_job_frame_stops_that_job(worker, tmp_path):
+    # The stop may reach the worker before it has started the job.
+    marker = tmp_path / "ran-on"
+    token = worker.start(b"sleep 300; touch %s" % os.fsencode(marker))
+    worker.send(STOP_FRAME)
+    assert worker.finish(token)[0] == 143
+    assert worker.run(b"echo after") == (0, b"after\n", b"")
+    assert not marker.exists()
+
+
+def test_a_late_stop_frame_does_not_stop_the_next_job(worker):
+    # clstr sent the stop before the job's end reports reached it: the next
+    # frame follows right behind it.
+    assert worker.run(b"true")[0] == 0
+    worker.send(STOP_FRAME)
+    assert worker.run(b"sleep 0.5; echo not-stopped") == (0, b"not-stopped\n", b"")
+    assert worker.run(b"echo again") == (0, b"again\n", b"")
+
+
+def test_with_bash_one_reader_takes_the_frames_and_a_job_is_one_process(worker, tmp_path):
+    started = tmp_path / "started"
+    token = worker.start(b"touch %s; exec sleep 300" % os.fsencode(started))
+    wait_until(started.exists, what="the job to start")
+    running = children(worker.process.pid)
+    if worker.shell == "dash-alone":
+        # No bash: a watcher for each job, beside it.
+        assert worker.reader == [] and len(running) == 2
+    else:
+        assert len(worker.reader) == 1 and len(running) == 2
+        assert worker.reader[0] in running
+    worker.send(STOP_FRAME)
+    assert worker.finish(token)[0] == 143
+    assert children(worker.process.pid) == worker.reader
 
 
 def test_a_jobs_kill_of_its_shells_pid_stops_that_job_and_not_the_worker(worker):
@@ -212,7 +273,7 @@ def test_the_watcher_is_gone_before_the_end_report_is_written(worker):
     def queued():
         return struct.unpack("i", fcntl.ioctl(stdout, termios.FIONREAD, b"\0" * 4))[0]
     wait_until(lambda: queued() == capacity, what="the job to fill the stdout pipe")
-    wait_until(lambda: children(worker.process.pid) == [],
+    wait_until(lambda: children(worker.process.pid) == worker.reader,
                what="the worker to have reaped the job and its watcher")
     assert worker.finish(token) == (0, b"\0" * capacity, b"")
     assert worker.run(b"echo next") == (0, b"next\n", b"")

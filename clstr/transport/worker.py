@@ -85,71 +85,121 @@ def _report(kind, args):
     return "%s; %s >&4; " % (printf, printf)
 
 
-# How a job is started.  In the login shell (``inline``) with job control
-# on, a background subshell is a process group of its own, so the job is
-# `eval`ed in a fork of the worker: no exec at all, and the job runs in the
-# login shell as a per-job wrapper's does.  Measured with 300 `true` jobs:
-# 0.5 ms a job, against 2.5 ms through `setsid bash -c` (1.8 ms of it
-# bash's start).  bash turns job control on without a tty; dash refuses
-# (`set -m` says "can't access tty" and leaves it off), and then, as in a
-# shell that is not the login shell, the job runs in `$SHELL -c` under
-# `setsid`.  A subshell of a job-control shell has job control off, so
-# whatever the job starts stays in its group.  Either way the job's process
-# runs its prelude ($3) first (an exit there is the job's), then the job
-# (exec keeps the pid; a background process is no group leader, so setsid
-# needs no fork).
-_FORK = "( eval \"$3\"; clstr_c=$2; set --; eval \"$clstr_c\" ) 2>&4 3<&- 4>&- & "
-_EXEC = "{ eval \"$3\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$2\"; } 2>&4 3<&- 4>&- & "
+# How a job is started.  With job control on (`set -m`: bash turns it on
+# without a tty, dash refuses), a background job is a process group of its
+# own.  In the login shell (``clstr_fork``) the job is then `eval`ed in a
+# fork of the worker: no exec at all, and the job runs in the login shell as
+# a per-job wrapper's does.  Measured with 500 `true` jobs: 0.47 ms a job;
+# 0.93 ms as `$SHELL -c` under job control (a worker in bash for a dash
+# login shell); 1.41 ms as `setsid $SHELL -c` (no job control).  A subshell
+# of a job-control shell has job control off, so whatever the job starts
+# stays in its group.  Either way the job's process runs its prelude ($3)
+# first (an exit there is the job's), then the job (exec keeps the pid; a
+# background process is no group leader, so setsid needs no fork).
+_FORK = "( eval \"$3\"; clstr_c=$2; set --; eval \"$clstr_c\" ) 2>&4 3<&- 4>&- 5<&- & "
+_EXEC = ("{ eval \"$3\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$2\"; } "
+         "2>&4 3<&- 4>&- 5<&- & ")
+
+# What stops a running job (a stop frame, or EOF: clstr or the connection
+# gone): TERM to its group, KILL 2 s later if anything of it is left.
+_KILL_LATER = ("for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
+               "kill -KILL -$job $job; ")
+
+# The frames' reader, in bash: one process for the worker's life, started
+# before the first job.  It takes every line from fd 3 and hands the job
+# frames on to the worker through a pipe (fd 5); a stop frame, and EOF, it
+# turns into a signal to the worker, which is waiting for its job: USR1,
+# USR2 or URG by the count of frames it has handed on, modulo 3.  clstr
+# sends a frame only after the last job's end reports, and bash runs a
+# trap at the latest in the next `wait`, so the reader and the worker
+# (its count of jobs started, when the trap runs) are at most one frame
+# apart: the stop is for the worker's job (stopped if it still runs,
+# ignored if it has ended), for the next (stopped as it starts), or for the
+# one before (ignored).  The worker's state is one variable, set in one
+# step, since a trap may run between any two of its commands.  Without
+# bash, a watcher forked for each job reads the frames while it runs
+# (`_WATCH`): a fork more a job.
+_READER = ("exec 5< <({ trap '' HUP INT TERM USR1 USR2 URG; n=0; "
+           "clstr_signal() { case $((n % 3)) in 0) kill -USR1 $$;; 1) kill -USR2 $$;; "
+           "*) kill -URG $$;; esac; }; "
+           "while IFS= read -r line; do case $line in "
+           "\"j \"*) n=$((n+1)); printf '%s\\n' \"$line\";; "
+           "k) clstr_signal;; esac; done; clstr_signal; } <&3 4>&-); exec 3<&-; "
+           "trap 'clstr_stop 0' USR1; trap 'clstr_stop 1' USR2; trap 'clstr_stop 2' URG; ")
+_STOP = ("clstr_stop() { clstr_p=$1; set -- $clstr_state; "
+         "case $(( (clstr_p - $1 % 3 + 3) % 3 )) in "
+         "1) clstr_pending=1;; "
+         "0) if [ $2 = live ]; then if [ -n \"$job\" ]; then clstr_term; "
+         "else clstr_pending=1; fi; fi;; esac; }; "
+         "clstr_term() { [ -n \"$clstr_killer\" ] && return; kill -TERM -$job $job; "
+         "{ " + _KILL_LATER + "} >/dev/null 2>&1 4>&- 5<&- & clstr_killer=$!; }; ")
+_WATCH = ("{ while IFS= read -r line; do [ \"$line\" = k ] && break; done; "
+          "kill -TERM -$job $job; " + _KILL_LATER + "} <&3 >/dev/null 2>&1 4>&- & "
+          "clstr_killer=$!; ")
 
 
 def worker_script(inline):
     """The worker's shell text; ``inline``: run by the login shell itself,
     so jobs may run in forks of it.  It exits when its stdin ends."""
-    job_control = "set -m; case $- in *m*) clstr_fork=1;; esac; " if inline else ""
-    return (
-        # No newline in the text itself: through ssh it is one word for the
-        # login shell, and csh refuses a newline inside quotes.  The
-        # worker's own stderr is /dev/null: bash's job notices ("Done") and
-        # dash's refusal of `set -m` are nobody's output.
-        "nl=$(printf \"\\nx\"); nl=${nl%x}; exec 3<&0 </dev/null 4>&2 2>/dev/null; "
-        "clstr_fork=; " + job_control +
-        "if command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; else clstr_setsid=; fi; "
-        "if [ -z \"$clstr_fork$clstr_setsid\" ]; then "
-        + "printf \"%s\"; " % NO_GROUP.decode().replace("\x1e", "\\036").replace("\n", "\\n")
-        + "exit 0; fi; "
-        # A job's `kill $$` (the worker: its jobs share its $$) stops that
-        # job, as it would stop a per-job wrapper's, and not the worker; it
-        # may come before the worker has the job's pid.
-        "job=; clstr_sig=; "
-        "clstr_pass() { if [ -n \"$job\" ]; then kill -$1 -$job; else clstr_sig=$1; fi; }; "
-        "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
-        # With job control `wait` also returns when the job is stopped
-        # (SIGSTOP: 128+19..22), and at once while it stays stopped (bash's
-        # `wait -f` too, if it was stopped first): wait until it is gone,
-        # then take its status (127: the first answer was its own).
-        "clstr_stopped() { while kill -0 $job; do wait $job; code=$?; "
-        "case $code in 14[789]|150) sleep 0.05;; esac; done; "
-        "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; }; "
-        "clstr_job() { "
-        "if [ -n \"$clstr_fork\" ]; then " + _FORK + "else " + _EXEC + "fi; "
-        "job=$!; if [ -n \"$clstr_sig\" ]; then kill -$clstr_sig -$job; clstr_sig=; fi; "
-        "{ while IFS= read -r line; do [ \"$line\" = k ] && break; done; "
-        "kill -TERM -$job $job; "
-        "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
-        "kill -KILL -$job $job; } <&3 >/dev/null 2>&1 4>&- & "
-        "watcher=$!; "
-        "wait $job; code=$?; "
-        "if [ -n \"$clstr_fork\" ]; then case $code in 14[789]|150) clstr_stopped;; esac; fi; "
-        "t=0.01; "
-        "while kill -0 -$job; do "
-        "sleep $t >/dev/null 2>&1 || sleep 1; "
-        "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
-        "job=; kill -KILL $watcher; wait $watcher; "
-        + _report("e%d", "\"$1\" \"$code\"") + "}; "
-        + _report("s", READY_TOKEN) +
-        "while IFS= read -r frame <&3; do "
-        "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; esac; "
-        "done")
+    return "clstr_inline=%s; clstr_w=%s; eval \"$clstr_w\"" % (
+        "1" if inline else "", shell_quote(_BODY.encode()).decode())
+
+
+# No newline in the text: through ssh it is one word for the login shell,
+# and csh refuses a newline inside quotes.  The worker's own stderr is
+# /dev/null: bash's job notices ("Done") and dash's refusal of `set -m` are
+# nobody's output.
+_BODY = (
+    "set -m 2>/dev/null; clstr_jc=; case $- in *m*) clstr_jc=1;; esac; "
+    # No job control here (dash) but bash on the node: the worker runs in
+    # bash, and each job still in the login shell, by `$SHELL -c`.
+    "if [ -z \"$clstr_jc$BASH_VERSION\" ] && command -v bash >/dev/null 2>&1; then "
+    "exec bash -c 'clstr_inline=; eval \"$1\"' clstr-worker \"$clstr_w\"; fi; "
+    "clstr_fork=; clstr_setsid=; "
+    "case :$SHELLOPTS: in *:posix:*) set +o posix; clstr_inline=;; esac; "
+    "if [ -n \"$clstr_jc\" ] && [ -n \"$clstr_inline\" ]; then clstr_fork=1; fi; "
+    "if [ -z \"$clstr_jc\" ] && command -v setsid >/dev/null 2>&1; then clstr_setsid=setsid; fi; "
+    "nl=$(printf \"\\nx\"); nl=${nl%x}; exec 3<&0 </dev/null 4>&2 2>/dev/null; "
+    "if [ -z \"$clstr_jc$clstr_setsid\" ]; then "
+    + "printf \"%s\"; " % NO_GROUP.decode().replace("\x1e", "\\036").replace("\n", "\\n")
+    + "exit 0; fi; "
+    # A job's `kill $$` (the worker: its jobs share its $$) stops that
+    # job, as it would stop a per-job wrapper's, and not the worker; it
+    # may come before the worker has the job's pid.
+    "job=; clstr_sig=; clstr_n=0; clstr_state='0 done'; clstr_pending=; clstr_killer=; "
+    "clstr_read=3; "
+    "clstr_pass() { if [ -n \"$job\" ]; then kill -$1 -$job; else clstr_sig=$1; fi; }; "
+    "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
+    + _STOP +
+    # bash alone can parse the reader (dash cannot, even in a branch not taken).
+    "if [ -n \"$BASH_VERSION\" ]; then eval %s; clstr_read=5; fi; "
+    % shell_quote(_READER.encode()).decode() +
+    "clstr_job() { clstr_n=$((clstr_n + 1)); clstr_state=\"$clstr_n live\"; "
+    "if [ -n \"$clstr_fork\" ]; then " + _FORK + "else " + _EXEC + "fi; "
+    "job=$!; if [ -n \"$clstr_sig\" ]; then kill -$clstr_sig -$job; clstr_sig=; fi; "
+    "if [ -n \"$clstr_pending\" ]; then clstr_pending=; clstr_term; fi; "
+    "if [ $clstr_read = 3 ]; then " + _WATCH + "fi; "
+    # `wait` returns early for a trap (a stop, a signal passed on) and,
+    # under job control, when the job is stopped (SIGSTOP: 128+19..22; at
+    # once while it stays stopped, and bash's `wait -f` too, if it was
+    # stopped first): wait until it is gone, then take its status (127:
+    # the first answer was its own).
+    "wait $job; code=$?; "
+    "while kill -0 $job; do case $code in 14[789]|150) sleep 0.05;; esac; wait $job; code=$?; done; "
+    "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; "
+    "t=0.01; "
+    "while kill -0 -$job; do "
+    "sleep $t >/dev/null 2>&1 || sleep 1; "
+    "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
+    # The watcher (or a stop's killer) is gone before the end report: once
+    # clstr has it, the next frame may come.
+    "clstr_state=\"$clstr_n done\"; job=; "
+    "if [ -n \"$clstr_killer\" ]; then kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
+    + "%s}; " % _report("e%d", "\"$1\" \"$code\"")
+    + _report("s", READY_TOKEN) +
+    "while IFS= read -r frame <&$clstr_read; do "
+    "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; esac; "
+    "done")
 
 
 # Started by any shell (the template's, or a login shell not known to be
