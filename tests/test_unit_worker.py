@@ -169,7 +169,8 @@ def test_a_job_holds_none_of_the_workers_fds(worker):
     # fd 3 carries the frames, fd 5 the reader's: a job (or an ssh it runs)
     # holding either could read the next job's frame or keep the pipe open
     # past clstr's EOF; fd 4 is the worker's stderr.
-    probe = b"for fd in 3 4 5 6 7 8 9; do { true <&$fd; } 2>/dev/null && echo has-$fd; done; echo ok"
+    probe = (b"for fd in 3 4 5 6 7 8 9; do { true <&$fd; } 2>/dev/null && echo has-$fd; done; "
+             b"echo ok")
     assert worker.run(probe) == (0, b"ok\n", b"")
 
 

@@ -185,7 +185,8 @@ _BODY = (
     # stopped first): wait until it is gone, then take its status (127:
     # the first answer was its own).
     "wait $job; code=$?; "
-    "while kill -0 $job; do case $code in 14[789]|150) sleep 0.05;; esac; wait $job; code=$?; done; "
+    "while kill -0 $job; do case $code in 14[789]|150) sleep 0.05;; esac; "
+    "wait $job; code=$?; done; "
     "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; "
     "t=0.01; "
     "while kill -0 -$job; do "
@@ -194,7 +195,8 @@ _BODY = (
     # The watcher (or a stop's killer) is gone before the end report: once
     # clstr has it, the next frame may come.
     "clstr_state=\"$clstr_n done\"; job=; "
-    "if [ -n \"$clstr_killer\" ]; then kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
+    "if [ -n \"$clstr_killer\" ]; then "
+    "kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
     + "%s}; " % _report("e%d", "\"$1\" \"$code\"")
     + _report("s", READY_TOKEN) +
     "while IFS= read -r frame <&$clstr_read; do "
