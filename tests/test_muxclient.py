@@ -26,14 +26,16 @@ from clstr.transport.muxclient import (
     AliveCheck,
     MalformedMessage,
     MuxAttempt,
+    Terminate,
     alive_check_packet,
     alive_reply_pid,
     hello_packet,
     new_session_packet,
     split_packets,
+    terminate_packet,
 )
 from clstr.transport.wrapper import wrapped_command
-from clstr_run import RUN_ID
+from clstr_run import RUN_ID, wait_until
 from cluster import LoopbackCluster
 
 HOST = "node001"
@@ -371,6 +373,34 @@ def test_a_stopped_master_fails_the_alive_check_and_new_attempts_in_time(loop, o
         os.kill(pid, signal.SIGCONT)
     assert said == (None, "master unreachable: the master did not answer in 0.5s")
     assert attempt.result == (MuxError.CONNECT_FAILED, "the master did not answer in 0.5s")
+
+
+def test_terminate_makes_the_master_exit_as_ssh_O_exit_does(loop, own_master):
+    pid = own_master.pid
+    said = []
+    Terminate(loop, own_master.path, 10, said.append)
+    run_until(loop, lambda: said)
+    assert said == [None]
+
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    wait_until(gone, what="the master to exit")
+    assert not os.path.exists(own_master.path)
+
+
+def test_terminate_of_a_master_that_is_not_there_says_why(loop, tmp_path):
+    said = []
+    Terminate(loop, str(tmp_path / "no-such-socket"), 1, said.append)
+    run_until(loop, lambda: said)
+    assert said[0].startswith("master unreachable: ")
+
+
+def test_terminate_has_protocol_mux_layout():
+    assert terminate_packet(7) == struct.pack(">III", 8, 0x10000005, 7)
 
 
 def test_missing_socket_is_a_connect_failure(loop, tmp_path):

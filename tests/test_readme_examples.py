@@ -255,7 +255,7 @@ def test_the_front_ends_section_names_every_option_clstr_passes():
     from clstr.transport.sshcommand import SshSettings
     settings = SshSettings()
     argvs = [settings.argv("h", b"c", "/s", "/log"), settings.argv("h", b"c"),
-             settings.master_argv("h", "/s", 60), settings.master_exit_argv("h", "/s")]
+             settings.master_argv("h", "/s", 60)]
     blocks = checked_blocks()
     section = "\n".join(blocks["test_the_front_ends_section_names_every_option_clstr_passes"])
     for argv in argvs:

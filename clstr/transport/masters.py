@@ -29,7 +29,7 @@ import time
 from ..failures import classify_master, read_log_tail
 from .interface import START_GRACE
 from .masterwatch import MasterWatch
-from .muxclient import AliveCheck, MuxAttempt
+from .muxclient import AliveCheck, MuxAttempt, Terminate
 from .muxsession import MuxSession
 from .wrapper import LOGIN_SHELL_PROBE, login_shell_from_probe
 
@@ -225,12 +225,12 @@ class MasterSet:
             master.login_shell_unknown = "cannot ask: %s" % error.strerror
             then()
 
-    def _ask_to_exit(self, master, on_exit=lambda code: None):
-        """Ask the master at ``master.path`` to exit; False if ssh could not
-        even be started."""
-        argv = self._ssh.master_exit_argv(master.host, master.path)
+    def _ask_to_exit(self, master, on_exit=lambda why: None):
+        """Ask the master at ``master.path`` to exit (muxclient.Terminate),
+        then ``on_exit(why)`` (None: it said yes); False if clstr could not
+        even ask (out of fds)."""
         try:
-            self._loop.spawn(argv, self._devnull, self._devnull, self._devnull, on_exit)
+            Terminate(self._loop, master.path, self._alive_budget, on_exit)
         except OSError:
             return False
         return True
@@ -298,7 +298,7 @@ class MasterSet:
                 except ProcessLookupError:
                     pass
             if os.path.exists(master.path) and self._ask_to_exit(
-                    master, lambda code, key=master.path: pending.discard(key)):
+                    master, lambda why, key=master.path: pending.discard(key)):
                 pending.add(master.path)
         if pending:
             timer = self._loop.call_later(EXIT_WAIT, self._loop.stop)

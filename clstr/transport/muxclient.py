@@ -65,6 +65,7 @@ from .interface import StdinWriter, stdin_ends, write_after
 MUX_MSG_HELLO = 0x00000001
 MUX_C_NEW_SESSION = 0x10000002
 MUX_C_ALIVE_CHECK = 0x10000004
+MUX_C_TERMINATE = 0x10000005
 MUX_S_OK = 0x80000001
 MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
@@ -137,6 +138,11 @@ def alive_check_packet(request_id):
     return _packet(_u32(MUX_C_ALIVE_CHECK) + _u32(request_id))
 
 
+def terminate_packet(request_id):
+    """MUX_C_TERMINATE: the master answers MUX_S_OK and exits."""
+    return _packet(_u32(MUX_C_TERMINATE) + _u32(request_id))
+
+
 class MalformedMessage(Exception):
     """A message from the master that cannot be a mux message (or not the
     one that was due)."""
@@ -179,6 +185,19 @@ def alive_reply_pid(payload, request_id):
     if answered != request_id:
         raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
     return fields.u32()
+
+
+def check_ok_reply(payload, request_id):
+    """Raises MalformedMessage unless ``payload`` is MUX_S_OK for
+    ``request_id`` (MUX_S_PERMISSION_DENIED: a master asking its user for
+    each request, which clstr never configures)."""
+    fields = _Fields(payload)
+    kind = fields.u32()
+    if kind != MUX_S_OK:
+        raise MalformedMessage("master answered 0x%08x, not OK" % kind)
+    answered = fields.u32()
+    if answered != request_id:
+        raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
 
 
 def split_packets(buffer):
@@ -599,6 +618,36 @@ class AliveCheck(_Connection):
 
     def _report_error(self, kind, detail):
         self._on_done(None, "%s: %s" % (kind.value, detail))
+
+
+# -- the run is over ---------------------------------------------------------------
+
+class Terminate(_Connection):
+    """Asks the master at ``control_path`` to exit (MUX_C_TERMINATE, what
+    ``ssh -O exit`` sends: an ssh started for each of hundreds of masters
+    would cost the end of a run more than its jobs), and calls
+    ``on_done(None)`` once it has said yes (or closed the connection on
+    the request), or ``on_done(why)``.  Always from the loop."""
+
+    def __init__(self, loop, control_path, reply_timeout, on_done):
+        self._on_done = on_done
+        _Connection.__init__(self, loop, control_path, (), reply_timeout, reply_timeout)
+
+    def _request(self):
+        return terminate_packet(self.REQUEST_ID)
+
+    def _answer(self, payload):
+        check_ok_reply(payload, self.REQUEST_ID)
+        self.close()
+        self._on_done(None)
+
+    def _report_error(self, kind, detail):
+        if kind is MuxError.CONNECTION_LOST and self._state == "requested":
+            # The master may exit before its answer leaves (mux.c says so):
+            # ssh -O exit takes that close for a yes, and so does clstr.
+            self._on_done(None)
+        else:
+            self._on_done("%s: %s" % (kind.value, detail))
 
 
 # -- one attempt: a session and its pipes ------------------------------------

@@ -88,7 +88,3 @@ class SshSettings:
         options = ["ControlMaster=yes", "ControlPath=" + control_path,
                    "ControlPersist=%d" % idle_exit, "LogLevel=VERBOSE"]
         return self._argv(host, options, extra_args=["-N"])
-
-    def master_exit_argv(self, host, control_path):
-        """The argv asking the master at ``control_path`` to exit."""
-        return self._argv(host, ["ControlPath=" + control_path], extra_args=["-O", "exit"])
