@@ -164,13 +164,17 @@ def slow_reader(cluster, total, rate):
             "  clstr said: " + line for line in messages[:20]]
 
 
-def many_slots(cluster, slots, multiplex):
+def many_slots(cluster, slots, multiplex, workers=False):
     names = cluster.nodes(slots)
     node_file = os.path.join(tempfile.mkdtemp(prefix="clstr-scale-"), "nodes")
     with open(node_file, "w") as handle:
         handle.write("\n".join(names) + "\n")
     if multiplex:
         mode, work = "multiplexed, 2 jobs per node", ["--multiplex", "-J", "-"]
+        if workers:
+            # A worker per slot, each job a frame to it: the bar is
+            # an RSS no higher than the multiplexed row's.
+            mode, work = "multiplexed --workers, 2 jobs per node", ["--workers"] + work
         jobs = "sleep 8; uname -n\n" * (2 * slots)
         expected = 2 * slots
     else:
@@ -206,11 +210,13 @@ def main():
     lines = streaming(args.stream_jobs) if args.stream_jobs else []
     print("\n".join(lines), flush=True)
     with LoopbackCluster(max_sessions=10) as cluster:
-        more = slow_reader(cluster, args.slow_total, args.slow_rate)
-        print("\n".join(more), flush=True)
-        lines += more
-        for multiplex in (False, True) if args.slots else ():
-            more = many_slots(cluster, args.slots, multiplex)
+        if args.slow_total:
+            more = slow_reader(cluster, args.slow_total, args.slow_rate)
+            print("\n".join(more), flush=True)
+            lines += more
+        modes = ((False, False), (True, False), (True, True)) if args.slots else ()
+        for multiplex, workers in modes:
+            more = many_slots(cluster, args.slots, multiplex, workers)
             print("\n".join(more), flush=True)
             lines += more
     with open(args.out, "w") as out:
