@@ -22,6 +22,7 @@ contradicts its configuration fails the whole bench run.
 import argparse
 import fcntl
 import hashlib
+import itertools
 import os
 import platform
 import pty
@@ -576,11 +577,18 @@ def many_slots(tools, results, reps, jobs_count):
 def workers_over_ssh(tools, results, reps, jobs_count, slots_jobs_count):
     """--workers (a worker per slot, a session through its host's master)
     against clstr's default (a session per job), 8 nodes with one slot each
-    and with 4; each tool's logins and remote sessions counted."""
-    hosts = tools.cluster.nodes(8)
-    for slots, count in ((1, jobs_count), (4, slots_jobs_count)):
-        scenario = "%d `true` jobs, 8 nodes x %d slot%s, workers" % (
-            count, slots, "s" if slots > 1 else "")
+    and with 4; each tool's logins and remote sessions counted.  Once for a
+    login user whose shell is /bin/sh (dash: each job is then `sh -c` from a
+    worker in bash) and once for one whose shell is bash (each job a fork of
+    the worker), as most users' is."""
+    shells = [("sh", "node")]
+    if tools.cluster.bash_user:
+        shells.append(("bash", "bashnode"))
+    for (shell, prefix), (slots, count) in itertools.product(
+            shells, ((1, jobs_count), (4, slots_jobs_count))):
+        hosts = tools.cluster.nodes(8, prefix=prefix)
+        scenario = "%d `true` jobs, 8 nodes x %d slot%s, workers, login shell %s" % (
+            count, slots, "s" if slots > 1 else "", shell)
         print(scenario, flush=True)
         jobs = _job_file(tools, "true-jobs-workers-%d" % count, count)
         nodes = [arg for host in hosts * slots for arg in ("-n", host)]
