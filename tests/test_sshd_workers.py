@@ -47,6 +47,22 @@ def test_workers_log_in_once_per_slot_not_once_per_job(workers, cluster):
     assert logins == 3 if workers is THROUGH_MASTERS else 1 <= logins <= 6, logins
 
 
+@pytest.mark.parametrize("prefix", ["node", "bashnode"], ids=["sh-login", "bash-login"])
+def test_a_job_runs_in_the_login_shell_as_without_workers(workers, cluster, prefix):
+    # sh (dash) has no job control without a tty: its jobs are `sh -c` from
+    # a worker in bash; bash's are forks of the worker.  Either way the
+    # shell that runs the job's text is the login shell.
+    job = ["-j", "readlink /proc/$$/exe; echo ${BASH_VERSION:+bash}"]
+    host = ["-n", cluster.nodes(1, prefix=prefix)[0]]
+    alone = clstr(cluster, *host, *job)
+    assert alone.returncode == 0, alone.stderr
+    expected = b"/usr/bin/bash\nbash\n" if prefix == "bashnode" else b"/usr/bin/dash\n\n"
+    assert alone.stdout == expected
+    under_workers = clstr(cluster, *workers, *host, *job, *job)
+    assert under_workers.returncode == 0, under_workers.stderr
+    assert under_workers.stdout == expected * 2
+
+
 def test_a_jobs_cd_and_export_do_not_reach_the_next_job(workers, cluster):
     result = clstr(cluster, *workers, "-n", "node001",
                    "-j", "cd /; export CLSTR_LEAK=1", "-j", "echo ${CLSTR_LEAK-unset} $(pwd)")

@@ -355,6 +355,9 @@ class _Connection:
             while self._outgoing:
                 sent = self._sock.send(self._outgoing, _SEND_FLAGS)
                 del self._outgoing[:sent]
+            # Emptied by deletion, a bytearray keeps its buffer: a fresh one
+            # holds no copy of the request for the connection's life.
+            self._outgoing = bytearray()
             # The master reads the request, then blocks in recvmsg for each
             # fd: they must follow straight away, one message each.
             while self._pass_fds_now and self._fds_to_pass:
@@ -546,7 +549,10 @@ class ControlSession(_Connection):
         _Connection.close(self)
 
     def _request(self):
-        return self._request_packet
+        # Asked for once; a session lives as long as its job (or a worker,
+        # the whole run), and its command need not.
+        packet, self._request_packet = self._request_packet, None
+        return packet
 
     def _answer(self, payload):
         fields = _Fields(payload)
