@@ -119,9 +119,7 @@ def new_session_packet(request_id, command, env=()):
     subsystem, and with ``env`` ("NAME=value" bytes; the master forwards only
     names its SendEnv allows).  Raises ValueError for a NUL byte, which the
     master's C strings cannot carry."""
-    for text in (command,) + tuple(env):
-        if b"\0" in text:
-            raise ValueError("a NUL byte cannot pass through a mux session")
+    refuse_nul(command, env)
     payload = b"".join([
         _u32(MUX_C_NEW_SESSION), _u32(request_id),
         _string(b""),  # reserved
@@ -131,6 +129,13 @@ def new_session_packet(request_id, command, env=()):
         _string(command),
     ] + [_string(variable) for variable in env])
     return _packet(payload)
+
+
+def refuse_nul(command, env=()):
+    """Raises ValueError if ``command`` or ``env`` (bytes) hold a NUL byte."""
+    for text in (command,) + tuple(env):
+        if b"\0" in text:
+            raise ValueError("a NUL byte cannot pass through a mux session")
 
 
 def alive_check_packet(request_id):
@@ -519,11 +524,15 @@ class ControlSession(_Connection):
                  reply_timeout=None):
         fds = [stdin_fd, stdout_fd, stderr_fd]
         try:
-            self._request_packet = new_session_packet(self.REQUEST_ID, command, env)
+            refuse_nul(command, env)
         except ValueError:
             for fd in fds:
                 os.close(fd)
             raise
+        # The request is built when it is sent: hundreds of sessions may be
+        # waiting for their masters' hellos at once, a worker's command is
+        # kilobytes, and one text may serve them all.
+        self._command, self._env = command, env
         self._on_opened = on_opened
         self._on_exit = on_exit
         self._on_error = on_error
@@ -551,7 +560,8 @@ class ControlSession(_Connection):
     def _request(self):
         # Asked for once; a session lives as long as its job (or a worker,
         # the whole run), and its command need not.
-        packet, self._request_packet = self._request_packet, None
+        packet = new_session_packet(self.REQUEST_ID, self._command, self._env)
+        self._command = self._env = None
         return packet
 
     def _answer(self, payload):

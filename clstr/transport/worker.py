@@ -41,6 +41,8 @@ separately (srun, ssh), so each is cut at its own report, and a job's last
 line without a newline is still its own.
 """
 
+import functools
+
 from .endreport import report_printf
 from .wrapper import POSIX_LOGIN_SHELLS, is_posix_login_shell, login_shell_command, shell_quote
 
@@ -211,13 +213,15 @@ _BOOT = ("case ${SHELL##*/} in %s) exec \"$SHELL\" -c \"$1\";; esac; eval \"$2\"
          % "|".join(POSIX_LOGIN_SHELLS))
 
 
+@functools.lru_cache(maxsize=None)
 def worker_argv():
     """The worker as argv words after an --exec template or for a login
     shell not known to be POSIX (no shell reads them as text)."""
-    return [b"sh", b"-c", _BOOT.encode(), b"clstr-worker",
-            worker_script(inline=True).encode(), worker_script(inline=False).encode()]
+    return (b"sh", b"-c", _BOOT.encode(), b"clstr-worker",
+            worker_script(inline=True).encode(), worker_script(inline=False).encode())
 
 
+@functools.lru_cache(maxsize=None)
 def worker_command(login_shell):
     """The worker as the command line sshd hands the login shell
     (``login_shell``: its name, None if not known): the worker's text
