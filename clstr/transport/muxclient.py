@@ -178,31 +178,32 @@ class _Fields:
         return value
 
 
+def _reply(payload, kind, request_id, request):
+    """``payload``'s fields after its kind and request id, which must be
+    ``kind`` and ``request_id``; raises MalformedMessage otherwise (naming
+    ``request``, the question asked)."""
+    fields = _Fields(payload)
+    answered_kind = fields.u32()
+    if answered_kind != kind:
+        raise MalformedMessage("master answered the %s with 0x%08x" % (request, answered_kind))
+    answered = fields.u32()
+    if answered != request_id:
+        raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
+    return fields
+
+
 def alive_reply_pid(payload, request_id):
     """The master's pid from ``payload``, its answer to
     ``alive_check_packet(request_id)``.  Raises MalformedMessage for any
     other message."""
-    fields = _Fields(payload)
-    kind = fields.u32()
-    if kind != MUX_S_ALIVE:
-        raise MalformedMessage("master answered the alive check with 0x%08x" % kind)
-    answered = fields.u32()
-    if answered != request_id:
-        raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
-    return fields.u32()
+    return _reply(payload, MUX_S_ALIVE, request_id, "alive check").u32()
 
 
 def check_ok_reply(payload, request_id):
     """Raises MalformedMessage unless ``payload`` is MUX_S_OK for
     ``request_id`` (MUX_S_PERMISSION_DENIED: a master asking its user for
     each request, which clstr never configures)."""
-    fields = _Fields(payload)
-    kind = fields.u32()
-    if kind != MUX_S_OK:
-        raise MalformedMessage("master answered 0x%08x, not OK" % kind)
-    answered = fields.u32()
-    if answered != request_id:
-        raise MalformedMessage("master answered request %d, not %d" % (answered, request_id))
+    _reply(payload, MUX_S_OK, request_id, "request to exit")
 
 
 def split_packets(buffer):
@@ -609,20 +610,26 @@ class ControlSession(_Connection):
         self._on_error(kind, detail)
 
 
-# -- is the master answering? ----------------------------------------------------
+# -- a question to the master itself ----------------------------------------------
 
-class AliveCheck(_Connection):
+class _MasterRequest(_Connection):
+    """One request about the master itself (no fds, no session), answered
+    to ``on_done``; ``reply_timeout`` bounds the connect, the hello and the
+    answer alike: a backlog that stays full is one more sign of a master
+    not answering."""
+
+    def __init__(self, loop, control_path, reply_timeout, on_done):
+        self._on_done = on_done
+        _Connection.__init__(self, loop, control_path, (), reply_timeout, reply_timeout)
+
+
+class AliveCheck(_MasterRequest):
     """Asks the master at ``control_path``, on a connection of its own,
     whether it answers (MUX_C_ALIVE_CHECK, as ``ssh -O check`` does), and
     calls ``on_done(pid, None)`` with the master's pid, or
     ``on_done(None, why)`` if it did not answer within ``reply_timeout``
     seconds (for each of its hello and its answer), cannot be reached or
     answered otherwise.  Always from the loop."""
-
-    def __init__(self, loop, control_path, reply_timeout, on_done):
-        self._on_done = on_done
-        # A backlog that stays full is one more sign of a master not answering.
-        _Connection.__init__(self, loop, control_path, (), reply_timeout, reply_timeout)
 
     def _request(self):
         return alive_check_packet(self.REQUEST_ID)
@@ -636,18 +643,12 @@ class AliveCheck(_Connection):
         self._on_done(None, "%s: %s" % (kind.value, detail))
 
 
-# -- the run is over ---------------------------------------------------------------
-
-class Terminate(_Connection):
+class Terminate(_MasterRequest):
     """Asks the master at ``control_path`` to exit (MUX_C_TERMINATE, what
     ``ssh -O exit`` sends: an ssh started for each of hundreds of masters
     would cost the end of a run more than its jobs), and calls
     ``on_done(None)`` once it has said yes (or closed the connection on
     the request), or ``on_done(why)``.  Always from the loop."""
-
-    def __init__(self, loop, control_path, reply_timeout, on_done):
-        self._on_done = on_done
-        _Connection.__init__(self, loop, control_path, (), reply_timeout, reply_timeout)
 
     def _request(self):
         return terminate_packet(self.REQUEST_ID)
