@@ -50,6 +50,10 @@ class ReportReader:
     ``after_end``: likewise for bytes after the end report (an --exec
     transport's words about a job that has already ended)."""
 
+    # One or two a running job, and a worker's for the whole run.
+    __slots__ = ("token", "mark", "started", "status", "undelivered", "said_before_start",
+                 "_drop_before", "_drop_after", "_held")
+
     def __init__(self, token=RUN_TOKEN, before_start="pass", after_end="pass"):
         self.token = token
         self.mark = b"\x1eclstr-" + token.encode() + b":"

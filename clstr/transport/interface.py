@@ -145,6 +145,9 @@ class AttemptHandler:
     attempt): its output, and then exactly one of ``ended`` or
     ``unstarted``."""
 
+    # No attributes: a subclass may keep its instances small (__slots__).
+    __slots__ = ()
+
     def output(self, stream, data):
         """Raw bytes the job wrote on ``stream`` (1 or 2)."""
         raise NotImplementedError
@@ -295,6 +298,8 @@ class Session:
     """One running attempt, as the run sees it; it reports to its
     AttemptHandler.  Subclasses implement ``stop()``, ``kill()``,
     ``pause()`` and ``resume()``."""
+
+    __slots__ = ()
 
     def stop(self, grace):
         """Stop the job (on the node too); ``ended`` follows, at the latest

@@ -118,6 +118,10 @@ class Worker(AttemptHandler):
     named for the job it carried (``classify``); ``gone(worker)`` is told
     that it has ended."""
 
+    # One a slot for the whole run.
+    __slots__ = ("loop", "_base", "_gone", "_per_job", "_no_group", "job", "_until_ready",
+                 "process")
+
     def __init__(self, loop, base, slot, gone, per_job):
         self.loop = loop
         self._base = base
@@ -201,6 +205,9 @@ class WorkerSession(Session):
     """One job on a worker, reporting to ``handler``; ``reports`` (the
     attempt's ReportReader) reads its stderr, a reader of the same token its
     stdout.  It ends at both end reports, or with its worker."""
+
+    __slots__ = ("_worker", "_attempt", "_handler", "reports", "_readers", "_grace", "_over",
+                 "_inner")
 
     def __init__(self, worker, attempt, handler):
         self._worker = worker
