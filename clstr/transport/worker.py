@@ -2,9 +2,10 @@
 runs the slot's jobs one at a time, as shell text, and the frames clstr
 sends it.
 
-A job costs its node a fork and an exec instead of a whole session (an srun
-step, an sshd session).  clstr writes one frame per line on the worker's
-stdin and writes the next job only after the previous one's end reports:
+A job costs its node a fork (and an exec, unless the login shell is bash)
+instead of a whole session (an srun step, an sshd session).  clstr writes
+one frame per line on the worker's stdin and writes the next job only after
+the previous one's end reports:
 
 - ``j TOKEN COMMAND PRELUDE`` runs a job: the command, and the prelude
   (transport/prelude.py) that the job's process runs first, each split at
@@ -19,19 +20,21 @@ stdin and writes the next job only after the previous one's end reports:
   answers output with.
 
 Each job runs as a per-job wrapper runs one (transport/wrapper.py): in the
-login shell (a fork of the worker, which runs in the login shell when that
-is a POSIX shell; else ``$SHELL -c``), a process of its own (so its ``cd``,
-``export`` or ``ulimit`` never reach the next job), in a process group of
-its own (job control, or ``setsid``: the group a stop signals), with
-``/dev/null`` as stdin and none of the worker's fds (fd 3, the frames, is
-closed for it: a job running ``cat`` or ``ssh`` cannot swallow the next
-frame).  While it runs, a watcher reads the frames in its place: ``k``, or
-EOF (clstr or the connection gone), TERMs the job's group, and KILLs it
-2 s later.  When the job and everything it left in its group have ended,
-the worker kills and reaps the watcher first (so that it can take no byte
-of the next frame) and only then writes the end report.  What a job shares
-with the next: the worker's ``$$`` (a job's ``kill $$`` stops that job, as
-under a per-job wrapper), and whatever it left running outside its group.
+login shell (a fork of the worker when the worker is the login shell and has
+job control, i.e. bash; else ``$SHELL -c``), a process of its own (so its
+``cd``, ``export`` or ``ulimit`` never reach the next job), in a process
+group of its own (job control, or ``setsid``: the group a stop signals),
+with ``/dev/null`` as stdin and none of the worker's fds (the frames' pipes
+are closed for it: a job running ``cat`` or ``ssh`` cannot swallow the next
+frame).  A stop frame, or EOF (clstr or the connection gone), TERMs the
+job's group and KILLs it 2 s later.  In bash one reader takes the frames
+for the worker's life and signals the worker (``_READER``); elsewhere a
+watcher forked for each job reads them while it runs, and the worker kills
+and reaps it before the job's end report (so that it can take no byte of
+the next frame).  The end report comes once the job and everything it left
+in its group have ended.  What a job shares with the next: the worker's
+``$$`` (a job's ``kill $$`` stops that job, as under a per-job wrapper),
+and whatever it left running outside its group.
 
 The reports are endreport.py's: once ready, the worker writes one start
 report (READY_TOKEN) and then an end report per job, with the frame's TOKEN
