@@ -50,7 +50,7 @@ class ReportReader:
     ``after_end``: likewise for bytes after the end report (an --exec
     transport's words about a job that has already ended)."""
 
-    # One or two a running job, and a worker's for the whole run.
+    # One or two for each running job, and one for each worker's whole run.
     __slots__ = ("token", "mark", "started", "status", "undelivered", "said_before_start",
                  "_drop_before", "_drop_after", "_held")
 
