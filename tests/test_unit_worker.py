@@ -15,7 +15,8 @@ import termios
 import pytest
 
 from clstr.transport.endreport import ReportReader
-from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, worker_argv
+from clstr.transport.prelude import WORKER_SEQ, job_prelude
+from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, setup_frame, worker_argv
 from clstr_run import wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
@@ -40,9 +41,10 @@ F_GETPIPE_SZ = 1032  # fcntl.F_GETPIPE_SZ from Python 3.10 on
 
 
 class LocalWorker:
-    """The worker under ``shell``, its stdout and stderr read per job."""
+    """The worker under ``shell``, its stdout and stderr read per job, each
+    job after ``prelude`` (the worker's slot prelude)."""
 
-    def __init__(self, shell, cwd):
+    def __init__(self, shell, cwd, prelude=b""):
         self.shell = shell
         argv = [os.fsdecode(word) for word in worker_argv()]
         env = dict(os.environ)
@@ -54,6 +56,8 @@ class LocalWorker:
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, cwd=cwd, env=env)
         self.count = 0
+        self.token_prefix = "%x" % os.getpid()
+        self.send(setup_frame(self.token_prefix, prelude))
         for stream in (self.process.stdout, self.process.stderr):
             reader = ReportReader(READY_TOKEN, before_start="drop")
             self._read(stream, reader, "started")
@@ -80,12 +84,11 @@ class LocalWorker:
         self.process.stdin.write(data)
         self.process.stdin.flush()
 
-    def start(self, command, prelude=b""):
-        """Send ``command`` with ``prelude``; returns its token."""
+    def start(self, command):
+        """Send ``command``; returns its reports' token."""
         self.count += 1
-        token = "t%d-%d" % (os.getpid(), self.count)
-        self.send(job_frame(token, command, prelude))
-        return token
+        self.send(job_frame(self.count, self.count, command))
+        return "%s-%d" % (self.token_prefix, self.count)
 
     def finish(self, token):
         """Read until both end reports of ``token``: (status, stdout, stderr)."""
@@ -99,8 +102,8 @@ class LocalWorker:
         assert out[self.process.stdout][0] == out[self.process.stderr][0]
         return out[self.process.stdout][0], out[self.process.stdout][1], out[self.process.stderr][1]
 
-    def run(self, command, prelude=b""):
-        return self.finish(self.start(command, prelude))
+    def run(self, command):
+        return self.finish(self.start(command))
 
     def close(self):
         """Close its stdin: (its exit status, what it wrote on stdout since)."""
@@ -123,8 +126,24 @@ def worker(request, tmp_path):
 
 def test_a_frame_is_one_line_whatever_the_command_holds():
     command = b"echo 'a'\n\"b\" $c \\\r\n\n"
-    frame = job_frame("tok-1", command, b"export A='x\ny'; ")
-    assert frame.count(b"\n") == 1 and frame.endswith(b"\n")
+    for frame in (job_frame(1, 1, command), setup_frame("ab12", b"export A='x\ny'; ")):
+        assert frame.count(b"\n") == 1 and frame.endswith(b"\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_each_job_runs_the_slot_prelude_with_its_own_number(shell, tmp_path):
+    # The prelude comes once, in the setup frame; each job frame brings the
+    # job's number.
+    prelude = job_prelude(WORKER_SEQ, 2, "lab01", [(b"V", b"it's\n!")], b"sub dir")
+    started = LocalWorker(shell, str(tmp_path), prelude)
+    try:
+        probe = b'printf "%s|" "$CLSTR_SEQ" "$CLSTR_SLOT" "$CLSTR_HOST" "$V" "${PWD##*/}"'
+        for number in (1, 2):
+            assert started.run(probe) == (
+                0, b"%d|2|lab01|it's\n!|sub dir|" % number, b"")
+    finally:
+        started.process.kill()
+        started.process.wait()
 
 
 def test_the_command_arrives_byte_for_byte(worker):
@@ -137,7 +156,7 @@ def test_a_frame_cut_short_never_runs(worker, tmp_path):
     marker = tmp_path / "ran"
     assert worker.run(b"echo first") == (0, b"first\n", b"")
     # The worker's stdin ends in the middle of a frame: no newline, no job.
-    worker.send(job_frame("cut", b"touch %s" % os.fsencode(marker), b"")[:-1])
+    worker.send(job_frame(99, 99, b"touch %s" % os.fsencode(marker))[:-1])
     code, said = worker.close()
     assert (code, said) == (0, b"")
     assert not marker.exists()

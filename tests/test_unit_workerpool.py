@@ -4,7 +4,9 @@ transport may cut them."""
 
 import types
 
-from clstr.transport.worker import NO_GROUP
+from clstr.transport.endreport import RUN_TOKEN
+from clstr.transport.prelude import slot_prelude
+from clstr.transport.worker import ACK_FRAME, NO_GROUP, job_frame, setup_frame
 from clstr.transport.workerpool import WorkerTransport
 
 READY = b"\x1eclstr-ready:s\n"
@@ -68,6 +70,7 @@ class Slot:
 
 
 SLOT = Slot()
+PLAN = types.SimpleNamespace(env=[(b"X", b"1")], workdir=None)
 
 
 def start_job(transport, command=b"echo hi", slot=SLOT):
@@ -75,7 +78,8 @@ def start_job(transport, command=b"echo hi", slot=SLOT):
     # Transports run the attempt's command (a template's {%} and {host}
     # filled in); the job keeps its own.
     attempt = types.SimpleNamespace(slot=slot, reports=reports, prelude=b"export X=1; ",
-                                    command=command, job=types.SimpleNamespace(command=command))
+                                    command=command,
+                                    job=types.SimpleNamespace(command=command, seq=7))
     handler = Handler()
     transport.open(attempt, handler)
     return reports, handler
@@ -87,7 +91,7 @@ def end_report(reports, status):
 
 def test_a_stream_ready_before_the_other_keeps_the_jobs_output_that_follows_it():
     base = StandInBase()
-    transport = WorkerTransport(base, loop=None)
+    transport = WorkerTransport(base, loop=None, plan=PLAN)
     reports, handler = start_job(transport)
     worker = base.processes[0].handler
     # stdout's ready report, the job's output and its end report in one
@@ -101,13 +105,20 @@ def test_a_stream_ready_before_the_other_keeps_the_jobs_output_that_follows_it()
 
 def test_the_next_job_on_a_ready_worker_starts_with_its_frame():
     base = StandInBase()
-    transport = WorkerTransport(base, loop=None)
+    transport = WorkerTransport(base, loop=None, plan=PLAN)
     first, handler = start_job(transport)
     worker = base.processes[0].handler
     worker.output(1, READY + b"one\n" + end_report(first, 0))
     worker.output(2, READY + end_report(first, 0))
     second, handler = start_job(transport, b"echo two")
     assert len(base.processes) == 1 and second.started
+    # The slot's prelude once, then each job as its attempt's number (the
+    # end of its token), its own number and its command.
+    assert base.processes[0].sent == [
+        setup_frame(RUN_TOKEN, slot_prelude(PLAN, SLOT)),
+        job_frame(int(first.token.rpartition("-")[2]), 7, b"echo hi"), ACK_FRAME,
+        job_frame(int(second.token.rpartition("-")[2]), 7, b"echo two")]
+    assert second.token == "%s-%d" % (RUN_TOKEN, int(first.token.rpartition("-")[2]) + 1)
     worker.output(1, b"two" + end_report(second, 3))
     worker.output(2, b"err" + end_report(second, 3))
     assert handler.out == {1: b"two", 2: b"err"} and second.status == 3
@@ -115,7 +126,7 @@ def test_the_next_job_on_a_ready_worker_starts_with_its_frame():
 
 def test_a_worker_that_cannot_give_a_job_a_group_hands_its_hosts_jobs_to_sessions():
     base = StandInBase()
-    transport = WorkerTransport(base, loop=None)
+    transport = WorkerTransport(base, loop=None, plan=PLAN)
     reports, handler = start_job(transport)
     worker = base.processes[0].handler
     # No job control, no setsid: it says so instead of ready, and exits; the
@@ -132,7 +143,7 @@ def test_a_worker_that_cannot_give_a_job_a_group_hands_its_hosts_jobs_to_session
 
 def test_a_command_too_big_for_a_frame_goes_in_a_session_of_its_own():
     base = StandInBase()
-    transport = WorkerTransport(base, loop=None)
+    transport = WorkerTransport(base, loop=None, plan=PLAN)
     big = b"echo " + b"x" * (200 * 1024)
     reports, _ = start_job(transport, big)
     assert [opened.reports for opened, _ in base.opened] == [reports]

@@ -24,11 +24,11 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
             base = SlurmTransport(plan.exec_words, loop, os.environ.get("SLURM_JOB_ID", ""))
         else:
             base = ExecTransport(plan.exec_words, loop)
-        return WorkerTransport(base, loop) if plan.workers else base
+        return WorkerTransport(base, loop, plan) if plan.workers else base
     transport = SshTransport(plan.ssh, loop, private)
     if plan.multiplex:
         if masters is None:
             masters = MasterSet(loop, plan.ssh, private.path)
         transport = MuxTransport(pool, events, masters, transport, plan.sessions_per_master,
                                  shuffle)
-    return WorkerTransport(transport, loop) if plan.workers else transport
+    return WorkerTransport(transport, loop, plan) if plan.workers else transport

@@ -76,16 +76,23 @@ def _directory(workdir):
     return _word(workdir)
 
 
+# What a worker's job (worker.py) reads its number from: the worker's slot
+# prelude is sent once, and each job's frame sets this variable.
+WORKER_SEQ = b'"$clstr_seq"'
+
+
 def job_prelude(seq, slot_number, host, env=(), workdir=None):
-    """The prelude (bytes, sh text ending in "; ") for job ``seq`` on slot
-    ``slot_number`` of ``host`` (str): it exports ``env`` ((name, value)
+    """The prelude (bytes, sh text ending in "; ") for job ``seq`` (an int,
+    or WORKER_SEQ) on slot ``slot_number`` of ``host`` (str): it exports
+    ``env`` ((name, value)
     bytes pairs), then CLSTR_SEQ, CLSTR_SLOT and CLSTR_HOST, and enters
     ``workdir`` (bytes or None), making it first if it does not exist.  A
     directory it cannot make or enter ends the job's process with
     WORKDIR_FAILED, saying so on stderr: the job's own failure."""
     host = host.encode()
     exports = [b"%s=%s" % (name, _word(value)) for name, value in env]
-    exports += [b"CLSTR_SEQ=%d" % seq, b"CLSTR_SLOT=%d" % slot_number,
+    exports += [b"CLSTR_SEQ=" + (seq if seq == WORKER_SEQ else b"%d" % seq),
+                b"CLSTR_SLOT=%d" % slot_number,
                 b"CLSTR_HOST=" + _word(host)]
     text = b"export " + b" ".join(exports) + b"; "
     if workdir is not None:
@@ -127,3 +134,9 @@ def attempt_prelude(plan, job, slot):
     parallel's {%} counts job slots from 1 (a host's slots are its own:
     two jobs running at once on a host never share a number)."""
     return job_prelude(job.seq, slot.index + 1, slot.host.name, plan.env, plan.workdir)
+
+
+def slot_prelude(plan, slot):
+    """The prelude every job of ``slot``'s worker runs under ``plan``, as
+    attempt_prelude's, its number taken from WORKER_SEQ."""
+    return job_prelude(WORKER_SEQ, slot.index + 1, slot.host.name, plan.env, plan.workdir)

@@ -7,14 +7,18 @@ instead of a whole session (an srun step, an sshd session).  clstr writes
 one frame per line on the worker's stdin and writes the next job only after
 the previous one's end reports:
 
-- ``j TOKEN COMMAND PRELUDE`` runs a job: the command, and the prelude
-  (transport/prelude.py) that the job's process runs first, each split at
-  its newlines, each piece single-quoted, joined by ``"$nl"`` (a newline
-  the worker defines once), so the frame is one line whatever they hold.
-  The worker reads it with ``IFS= read -r`` and takes it apart by
-  ``eval "set -- $frame"``, with no fork.  ``read`` fails on a line that
-  has no newline (the worker's stdin closed mid-frame), so a frame cut
-  short never runs.
+- ``o TOKEN PRELUDE`` comes first, once: the worker's reports carry
+  TOKEN (the run's), and each job's process runs PRELUDE
+  (prelude.slot_prelude: the job's environment and directory) first.
+- ``j NUMBER SEQ COMMAND`` runs a job: COMMAND after the prelude, with
+  CLSTR_SEQ=SEQ, its reports' token TOKEN-NUMBER (the attempt's).  The
+  prelude and the command are split at their newlines, each piece
+  single-quoted, joined by ``"$nl"`` (a newline the worker defines once),
+  so a frame is one line whatever they hold.  The worker reads it with
+  ``IFS= read -r`` (a byte at a time: hence the prelude once, not in each
+  frame) and takes it apart by ``eval "set -- $frame"``, with no fork.
+  ``read`` fails on a line that has no newline (the worker's stdin closed
+  mid-frame), so a frame cut short never runs.
 - ``k`` stops the running job.  Any other line is ignored, such as a ``k``
   that came after its job had ended, or the empty line (``ACK_FRAME``) clstr
   answers output with.
@@ -37,9 +41,9 @@ in its group have ended.  What a job shares with the next: the worker's
 and whatever it left running outside its group.
 
 The reports are endreport.py's: once ready, the worker writes one start
-report (READY_TOKEN) and then an end report per job, with the frame's TOKEN
-(the run's token and the attempt's number: no report of one job can be
-taken for another's), on stdout *and* stderr: the two streams travel
+report (READY_TOKEN) and then an end report per job, with the token
+TOKEN-NUMBER (the run's token and the attempt's number: no report of one
+job can be taken for another's), on stdout *and* stderr: the two streams travel
 separately (srun, ssh), so each is cut at its own report, and a job's last
 line without a newline is still its own.
 """
@@ -76,11 +80,20 @@ def _one_line(text):
     return b'"$nl"'.join(shell_quote(piece) for piece in text.split(b"\n"))
 
 
-def job_frame(token, command, prelude):
-    """The line that runs ``command`` (bytes) after ``prelude`` (bytes),
-    reporting with ``token`` (str: hex digits and "-",
-    endreport.ReportReader's): one newline, at its end."""
-    return b"j %s %s %s\n" % (token.encode(), _one_line(command), _one_line(prelude))
+def setup_frame(token_prefix, prelude):
+    """The worker's first line: each job runs ``prelude`` (bytes,
+    prelude.slot_prelude's) first, and its reports' token is
+    ``token_prefix`` (str: hex digits, endreport.ReportReader's) with "-"
+    and the job frame's number after it."""
+    return b"o %s %s\n" % (token_prefix.encode(), _one_line(prelude))
+
+
+def job_frame(number, seq, command):
+    """The line that runs ``command`` (bytes) as job ``seq`` (its
+    CLSTR_SEQ), reporting as attempt ``number`` (ints): one newline, at its
+    end.  Short, since the worker reads it a byte at a time (twice, in
+    bash): the rest of a job's prelude came once, in the setup frame."""
+    return b"j %d %d %s\n" % (number, seq, _one_line(command))
 
 
 def _report(kind, args):
@@ -98,11 +111,13 @@ def _report(kind, args):
 # 0.93 ms as `$SHELL -c` under job control (a worker in bash for a dash
 # login shell); 1.41 ms as `setsid $SHELL -c` (no job control).  A subshell
 # of a job-control shell has job control off, so whatever the job starts
-# stays in its group.  Either way the job's process runs its prelude ($3)
-# first (an exit there is the job's), then the job (exec keeps the pid; a
-# background process is no group leader, so setsid needs no fork).
-_FORK = "( eval \"$3\"; clstr_c=$2; set --; eval \"$clstr_c\" ) 2>&4 3<&- 4>&- 5<&- & "
-_EXEC = ("{ eval \"$3\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$2\"; } "
+# stays in its group.  Either way the job's process runs the prelude
+# ($clstr_pre, its number in $clstr_seq) first (an exit there is the job's),
+# then the job (exec keeps the pid; a background process is no group
+# leader, so setsid needs no fork).
+_FORK = ("( clstr_seq=$2; eval \"$clstr_pre\"; clstr_c=$3; set --; eval \"$clstr_c\" ) "
+         "2>&4 3<&- 4>&- 5<&- & ")
+_EXEC = ("{ clstr_seq=$2; eval \"$clstr_pre\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$3\"; } "
          "2>&4 3<&- 4>&- 5<&- & ")
 
 # What stops a running job (a stop frame, or EOF: clstr or the connection
@@ -128,7 +143,7 @@ _READER = ("exec 5< <({ trap '' HUP INT TERM USR1 USR2 URG; n=0; "
            "clstr_signal() { case $((n % 3)) in 0) kill -USR1 $$;; 1) kill -USR2 $$;; "
            "*) kill -URG $$;; esac; }; "
            "while IFS= read -r line; do case $line in "
-           "\"j \"*) n=$((n+1)); printf '%s\\n' \"$line\";; "
+           "\"j \"*) n=$((n+1)); printf '%s\\n' \"$line\";; \"o \"*) printf '%s\\n' \"$line\";; "
            "k) clstr_signal;; esac; done; clstr_signal; } <&3 4>&-); exec 3<&-; "
            "trap 'clstr_stop 0' USR1; trap 'clstr_stop 1' USR2; trap 'clstr_stop 2' URG; ")
 _STOP = ("clstr_stop() { clstr_p=$1; set -- $clstr_state; "
@@ -172,6 +187,7 @@ _BODY = (
     # job, as it would stop a per-job wrapper's, and not the worker; it
     # may come before the worker has the job's pid.
     "job=; clstr_sig=; clstr_n=0; clstr_state='0 done'; clstr_pending=; clstr_killer=; "
+    "clstr_tok=; clstr_pre=; "
     "clstr_read=3; "
     "clstr_pass() { if [ -n \"$job\" ]; then kill -$1 -$job; else clstr_sig=$1; fi; }; "
     "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
@@ -202,10 +218,11 @@ _BODY = (
     "clstr_state=\"$clstr_n done\"; job=; "
     "if [ -n \"$clstr_killer\" ]; then "
     "kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
-    + "%s}; " % _report("e%d", "\"$1\" \"$code\"")
+    + "%s}; " % _report("e%d", "\"$clstr_tok-$1\" \"$code\"")
     + _report("s", READY_TOKEN) +
     "while IFS= read -r frame <&$clstr_read; do "
-    "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; esac; "
+    "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; "
+    "\"o \"*) eval \"set -- $frame\"; clstr_tok=$2; clstr_pre=$3;; esac; "
     "done")
 
 

@@ -27,18 +27,21 @@ import itertools
 
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
-from .worker import ACK_FRAME, NO_GROUP, READY_TOKEN, STOP_FRAME, job_frame
+from .prelude import slot_prelude
+from .worker import ACK_FRAME, NO_GROUP, READY_TOKEN, STOP_FRAME, job_frame, setup_frame
 from .wrapper import command_on_stdin
 
 
 class WorkerTransport(Transport):
     """Attempts through a worker per slot, started through ``base`` (an
     ExecTransport, SshTransport or MuxTransport: its ``worker_process`` and
-    ``describe_worker``, and its masters) under ``loop``."""
+    ``describe_worker``, and its masters) under ``loop``, for ``plan``'s
+    jobs (its --env and --workdir go in each worker's slot prelude)."""
 
-    def __init__(self, base, loop):
+    def __init__(self, base, loop, plan):
         self._base = base
         self._loop = loop
+        self._plan = plan
         self._workers = {}  # slot -> its Worker
         # Hosts whose worker could not give a job a group of its own: their
         # jobs go one session each, through the base transport.
@@ -66,7 +69,7 @@ class WorkerTransport(Transport):
     def report_reader(self):
         # Each attempt's reports carry a token of their own, and what the
         # worker's transport says outside a job is not the job's.
-        token = "%s-%d" % (RUN_TOKEN, next(self._attempt_numbers))
+        token = "%s-%d" % (RUN_TOKEN, next(self._attempt_numbers))  # see Worker.run
         return ReportReader(token, before_start="drop", after_end="drop")
 
     def open(self, attempt, handler):
@@ -77,8 +80,8 @@ class WorkerTransport(Transport):
             return self._base.open(attempt, handler)
         worker = self._workers.get(slot)
         if worker is None:
-            worker = Worker(self._loop, self._base, slot, lambda gone: self._gone(slot, gone),
-                            self._per_job)
+            worker = Worker(self._loop, self._base, slot, slot_prelude(self._plan, slot),
+                            lambda gone: self._gone(slot, gone), self._per_job)
             self._workers[slot] = worker
         return worker.run(attempt, handler)
 
@@ -114,7 +117,8 @@ class WorkerTransport(Transport):
 
 class Worker(AttemptHandler):
     """One worker on ``slot``, started by ``base.worker_process`` under
-    ``loop``, carrying one job at a time (``run``).  Its process's end is
+    ``loop``, carrying one job at a time (``run``), each after ``prelude``
+    (bytes, prelude.slot_prelude's).  Its process's end is
     named for the job it carried (``classify``); ``gone(worker)`` is told
     that it has ended."""
 
@@ -122,7 +126,7 @@ class Worker(AttemptHandler):
     __slots__ = ("loop", "_base", "_gone", "_per_job", "_no_group", "job", "_until_ready",
                  "process")
 
-    def __init__(self, loop, base, slot, gone, per_job):
+    def __init__(self, loop, base, slot, prelude, gone, per_job):
         self.loop = loop
         self._base = base
         self._gone = gone
@@ -133,6 +137,7 @@ class Worker(AttemptHandler):
         self._until_ready = {1: ReportReader(READY_TOKEN, before_start="drop"),
                              2: ReportReader(READY_TOKEN, before_start="drop")}
         self.process = base.worker_process(slot, self, self._classify)
+        self.process.send(setup_frame(RUN_TOKEN, prelude))
 
     def _ready_streams(self):
         return [stream for stream, reader in self._until_ready.items() if reader is None]
@@ -144,7 +149,10 @@ class Worker(AttemptHandler):
         self.job.started(self._ready_streams())
         # Reading may have been paused under the previous job.
         self.process.resume()
-        self.process.send(job_frame(attempt.reports.token, attempt.command, attempt.prelude))
+        # The frame carries the number at the end of the attempt's token
+        # (WorkerTransport.report_reader's); the worker has the rest.
+        number = int(attempt.reports.token.rpartition("-")[2])
+        self.process.send(job_frame(number, attempt.job.seq, attempt.command))
         return self.job
 
     def close(self):
