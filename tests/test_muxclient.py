@@ -34,6 +34,7 @@ from clstr.transport.muxclient import (
     split_packets,
     terminate_packet,
 )
+from clstr.transport.muxsession import MuxSession
 from clstr.transport.wrapper import wrapped_command
 from clstr_run import RUN_ID, wait_until
 from cluster import LoopbackCluster
@@ -611,3 +612,37 @@ def test_stale_socket_file_is_a_connect_failure(loop, tmp_path):
         stale.close()
     assert outcome.result[0] is MuxError.CONNECT_FAILED
 
+
+def test_frames_sent_before_a_fall_back_reach_the_session_that_takes_over(loop, tmp_path):
+    # A worker's setup and first job frames go as soon as its session is
+    # asked for.  If the mux client cannot reach the master, they are in a
+    # pipe the master never took: the ssh client taking over must get them,
+    # or the worker waits for a job that never comes.
+    class Carrier:
+        def carry(self, session):
+            pass
+
+        def drop(self, session):
+            pass
+
+    class TakingOver:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, data):
+            self.sent.append(data)
+
+    taking_over = TakingOver()
+    fell_back = []
+
+    def fall_back(error, detail):
+        fell_back.append(error)
+        return taking_over
+    session = MuxSession(loop, str(tmp_path / "no-master"), b"true", None, fall_back, None,
+                         Carrier())
+    session.send(b"o setup\n")
+    session.send(b"j 1 1 'true'\n")
+    run_until(loop, lambda: fell_back, timeout=30)
+    session.send(b"j 2 2 'true'\n")
+    assert fell_back == [MuxError.CONNECT_FAILED]
+    assert taking_over.sent == [b"o setup\n", b"j 1 1 'true'\n", b"j 2 2 'true'\n"]

@@ -321,6 +321,9 @@ class Session:
 class NoSession(Session):
     """A session that never started (its end was already dealt with)."""
 
+    def send(self, data):
+        pass
+
     def stop(self, grace):
         pass
 

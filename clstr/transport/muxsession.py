@@ -47,10 +47,17 @@ class MuxSession(Session):
         self._paused = False
         self._stopped = False
         self._left = False
+        # What ``send`` wrote before the master took the session: it is in
+        # a pipe the master never got if the session falls back, so the
+        # session that takes over gets it again (None once opened).
+        self._unopened = []
         self._inner = MuxAttempt(loop, control_path, remote_command, self._output,
-                                 self._exited, self._failed, reply_timeout=reply_timeout,
-                                 stdin_data=stdin_data)
+                                 self._exited, self._failed, on_opened=self._opened,
+                                 reply_timeout=reply_timeout, stdin_data=stdin_data)
         carrier.carry(self)
+
+    def _opened(self):
+        self._unopened = None
 
     def master_killed(self, detail):
         """clstr has killed this session's master for not answering."""
@@ -78,6 +85,9 @@ class MuxSession(Session):
         if error in (MuxError.CONNECT_FAILED, MuxError.PROTOCOL_MISMATCH) and not self._stopped:
             self._carrier.drop(self)
             self._inner = self._fall_back(error, detail)
+            for data in self._unopened or ():
+                self._inner.send(data)
+            self._unopened = None
             if self._paused:
                 self._inner.pause()
             return
@@ -91,6 +101,8 @@ class MuxSession(Session):
     def send(self, data):
         """Write ``data`` on the command's stdin (a worker's frames), through
         whichever client carries it now."""
+        if self._unopened is not None:
+            self._unopened.append(data)
         self._inner.send(data)
 
     def stop(self, grace):
