@@ -16,7 +16,7 @@ import pytest
 
 from clstr.transport.endreport import ReportReader
 from clstr.transport.prelude import WORKER_SEQ, job_prelude
-from clstr.transport.worker import READY_TOKEN, STOP_FRAME, job_frame, setup_frame, worker_argv
+from clstr.transport.worker import READY_TOKEN, job_frame, setup_frame, worker_argv
 from clstr_run import wait_until
 
 SHELLS = [shell for shell in ("dash", "bash") if shutil.which(shell)]
@@ -193,39 +193,68 @@ def test_a_job_holds_none_of_the_workers_fds(worker):
     assert worker.run(probe) == (0, b"ok\n", b"")
 
 
-def test_a_stop_frame_stops_the_jobs_group_and_the_worker_runs_on(worker, tmp_path):
-    started = tmp_path / "started"
-    token = worker.start(b"touch %s; sleep 300 & sleep 301" % os.fsencode(started))
-    wait_until(started.exists, what="the job to start")
-    worker.send(STOP_FRAME)
+def alive(pid):
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_the_frames_end_stops_the_jobs_group_reports_its_end_and_the_worker_exits(
+        worker, tmp_path):
+    # clstr stops a job by closing the worker's stdin; a lost connection
+    # closes it too.
+    pid_file = tmp_path / "pid"
+    token = worker.start(b"sleep 300 & echo $! > %s.tmp; mv %s.tmp %s; sleep 301"
+                         % ((os.fsencode(pid_file),) * 3))
+    wait_until(pid_file.exists, what="the job to start")
+    left_behind = int(pid_file.read_text())
+    worker.process.stdin.close()
     status, _, _ = worker.finish(token)
     assert status == 143
-    assert worker.run(b"echo after") == (0, b"after\n", b"")
+    # The end report comes once the job's whole group is gone, its
+    # background sleep too.
+    assert not alive(left_behind)
+    assert worker.process.wait(timeout=30) == 0
 
 
-def test_a_stop_frame_after_its_job_ended_is_ignored(worker):
+def test_lines_that_are_no_frame_are_ignored(worker):
     assert worker.run(b"true")[0] == 0
-    worker.send(STOP_FRAME + b"\n" + b"garbage\n")
+    worker.send(b"k\n\ngarbage\nx j 1 1 touch\n")
     assert worker.run(b"echo still") == (0, b"still\n", b"")
 
 
-def test_a_stop_frame_right_behind_its_job_frame_stops_that_job(worker, tmp_path):
-    # The stop may reach the worker before it has started the job.
+def test_the_frames_end_right_behind_a_job_frame_stops_that_job(worker, tmp_path):
+    # The end may reach the worker before it has started the job.
     marker = tmp_path / "ran-on"
     token = worker.start(b"sleep 300; touch %s" % os.fsencode(marker))
-    worker.send(STOP_FRAME)
+    worker.process.stdin.close()
     assert worker.finish(token)[0] == 143
-    assert worker.run(b"echo after") == (0, b"after\n", b"")
+    assert worker.process.wait(timeout=30) == 0
     assert not marker.exists()
 
 
-def test_a_late_stop_frame_does_not_stop_the_next_job(worker):
-    # clstr sent the stop before the job's end reports reached it: the next
-    # frame follows right behind it.
-    assert worker.run(b"true")[0] == 0
-    worker.send(STOP_FRAME)
-    assert worker.run(b"sleep 0.5; echo not-stopped") == (0, b"not-stopped\n", b"")
-    assert worker.run(b"echo again") == (0, b"again\n", b"")
+def test_in_bash_a_job_started_after_the_frames_end_is_stopped_as_it_starts(worker, tmp_path):
+    # The end's signal may be taken before the worker has the job's pid
+    # (between two commands of the worker's): it is kept for the job.  Made
+    # certain here with a frame queued behind a running job (which clstr
+    # never sends): the end stops the first job, then the second as it
+    # starts.  Without bash the watcher reads the frames while a job runs:
+    # the queued frame would be its.
+    if worker.shell == "dash-alone":
+        pytest.skip("a watcher per job reads the frames while the job runs")
+    started = tmp_path / "started"
+    marker = tmp_path / "ran-on"
+    first = worker.start(b"touch %s; sleep 300" % os.fsencode(started))
+    wait_until(started.exists, what="the first job to start")
+    second = worker.start(b"sleep 2; touch %s" % os.fsencode(marker))
+    worker.process.stdin.close()
+    assert worker.finish(first)[0] == 143
+    assert worker.finish(second)[0] == 143
+    assert worker.process.wait(timeout=30) == 0
+    assert not marker.exists()
 
 
 def test_with_bash_one_reader_takes_the_frames_and_a_job_is_one_process(worker, tmp_path):
@@ -239,9 +268,9 @@ def test_with_bash_one_reader_takes_the_frames_and_a_job_is_one_process(worker, 
     else:
         assert len(worker.reader) == 1 and len(running) == 2
         assert worker.reader[0] in running
-    worker.send(STOP_FRAME)
+    worker.process.stdin.close()
     assert worker.finish(token)[0] == 143
-    assert children(worker.process.pid) == worker.reader
+    assert worker.process.wait(timeout=30) == 0
 
 
 def test_a_jobs_kill_of_its_shells_pid_stops_that_job_and_not_the_worker(worker):

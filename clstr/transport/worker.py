@@ -16,12 +16,21 @@ the previous one's end reports:
   single-quoted, joined by ``"$nl"`` (a newline the worker defines once),
   so a frame is one line whatever they hold.  The worker reads it with
   ``IFS= read -r`` (a byte at a time: hence the prelude once, not in each
-  frame) and takes it apart by ``eval "set -- $frame"``, with no fork.
+  frame) and runs it as a call of the function ``clstr_j`` (``clstr_o``
+  for the setup frame), by ``eval``: no fork.
   ``read`` fails on a line that has no newline (the worker's stdin closed
   mid-frame), so a frame cut short never runs.
-- ``k`` stops the running job.  Any other line is ignored, such as a ``k``
-  that came after its job had ended, or the empty line (``ACK_FRAME``) clstr
+- Any other line is ignored, such as the empty line (``ACK_FRAME``) clstr
   answers output with.
+
+A running job is stopped by the frames' end: clstr closes the worker's
+stdin to stop it (the worker then reports the job's end and exits: the
+slot's next job starts a new one), and so does the loss of clstr or of the
+connection.  So no frame needs reading while a job runs: in bash, `cat`
+copies the frames for the worker's life and signals the worker at their end
+(``_READER``); without bash, a watcher forked for each job reads them while
+it runs, and the worker kills and reaps it before the job's end report (so
+that it can take no byte of the next frame).
 
 Each job runs as a per-job wrapper runs one (transport/wrapper.py): in the
 login shell (a fork of the worker when the worker is the login shell and has
@@ -30,15 +39,11 @@ job control, i.e. bash; else ``$SHELL -c``), a process of its own (so its
 group of its own (job control, or ``setsid``: the group a stop signals),
 with ``/dev/null`` as stdin and none of the worker's fds (the frames' pipes
 are closed for it: a job running ``cat`` or ``ssh`` cannot swallow the next
-frame).  A stop frame, or EOF (clstr or the connection gone), TERMs the
-job's group and KILLs it 2 s later.  In bash one reader takes the frames
-for the worker's life and signals the worker (``_READER``); elsewhere a
-watcher forked for each job reads them while it runs, and the worker kills
-and reaps it before the job's end report (so that it can take no byte of
-the next frame).  The end report comes once the job and everything it left
-in its group have ended.  What a job shares with the next: the worker's
-``$$`` (a job's ``kill $$`` stops that job, as under a per-job wrapper),
-and whatever it left running outside its group.
+frame).  At the frames' end the job's group gets TERM, and KILL 2 s later.
+The end report comes once the job and everything it left in its group have
+ended.  What a job shares with the next: the worker's ``$$`` (a job's
+``kill $$`` stops that job, as under a per-job wrapper), and whatever it
+left running outside its group.
 
 The reports are endreport.py's: once ready, the worker writes one start
 report (READY_TOKEN) and then an end report per job, with the token
@@ -53,7 +58,6 @@ import functools
 from .endreport import report_printf
 from .wrapper import POSIX_LOGIN_SHELLS, is_posix_login_shell, login_shell_command, shell_quote
 
-STOP_FRAME = b"k\n"
 # The worker's one start report, once it is ready to run frames: what comes
 # before it on either stream (a login's rc files) is nobody's output, and
 # from then on a job starts as soon as its frame arrives, so the worker
@@ -120,42 +124,47 @@ _FORK = ("( clstr_seq=$2; eval \"$clstr_pre\"; clstr_c=$3; set --; eval \"$clstr
 _EXEC = ("{ clstr_seq=$2; eval \"$clstr_pre\"; exec $clstr_setsid \"${SHELL:-sh}\" -c \"$3\"; } "
          "2>&4 3<&- 4>&- 5<&- & ")
 
-# What stops a running job (a stop frame, or EOF: clstr or the connection
-# gone): TERM to its group, KILL 2 s later if anything of it is left.
+# What stops a running job (EOF on the frames: clstr stopping it, or
+# clstr or the connection gone): TERM to its group, KILL 2 s later if
+# anything of it is left.
 _KILL_LATER = ("for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -$job || exit; sleep 0.2; done; "
                "kill -KILL -$job $job; ")
 
-# The frames' reader, in bash: one process for the worker's life, started
-# before the first job.  It takes every line from fd 3 and hands the job
-# frames on to the worker through a pipe (fd 5); a stop frame, and EOF, it
-# turns into a signal to the worker, which is waiting for its job: USR1,
-# USR2 or URG by the count of frames it has handed on, modulo 3.  clstr
-# sends a frame only after the last job's end reports, and bash runs a
-# trap at the latest in the next `wait`, so the reader and the worker
-# (its count of jobs started, when the trap runs) are at most one frame
-# apart: the stop is for the worker's job (stopped if it still runs,
-# ignored if it has ended), for the next (stopped as it starts), or for the
-# one before (ignored).  The worker's state is one variable, set in one
-# step, since a trap may run between any two of its commands.  Without
-# bash, a watcher forked for each job reads the frames while it runs
-# (`_WATCH`): a fork more a job.
-_READER = ("exec 5< <({ trap '' HUP INT TERM USR1 USR2 URG; n=0; "
-           "clstr_signal() { case $((n % 3)) in 0) kill -USR1 $$;; 1) kill -USR2 $$;; "
-           "*) kill -URG $$;; esac; }; "
-           "while IFS= read -r line; do case $line in "
-           "\"j \"*) n=$((n+1)); printf '%s\\n' \"$line\";; \"o \"*) printf '%s\\n' \"$line\";; "
-           "k) clstr_signal;; esac; done; clstr_signal; } <&3 4>&-); exec 3<&-; "
-           "trap 'clstr_stop 0' USR1; trap 'clstr_stop 1' USR2; trap 'clstr_stop 2' URG; ")
-_STOP = ("clstr_stop() { clstr_p=$1; set -- $clstr_state; "
-         "case $(( (clstr_p - $1 % 3 + 3) % 3 )) in "
-         "1) clstr_pending=1;; "
-         "0) if [ $2 = live ]; then if [ -n \"$job\" ]; then clstr_term; "
-         "else clstr_pending=1; fi; fi;; esac; }; "
+# The frames' reader, in bash: `cat` copies them from fd 3 to the worker's
+# pipe (fd 5) for the worker's life, and once they end signals the worker
+# (USR1), which is then waiting for its job, or reading.  A process that
+# copies in bulk costs a job next to nothing (a shell reading the frames a
+# byte at a time, to look for a stop among them, cost a fifth of a job);
+# a stop is EOF, so no frame has to be read while a job runs.  Without
+# bash, a watcher forked for each job reads fd 3 while the job runs, to its
+# EOF (`_WATCH`): a fork more a job.
+_READER = ("exec 5< <({ trap '' HUP INT TERM; cat; kill -USR1 $$; } <&3 4>&-); exec 3<&-; "
+           "trap clstr_eof USR1; ")
+_STOP = ("clstr_eof() { clstr_end=1; if [ -n \"$job\" ]; then clstr_term; fi; }; "
          "clstr_term() { [ -n \"$clstr_killer\" ] && return; kill -TERM -$job $job; "
          "{ " + _KILL_LATER + "} >/dev/null 2>&1 4>&- 5<&- & clstr_killer=$!; }; ")
-_WATCH = ("{ while IFS= read -r line; do [ \"$line\" = k ] && break; done; "
+_WATCH = ("{ while IFS= read -r line; do :; done; "
           "kill -TERM -$job $job; " + _KILL_LATER + "} <&3 >/dev/null 2>&1 4>&- & "
           "clstr_killer=$!; ")
+
+
+def _job_function(start, watch):
+    """Shell text defining ``clstr_j``, which runs a job frame's job as
+    ``start`` (_FORK or _EXEC) does, beside ``watch`` (_WATCH, or
+    nothing), and writes its end reports."""
+    return (
+        "clstr_j() { " + start + "job=$!; "
+        "case $clstr_sig$clstr_end in ?*) clstr_early;; esac; " + watch +
+        "wait $job; code=$?; case $code in 129|1[3-9]?|2??) clstr_reap;; esac; "
+        "t=0.01; "
+        "while kill -0 -$job; do "
+        "sleep $t >/dev/null 2>&1 || sleep 1; "
+        "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
+        # The watcher (or a stop's killer) is gone before the end report:
+        # once clstr has it, the next frame may come.
+        "job=; if [ -n \"$clstr_killer\" ]; then "
+        "kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
+        + "%s}; " % _report("e%d", "\"$clstr_tok-$1\" \"$code\""))
 
 
 def worker_script(inline):
@@ -186,44 +195,35 @@ _BODY = (
     # A job's `kill $$` (the worker: its jobs share its $$) stops that
     # job, as it would stop a per-job wrapper's, and not the worker; it
     # may come before the worker has the job's pid.
-    "job=; clstr_sig=; clstr_n=0; clstr_state='0 done'; clstr_pending=; clstr_killer=; "
-    "clstr_tok=; clstr_pre=; "
-    "clstr_read=3; "
+    "job=; clstr_sig=; clstr_end=; clstr_killer=; clstr_tok=; clstr_pre=; clstr_read=3; "
     "clstr_pass() { if [ -n \"$job\" ]; then kill -$1 -$job; else clstr_sig=$1; fi; }; "
     "for sig in HUP INT TERM; do trap \"clstr_pass $sig\" $sig; done; "
     + _STOP +
     # bash alone can parse the reader (dash cannot, even in a branch not taken).
     "if [ -n \"$BASH_VERSION\" ]; then eval %s; clstr_read=5; fi; "
     % shell_quote(_READER.encode()).decode() +
-    "clstr_job() { clstr_n=$((clstr_n + 1)); clstr_state=\"$clstr_n live\"; "
-    "if [ -n \"$clstr_fork\" ]; then " + _FORK + "else " + _EXEC + "fi; "
-    "job=$!; if [ -n \"$clstr_sig\" ]; then kill -$clstr_sig -$job; clstr_sig=; fi; "
-    "if [ -n \"$clstr_pending\" ]; then clstr_pending=; clstr_term; fi; "
-    "if [ $clstr_read = 3 ]; then " + _WATCH + "fi; "
-    # `wait` returns early for a trap (a stop, a signal passed on) and,
-    # under job control, when the job is stopped (SIGSTOP: 128+19..22; at
-    # once while it stays stopped, and bash's `wait -f` too, if it was
-    # stopped first): wait until it is gone, then take its status (127:
-    # the first answer was its own).
-    "wait $job; code=$?; "
-    "while kill -0 $job; do case $code in 14[789]|150) sleep 0.05;; esac; "
+    # A signal to pass on, or the frames' end, may come before the worker
+    # has the job's pid.
+    "clstr_early() { if [ -n \"$clstr_sig\" ]; then kill -$clstr_sig -$job; clstr_sig=; fi; "
+    "if [ -n \"$clstr_end\" ]; then clstr_term; fi; }; "
+    # `wait` returns early (above 128) for a trap (the frames' end, a
+    # signal passed on) and, under job control, when the job is stopped
+    # (SIGSTOP: 128+19..22; at once while it stays stopped, and bash's
+    # `wait -f` too, if it was stopped first): wait until it is gone, then
+    # take its status (127: the first answer was its own).  Below 128 it
+    # is the job's own.
+    "clstr_reap() { while kill -0 $job; do case $code in 14[789]|150) sleep 0.05;; esac; "
     "wait $job; code=$?; done; "
-    "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; "
-    "t=0.01; "
-    "while kill -0 -$job; do "
-    "sleep $t >/dev/null 2>&1 || sleep 1; "
-    "case $t in 0.01) t=0.05;; 0.05) t=0.2;; 0.2) t=0.5;; *) t=1;; esac; done; "
-    # The watcher (or a stop's killer) is gone before the end report: once
-    # clstr has it, the next frame may come.
-    "clstr_state=\"$clstr_n done\"; job=; "
-    "if [ -n \"$clstr_killer\" ]; then "
-    "kill -KILL $clstr_killer; wait $clstr_killer; clstr_killer=; fi; "
-    + "%s}; " % _report("e%d", "\"$clstr_tok-$1\" \"$code\"")
+    "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; }; "
+    # The function for a job frame (``clstr_j NUMBER SEQ COMMAND``), as
+    # this worker starts its jobs.
+    "if [ -n \"$clstr_fork\" ]; then " + _job_function(_FORK, "") + "elif [ $clstr_read = 5 ]; then "
+    + _job_function(_EXEC, "") + "else " + _job_function(_EXEC, _WATCH) + "fi; "
+    "clstr_o() { clstr_tok=$1; clstr_pre=$2; }; "
     + _report("s", READY_TOKEN) +
+    # A frame is the call of a function: `clstr_` before its first word.
     "while IFS= read -r frame <&$clstr_read; do "
-    "case $frame in \"j \"*) eval \"set -- $frame\"; clstr_job \"$2\" \"$3\" \"$4\";; "
-    "\"o \"*) eval \"set -- $frame\"; clstr_tok=$2; clstr_pre=$3;; esac; "
-    "done")
+    "case $frame in [jo]\\ *) eval \"clstr_$frame\";; esac; done")
 
 
 # Started by any shell (the template's, or a login shell not known to be

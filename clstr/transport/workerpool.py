@@ -18,9 +18,9 @@ A worker that dies or is lost ends its running job as that transport's
 process would have ended (its ``classify_end``, or ssh's log: started
 without an end report is a lost connection, requeued); the slot's next job
 starts a new worker.
-A job that does not end within its stop grace after a stop frame leaves
-the worker untrusted: its stdin is closed and it is signalled, as a
-per-job process would be.
+A job is stopped as a per-job session's is: its worker's stdin is closed
+(the worker stops the job and reports its end), and its process signalled
+if it has not ended within the stop's grace; that worker then ends.
 """
 
 import itertools
@@ -28,7 +28,7 @@ import itertools
 from .endreport import RUN_TOKEN, ReportReader
 from .interface import AttemptHandler, Session, Transport
 from .prelude import slot_prelude
-from .worker import ACK_FRAME, NO_GROUP, READY_TOKEN, STOP_FRAME, job_frame, setup_frame
+from .worker import ACK_FRAME, NO_GROUP, READY_TOKEN, job_frame, setup_frame
 from .wrapper import command_on_stdin
 
 
@@ -108,7 +108,7 @@ class WorkerTransport(Transport):
         return self._base.describe_remote(slot, words)
 
     def shutdown(self):
-        # EOF: an idle worker exits, a running job is stopped by its watcher.
+        # EOF: an idle worker exits, a running job is stopped.
         for worker in list(self._workers.values()):
             worker.close()
         self._workers.clear()
@@ -158,11 +158,11 @@ class Worker(AttemptHandler):
     def close(self):
         self.process.stop(0)
 
-    def untrusted(self, grace):
-        """Its job outlived a stop frame's grace: stopped as a per-job
-        process is (stdin closed, then signals ``grace`` later).  Out of
-        the pool at once: with its stdin closed, a job sent to it would
-        never run, even if the stopped job still ends with its report."""
+    def stop_job(self, grace):
+        """Stop its job: EOF on its frames (the worker stops the job's
+        group, reports its end and exits), and the process stopped as a
+        per-job one is (signals ``grace`` later, if it has not ended).
+        Out of the pool at once: a job sent to it would never run."""
         self._gone(self)
         self.process.stop(grace)
 
@@ -214,7 +214,7 @@ class WorkerSession(Session):
     attempt's ReportReader) reads its stderr, a reader of the same token its
     stdout.  It ends at both end reports, or with its worker."""
 
-    __slots__ = ("_worker", "_attempt", "_handler", "reports", "_readers", "_grace", "_over",
+    __slots__ = ("_worker", "_attempt", "_handler", "reports", "_readers", "_stopped", "_over",
                  "_inner")
 
     def __init__(self, worker, attempt, handler):
@@ -224,7 +224,7 @@ class WorkerSession(Session):
         self.reports = reports = attempt.reports
         self._readers = {1: ReportReader(reports.token, before_start="drop", after_end="drop"),
                          2: reports}
-        self._grace = None
+        self._stopped = False
         self._over = False
         self._inner = None  # the session of its own it went on in (per_job)
 
@@ -265,22 +265,18 @@ class WorkerSession(Session):
         self._end(code, failure)
 
     def _end(self, code, failure):
-        if self._grace is not None:
-            self._grace.cancel()
         self._over = True
         self._handler.ended(code, failure)
 
     def stop(self, grace):
-        """Ask the worker to stop the job; a worker that has not ended it
-        ``grace`` seconds later is stopped itself (its stdin closed, then
-        signals)."""
+        """Stop the job: its worker's stop_job."""
         if self._inner is not None:
             self._inner.stop(grace)
             return
-        if self._over or self._grace is not None:
+        if self._over or self._stopped:
             return
-        self._worker.process.send(STOP_FRAME)
-        self._grace = self._worker.loop.call_later(grace, lambda: self._worker.untrusted(grace))
+        self._stopped = True
+        self._worker.stop_job(grace)
 
     def kill(self):
         (self._inner or self._worker.process).kill()
