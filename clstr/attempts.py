@@ -45,16 +45,15 @@ class Attempt(AttemptHandler):
     and what clstr itself did to it (``stopped``: a Failure if clstr
     stopped it).  Its transport reports to it, and it to ``attempts``."""
 
-    __slots__ = ("attempts", "job", "slot", "prelude", "command", "session", "out", "started",
-                 "received", "timer", "start_timer", "stopped", "reports")
+    __slots__ = ("attempts", "job", "slot", "_plan", "_prelude", "command", "session", "out",
+                 "started", "received", "timer", "start_timer", "stopped", "reports")
 
-    def __init__(self, attempts, job, slot, prelude, reports):
+    def __init__(self, attempts, job, slot, plan, reports):
         self.attempts = attempts
         self.job = job
         self.slot = slot
-        # The shell text the job's process runs first (its environment, its
-        # directory): built per attempt, as the slot and host differ.
-        self.prelude = prelude
+        self._plan = plan
+        self._prelude = None
         # What this attempt runs: a template's {%} and {host} are this
         # slot's (the job's own command keeps them as written).
         self.command = job.command_on(slot)
@@ -68,6 +67,15 @@ class Attempt(AttemptHandler):
         self.stopped = None
         # The wrapper's start and end reports (endreport.py).
         self.reports = reports
+
+    @property
+    def prelude(self):
+        """The shell text the job's process runs first (its environment,
+        its directory), for this slot and host: built when the transport
+        asks for it (a worker's job never does: its worker has the slot's)."""
+        if self._prelude is None:
+            self._prelude = attempt_prelude(self._plan, self.job, self.slot)
+        return self._prelude
 
     def output(self, stream, data):
         self.attempts.output(self, stream, data)
@@ -116,8 +124,7 @@ class Attempts:
     def start(self, job, slot):
         """Start ``job`` on ``slot``; returns whether it started (the owner
         hears why not)."""
-        attempt = Attempt(self, job, slot, attempt_prelude(self._plan, job, slot),
-                          self._transport.report_reader())
+        attempt = Attempt(self, job, slot, self._plan, self._transport.report_reader())
         try:
             attempt.out = self._delivery.open(job.seq, slot.host.name)
         except OSError as error:

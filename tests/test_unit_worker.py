@@ -236,25 +236,30 @@ def test_the_frames_end_right_behind_a_job_frame_stops_that_job(worker, tmp_path
     assert not marker.exists()
 
 
-def test_in_bash_a_job_started_after_the_frames_end_is_stopped_as_it_starts(worker, tmp_path):
+@pytest.mark.parametrize("shell", [shell for shell in SHELLS if shell != "dash-alone"])
+def test_in_bash_a_job_started_after_the_frames_end_is_stopped_as_it_starts(shell, tmp_path):
     # The end's signal may be taken before the worker has the job's pid
     # (between two commands of the worker's): it is kept for the job.  Made
     # certain here with a frame queued behind a running job (which clstr
     # never sends): the end stops the first job, then the second as it
     # starts.  Without bash the watcher reads the frames while a job runs:
     # the queued frame would be its.
-    if worker.shell == "dash-alone":
-        pytest.skip("a watcher per job reads the frames while the job runs")
-    started = tmp_path / "started"
-    marker = tmp_path / "ran-on"
-    first = worker.start(b"touch %s; sleep 300" % os.fsencode(started))
-    wait_until(started.exists, what="the first job to start")
-    second = worker.start(b"sleep 2; touch %s" % os.fsencode(marker))
-    worker.process.stdin.close()
-    assert worker.finish(first)[0] == 143
-    assert worker.finish(second)[0] == 143
-    assert worker.process.wait(timeout=30) == 0
-    assert not marker.exists()
+    worker = LocalWorker(shell, str(tmp_path))
+    try:
+        started = tmp_path / "started"
+        marker = tmp_path / "ran-on"
+        first = worker.start(b"touch %s; sleep 300" % os.fsencode(started))
+        wait_until(started.exists, what="the first job to start")
+        second = worker.start(b"sleep 2; touch %s" % os.fsencode(marker))
+        worker.process.stdin.close()
+        assert worker.finish(first)[0] == 143
+        assert worker.finish(second)[0] == 143
+        assert worker.process.wait(timeout=30) == 0
+        assert not marker.exists()
+    finally:
+        if worker.process.poll() is None:
+            worker.process.kill()
+        worker.process.wait()
 
 
 def test_with_bash_one_reader_takes_the_frames_and_a_job_is_one_process(worker, tmp_path):

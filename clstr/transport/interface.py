@@ -57,26 +57,36 @@ WRITE_SIZE = 65536
 
 
 class StdinWriter:
-    """Writes ``data`` (bytes) to the pipe ``fd`` from ``loop`` as fast as
-    its reader takes it, never blocking the loop (a pipe holds 64 KiB, a big
-    job's command megabytes).  ``cancel()`` must come before ``fd`` is
-    closed.  A reader that has gone (EPIPE) ends the writing quietly: how
-    the attempt ends says why."""
+    """Writes bytes (``data``, then each ``send``'s) to the pipe ``fd`` from
+    ``loop`` as fast as its reader takes them, in order, never blocking the
+    loop (a pipe holds 64 KiB, a big job's command megabytes).  ``cancel()``
+    must come before ``fd`` is closed.  A reader that has gone (EPIPE) ends
+    the writing quietly: how the attempt ends says why."""
 
     __slots__ = ("_loop", "_fd", "_rest", "_watched")
 
     def __init__(self, loop, fd, data):
         self._loop = loop
         self._fd = fd
-        self._rest = memoryview(data)
+        self._rest = b""
+        self._watched = False
         os.set_blocking(fd, False)
+        self.send(data)
+
+    def send(self, data):
+        """Write ``data`` after what is not written yet."""
+        if self._fd is None:
+            return
+        if self._rest:
+            self._rest = bytes(self._rest) + data
+            return
         # Most writes (a worker's frames) fit in the pipe at once: the loop
         # is asked to wait only for what does not.
-        self._watched = False
+        self._rest = memoryview(data)
         self._write()
-        if self._fd is not None:
+        if self._rest and not self._watched:
             self._watched = True
-            loop.add_writer(fd, self._write)
+            self._loop.add_writer(self._fd, self._write)
 
     def _write(self):
         try:
@@ -87,14 +97,9 @@ class StdinWriter:
             self.cancel()
             return
         self._rest = self._rest[written:]
-        if not self._rest:
-            self.cancel()
-
-    def take_rest(self):
-        """Stop writing; returns what was not written yet."""
-        rest = bytes(self._rest or b"")
-        self.cancel()
-        return rest
+        if not self._rest and self._watched:
+            self._watched = False
+            self._loop.remove_writer(self._fd)
 
     def cancel(self):
         if self._fd is not None:
@@ -169,10 +174,11 @@ class AttemptHandler:
 
 def write_after(loop, writer, fd, data):
     """A StdinWriter writing ``data`` to ``fd`` after what ``writer`` (the
-    last one, or None) has not written yet."""
-    if writer is not None:
-        data = writer.take_rest() + data
-    return StdinWriter(loop, fd, data)
+    last one for ``fd``, or None) has not written yet: ``writer`` itself."""
+    if writer is None:
+        return StdinWriter(loop, fd, data)
+    writer.send(data)
+    return writer
 
 
 def stdin_ends(stdin_data):

@@ -246,7 +246,7 @@ class WorkerSession(Session):
         data = self._readers[stream].feed(data)
         if data:
             self._handler.output(stream, data)
-        if all(reader.ended for reader in self._readers.values()):
+        if self._readers[1].ended and self._readers[2].ended:
             self._worker.job = None
             self._end(None, None)
         else:
