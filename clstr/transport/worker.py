@@ -217,8 +217,9 @@ _BODY = (
     "wait $job; clstr_c=$?; [ $clstr_c = 127 ] || code=$clstr_c; }; "
     # The function for a job frame (``clstr_j NUMBER SEQ COMMAND``), as
     # this worker starts its jobs.
-    "if [ -n \"$clstr_fork\" ]; then " + _job_function(_FORK, "") + "elif [ $clstr_read = 5 ]; then "
-    + _job_function(_EXEC, "") + "else " + _job_function(_EXEC, _WATCH) + "fi; "
+    "if [ -n \"$clstr_fork\" ]; then " + _job_function(_FORK, "")
+    + "elif [ $clstr_read = 5 ]; then " + _job_function(_EXEC, "")
+    + "else " + _job_function(_EXEC, _WATCH) + "fi; "
     "clstr_o() { clstr_tok=$1; clstr_pre=$2; }; "
     + _report("s", READY_TOKEN) +
     # A frame is the call of a function: `clstr_` before its first word.
