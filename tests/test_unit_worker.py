@@ -193,13 +193,21 @@ def test_a_job_holds_none_of_the_workers_fds(worker):
     assert worker.run(probe) == (0, b"ok\n", b"")
 
 
+def process_state(pid):
+    """``pid``'s state and parent from /proc ((b"R", 1) say), None once it
+    is gone."""
+    try:
+        with open("/proc/%s/stat" % pid, "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
 def alive(pid):
     """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
+    state = process_state(pid)
+    return state is not None and state[0] != b"Z"
 
 
 def test_the_frames_end_stops_the_jobs_group_reports_its_end_and_the_worker_exits(
@@ -220,10 +228,14 @@ def test_the_frames_end_stops_the_jobs_group_reports_its_end_and_the_worker_exit
     assert worker.process.wait(timeout=30) == 0
 
 
-def test_lines_that_are_no_frame_are_ignored(worker):
+def test_lines_that_are_no_frame_are_ignored(worker, tmp_path):
+    # Each would leave a mark if the worker ran it as shell text.
+    marks = [tmp_path / name for name in ("k", "x", "jo")]
     assert worker.run(b"true")[0] == 0
-    worker.send(b"k\n\ngarbage\nx j 1 1 touch\n")
+    worker.send(b"k; touch %s\n\ngarbage\nx j 1 1 touch %s\njo;touch %s\n"
+                % tuple(os.fsencode(mark) for mark in marks))
     assert worker.run(b"echo still") == (0, b"still\n", b"")
+    assert not any(mark.exists() for mark in marks)
 
 
 def test_the_frames_end_right_behind_a_job_frame_stops_that_job(worker, tmp_path):
@@ -293,10 +305,7 @@ def test_a_job_stopped_and_continued_reports_its_own_exit_status(worker, tmp_pat
     wait_until(pid_file.exists, what="the job to write its pid")
     pid = int(pid_file.read_text())
 
-    def stopped():
-        with open("/proc/%d/stat" % pid) as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
-    wait_until(stopped, what="the job to stop itself")
+    wait_until(lambda: process_state(pid)[0] == b"T", what="the job to stop itself")
     os.kill(pid, signal.SIGCONT)
     assert worker.finish(token) == (7, b"", b"")
 
@@ -305,12 +314,8 @@ def children(pid):
     """The pids of ``pid``'s live child processes."""
     found = []
     for entry in os.listdir("/proc"):
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != b"Z":
+        state = process_state(entry) if entry.isdigit() else None
+        if state is not None and state[0] != b"Z" and state[1] == pid:
             found.append(int(entry))
     return found
 

@@ -214,8 +214,7 @@ class WorkerSession(Session):
     attempt's ReportReader) reads its stderr, a reader of the same token its
     stdout.  It ends at both end reports, or with its worker."""
 
-    __slots__ = ("_worker", "_attempt", "_handler", "reports", "_readers", "_stopped", "_over",
-                 "_inner")
+    __slots__ = ("_worker", "_attempt", "_handler", "reports", "_readers", "_over", "_inner")
 
     def __init__(self, worker, attempt, handler):
         self._worker = worker
@@ -224,7 +223,6 @@ class WorkerSession(Session):
         self.reports = reports = attempt.reports
         self._readers = {1: ReportReader(reports.token, before_start="drop", after_end="drop"),
                          2: reports}
-        self._stopped = False
         self._over = False
         self._inner = None  # the session of its own it went on in (per_job)
 
@@ -273,10 +271,10 @@ class WorkerSession(Session):
         if self._inner is not None:
             self._inner.stop(grace)
             return
-        if self._over or self._stopped:
-            return
-        self._stopped = True
-        self._worker.stop_job(grace)
+        # stop_job again is nothing: its worker left the pool and its
+        # process's stop holds the first grace.
+        if not self._over:
+            self._worker.stop_job(grace)
 
     def kill(self):
         (self._inner or self._worker.process).kill()
