@@ -5,10 +5,7 @@ import os
 import random
 
 from .exec import ExecTransport
-from .masters import MasterSet
-from .mux import MuxTransport
 from .slurm import SlurmTransport
-from .ssh import SshTransport
 from .workerpool import WorkerTransport
 
 
@@ -25,6 +22,11 @@ def transport_for(plan, loop, private, pool, events, masters=None, shuffle=rando
         else:
             base = ExecTransport(plan.exec_words, loop)
         return WorkerTransport(base, loop, plan) if plan.workers else base
+    # Imported here: an --exec or --slurm run, which starts in a few tenths
+    # of a second, need not load ssh's masters and mux client (~6 ms).
+    from .masters import MasterSet
+    from .mux import MuxTransport
+    from .ssh import SshTransport
     transport = SshTransport(plan.ssh, loop, private)
     if plan.multiplex:
         if masters is None:
