@@ -124,6 +124,28 @@ def test_the_next_job_on_a_ready_worker_starts_with_its_frame():
     assert handler.out == {1: b"two", 2: b"err"} and second.status == 3
 
 
+def test_every_chunk_but_a_jobs_last_is_answered_the_ready_reports_too():
+    # Through srun each stream is a message of its own, and the second
+    # waits (Nagle) for the first's ACK, which comes at once only with
+    # data: clstr's ACK_FRAME.  The ready reports count: a second job
+    # waited 44 ms for it.
+    base = StandInBase()
+    transport = WorkerTransport(base, loop=None, plan=PLAN)
+    reports, handler = start_job(transport)
+    process = base.processes[0]
+    worker = process.handler
+    frames = len(process.sent)
+    worker.output(1, b"motd\n")
+    worker.output(1, READY)
+    worker.output(2, READY)
+    assert process.sent[frames:] == [ACK_FRAME] * 3
+    worker.output(1, b"hi\n" + end_report(reports, 0))
+    assert process.sent[frames:] == [ACK_FRAME] * 4
+    # The chunk that ends the job is answered by the next frame, if any.
+    worker.output(2, end_report(reports, 0))
+    assert process.sent[frames:] == [ACK_FRAME] * 4 and len(handler.ends) == 1
+
+
 def test_a_worker_that_cannot_give_a_job_a_group_hands_its_hosts_jobs_to_sessions():
     base = StandInBase()
     transport = WorkerTransport(base, loop=None, plan=PLAN)

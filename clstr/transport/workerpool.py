@@ -169,17 +169,23 @@ class Worker(AttemptHandler):
     # -- what the worker's process says (it is its AttemptHandler) ------------
 
     def output(self, stream, data):
+        """Each chunk of the worker's output is answered (ACK_FRAME), but
+        the one that ends its job: the next frame answers that one.  The
+        ready reports too: a second job waited 44 ms for the ACK of the
+        first's through srun."""
         reader = self._until_ready[stream]
         if reader is not None:
             data = reader.feed(data)
-            if not reader.started:
+            if reader.started:
+                self._until_ready[stream] = None
+                if self.job is not None:
+                    self.job.started([stream])
+            else:
                 self._no_group = NO_GROUP in reader.said_before_start
-                return
-            self._until_ready[stream] = None
-            if self.job is not None:
-                self.job.started([stream])
-        if self.job is not None and data:
-            self.job.output(stream, data)
+                data = b""
+        if self.job is not None and data and self.job.output(stream, data):
+            return
+        self.process.send(ACK_FRAME)
 
     def _classify(self, code, stderr_tail, done):
         """As a ProcessSession's ``classify_end``: the transport's
@@ -241,14 +247,16 @@ class WorkerSession(Session):
             self._readers[stream].start()
 
     def output(self, stream, data):
+        """Pass on the job's part of ``data``; True once the job has ended
+        (both end reports read)."""
         data = self._readers[stream].feed(data)
         if data:
             self._handler.output(stream, data)
         if self._readers[1].ended and self._readers[2].ended:
             self._worker.job = None
             self._end(None, None)
-        else:
-            self._worker.process.send(ACK_FRAME)
+            return True
+        return False
 
     def unstarted(self, error):
         self._over = True
