@@ -12,7 +12,6 @@ import os
 from ..errors import LocalIOError
 from ..failures import Kind
 from ..userfiles import write_all
-from .gathered import Gathering
 from .lines import LINE_ENDS, LineAssembler, final_line_end
 from .ordering import Ordering
 from .sinks import SpillBuffer
@@ -170,7 +169,11 @@ class Delivery:
         self._tag = tag
         self._group = group
         self._output_dir = output_dir  # an open userfiles.OutputDir
-        self._gathering = Gathering(sinks) if gather else None
+        self._gathering = None
+        if gather:
+            # Only now: its sha256 (hashlib, OpenSSL) costs a start ~5 ms.
+            from .gathered import Gathering
+            self._gathering = Gathering(sinks)
         self._ordering = Ordering(sinks) if keep_order else None
 
     def open(self, seq, host):
