@@ -401,6 +401,36 @@ def run_one(results, scenario, tool, argv, reps, env, jobs=None, reference=False
     return result
 
 
+def run_interleaved(results, scenario, runs, reps):
+    """Like run_one for each of ``runs`` ((tool, argv, env, jobs, reference,
+    options) each), a repetition of each in turn: on a shared machine a slow
+    spell then falls on every tool of the row alike, not on one.  Returns
+    their Results by tool."""
+    runs = [run for run in runs if not CLSTR_ONLY or run[0].startswith("clstr")]
+    measured = {tool: ([], "", []) for tool, *_ in runs}
+    for _ in range(reps):
+        for tool, argv, env, _, _, options in runs:
+            times, note, counts = measured[tool]
+            if argv is None or note:
+                continue
+            more, note, more_counts = measure(argv, 1, env=env, **options)
+            measured[tool] = (times + more, note, counts + more_counts)
+    found = {}
+    for tool, argv, _, jobs, reference, _ in runs:
+        times, note, counts = measured[tool]
+        if argv is None:
+            note = "n/a (not installed)"
+        result = Result(scenario, tool, times if not note else [], note, jobs, reference,
+                        counts)
+        shown = ("%.2f s" % result.median) if result.times else note
+        if counts:
+            shown += "  (%d logins, %d remote commands)" % counts[-1]
+        print("  %-34s%s" % (tool, shown), flush=True)
+        results.append(result)
+        found[tool] = result
+    return found
+
+
 # -- scenarios ----------------------------------------------------------------
 
 def _job_file(tools, name, count):
@@ -593,15 +623,16 @@ def workers_over_ssh(tools, results, reps, jobs_count, slots_jobs_count):
         jobs = _job_file(tools, "true-jobs-workers-%d" % count, count)
         nodes = [arg for host in hosts * slots for arg in ("-n", host)]
         masters = _masters(hosts, slots)
-        run_one(results, scenario, "clstr", tools.clstr(*nodes, "-J", jobs), reps, tools.env,
-                count, reference=True, counter=tools.counter,
-                expect=Expect(masters_up(masters), exactly(count), 1))
         memory = MemorySampler()
-        result = run_one(results, scenario, "clstr --workers",
-                         tools.clstr("--workers", *nodes, "-J", jobs), reps, tools.env, count,
-                         counter=tools.counter, sampler=memory,
-                         # One session per slot, not per job.
-                         expect=Expect(masters_up(masters), exactly(len(hosts) * slots), 1))
+        result = run_interleaved(results, scenario, [
+            ("clstr", tools.clstr(*nodes, "-J", jobs), tools.env, count, True,
+             dict(counter=tools.counter, expect=Expect(masters_up(masters), exactly(count), 1))),
+            ("clstr --workers", tools.clstr("--workers", *nodes, "-J", jobs), tools.env, count,
+             False, dict(counter=tools.counter, sampler=memory,
+                         # A session per slot, not per job (a short run's
+                         # late slots may get no job: --quick).
+                         expect=Expect(masters_up(masters), (1, len(hosts) * slots), 1)))],
+            reps).get("clstr --workers")
         if result and result.times:
             result.extra = "clstr peak RSS %.1f MiB" % (memory.peak_self / 1024)
             print("    " + result.extra, flush=True)
@@ -764,17 +795,16 @@ def slurm(tools, results, reps, jobs_count):
         salloc = ["salloc", "--quiet", "-N%d" % len(nodes), "-n4"]
         with LoopbackSlurm(nodes=nodes, cpus=cpus) as cluster:
             env = dict(cluster.env(), PATH=tools.env["PATH"])
-            run_one(results, scenario, "clstr --slurm",
-                    salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs], reps, env,
-                    jobs_count, reference=True)
-            # A worker per slot: 4 steps, not one per job (tests/slurm
-            # counts them).
-            run_one(results, scenario, "clstr --slurm --workers",
-                    salloc + [sys.executable, tools.pyz, "--slurm", "--workers", "-J", jobs],
-                    reps, env, jobs_count)
-            run_one(results, scenario, "xargs -P 4 + srun",
-                    salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"], reps, env,
-                    jobs_count, stdin_path=jobs)
+            run_interleaved(results, scenario, [
+                ("clstr --slurm", salloc + [sys.executable, tools.pyz, "--slurm", "-J", jobs],
+                 env, jobs_count, True, {}),
+                # A worker per slot: 4 steps, not one per job (tests/slurm
+                # counts them).
+                ("clstr --slurm --workers",
+                 salloc + [sys.executable, tools.pyz, "--slurm", "--workers", "-J", jobs], env,
+                 jobs_count, False, {}),
+                ("xargs -P 4 + srun", salloc + ["xargs", "-P", "4", "-I{}"] + srun + ["true"],
+                 env, jobs_count, False, dict(stdin_path=jobs))], reps)
 
 
 def start_up(tools, results, reps):
