@@ -623,10 +623,13 @@ def workers_over_ssh(tools, results, reps, jobs_count, slots_jobs_count):
         jobs = _job_file(tools, "true-jobs-workers-%d" % count, count)
         nodes = [arg for host in hosts * slots for arg in ("-n", host)]
         masters = _masters(hosts, slots)
-        memory = MemorySampler()
+        # Both sampled alike (their own RSS only: walking /proc for the
+        # helpers too cost the sampled run CPU the other did not pay).
+        memory = MemorySampler(helpers=False)
         result = run_interleaved(results, scenario, [
             ("clstr", tools.clstr(*nodes, "-J", jobs), tools.env, count, True,
-             dict(counter=tools.counter, expect=Expect(masters_up(masters), exactly(count), 1))),
+             dict(counter=tools.counter, sampler=MemorySampler(helpers=False),
+                  expect=Expect(masters_up(masters), exactly(count), 1))),
             ("clstr --workers", tools.clstr("--workers", *nodes, "-J", jobs), tools.env, count,
              False, dict(counter=tools.counter, sampler=memory,
                          # A session per slot, not per job (a short run's
@@ -810,8 +813,10 @@ def slurm(tools, results, reps, jobs_count):
 def start_up(tools, results, reps):
     scenario = "start-up (--version)"
     print(scenario, flush=True)
-    run_one(results, scenario, "clstr.pyz --version", [tools.pyz, "--version"], reps, tools.env,
-            reference=True)
+    # Both under this interpreter: `./clstr.pyz` would run whichever
+    # python3 PATH finds first (here once a pyenv shim, 0.2 s by itself).
+    run_one(results, scenario, "python3 clstr.pyz --version",
+            [sys.executable, tools.pyz, "--version"], reps, tools.env, reference=True)
     run_one(results, scenario, "python3 -c pass", [sys.executable, "-c", "pass"], reps,
             tools.env)
 

@@ -70,8 +70,8 @@ READY_TOKEN = "ready"
 # wrapper make the group.  Not a report, so it is looked for among what
 # comes before the ready report, however the stream is cut.
 NO_GROUP = b"\x1eclstr-no-process-group\n"
-# Sent back for each chunk of a running job's output, and ignored by the
-# worker.  srun's I/O to its step is one TCP connection with Nagle's
+# Sent back for each chunk the worker writes (its ready reports, a job's
+# output) but a job's last, and ignored by the worker.  srun's I/O to its step is one TCP connection with Nagle's
 # algorithm on both ends: the worker's reports and output are several small
 # messages in a row, and each after the first waits for an ACK that srun
 # delays by 40 ms unless it has something to send back.  So clstr always
