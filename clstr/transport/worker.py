@@ -71,11 +71,12 @@ READY_TOKEN = "ready"
 # comes before the ready report, however the stream is cut.
 NO_GROUP = b"\x1eclstr-no-process-group\n"
 # Sent back for each chunk the worker writes (its ready reports, a job's
-# output) but a job's last, and ignored by the worker.  srun's I/O to its step is one TCP connection with Nagle's
-# algorithm on both ends: the worker's reports and output are several small
-# messages in a row, and each after the first waits for an ACK that srun
-# delays by 40 ms unless it has something to send back.  So clstr always
-# has: a job then costs 2-3 ms through srun instead of 44.
+# output) but a job's last, and ignored by the worker.  srun's I/O to its
+# step is one TCP connection with Nagle's algorithm on both ends: the
+# worker's reports and output are several small messages in a row, and each
+# after the first waits for an ACK that srun delays by 40 ms unless it has
+# something to send back.  So clstr always has: a job then costs 2-3 ms
+# through srun instead of 44.
 ACK_FRAME = b"\n"
 
 
