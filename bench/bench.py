@@ -815,7 +815,7 @@ def start_up(tools, results, reps):
     print(scenario, flush=True)
     # Both under this interpreter: `./clstr.pyz` would run whichever
     # python3 PATH finds first (here once a pyenv shim, 0.2 s by itself).
-    run_one(results, scenario, "python3 clstr.pyz --version",
+    run_one(results, scenario, "clstr.pyz --version (python3)",
             [sys.executable, tools.pyz, "--version"], reps, tools.env, reference=True)
     run_one(results, scenario, "python3 -c pass", [sys.executable, "-c", "pass"], reps,
             tools.env)

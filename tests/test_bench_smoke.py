@@ -42,7 +42,7 @@ def test_benchmark_quick_run_counts_every_job_once(cluster, tmp_path):
                                            "clstr (ssh = fakessh)",
                                            "clstr -j template (ssh = fakessh)",
                                            "clstr --workers (exec = env)",
-                                           "python3 clstr.pyz --version",
+                                           "clstr.pyz --version (python3)",
                                            "clstr -E true --send"}, rows
 
     def counts(scenario, tool):
