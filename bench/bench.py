@@ -393,12 +393,17 @@ def run_one(results, scenario, tool, argv, reps, env, jobs=None, reference=False
     print("  %-34s" % tool, end="", flush=True)
     times, note, counts = measure(argv, reps, env=env, **kwargs)
     result = Result(scenario, tool, times, note, jobs, reference, counts)
-    shown = ("%.2f s" % result.median) if times else note
-    if counts:
-        shown += "  (%d logins, %d remote commands)" % counts[-1]
-    print(shown, flush=True)
+    print(_summary(result), flush=True)
     results.append(result)
     return result
+
+
+def _summary(result):
+    """What the progress output says of a measured tool."""
+    shown = ("%.2f s" % result.median) if result.times else result.note
+    if result.counts:
+        shown += "  (%d logins, %d remote commands)" % result.counts[-1]
+    return shown
 
 
 def run_interleaved(results, scenario, runs, reps):
@@ -422,10 +427,7 @@ def run_interleaved(results, scenario, runs, reps):
             note = "n/a (not installed)"
         result = Result(scenario, tool, times if not note else [], note, jobs, reference,
                         counts)
-        shown = ("%.2f s" % result.median) if result.times else note
-        if counts:
-            shown += "  (%d logins, %d remote commands)" % counts[-1]
-        print("  %-34s%s" % (tool, shown), flush=True)
+        print("  %-34s%s" % (tool, _summary(result)), flush=True)
         results.append(result)
         found[tool] = result
     return found
@@ -623,22 +625,23 @@ def workers_over_ssh(tools, results, reps, jobs_count, slots_jobs_count):
         jobs = _job_file(tools, "true-jobs-workers-%d" % count, count)
         nodes = [arg for host in hosts * slots for arg in ("-n", host)]
         masters = _masters(hosts, slots)
-        # Both sampled alike (their own RSS only: walking /proc for the
-        # helpers too cost the sampled run CPU the other did not pay).
-        memory = MemorySampler(helpers=False)
-        result = run_interleaved(results, scenario, [
+        # Both sampled alike, their own RSS only (walking /proc for the
+        # helpers too took CPU from the runs of one of them).
+        memory = {tool: MemorySampler(helpers=False) for tool in ("clstr", "clstr --workers")}
+        found = run_interleaved(results, scenario, [
             ("clstr", tools.clstr(*nodes, "-J", jobs), tools.env, count, True,
-             dict(counter=tools.counter, sampler=MemorySampler(helpers=False),
+             dict(counter=tools.counter, sampler=memory["clstr"],
                   expect=Expect(masters_up(masters), exactly(count), 1))),
             ("clstr --workers", tools.clstr("--workers", *nodes, "-J", jobs), tools.env, count,
-             False, dict(counter=tools.counter, sampler=memory,
+             False, dict(counter=tools.counter, sampler=memory["clstr --workers"],
                          # A session per slot, not per job (a short run's
                          # late slots may get no job: --quick).
                          expect=Expect(masters_up(masters), (1, len(hosts) * slots), 1)))],
-            reps).get("clstr --workers")
-        if result and result.times:
-            result.extra = "clstr peak RSS %.1f MiB" % (memory.peak_self / 1024)
-            print("    " + result.extra, flush=True)
+            reps)
+        for tool, result in found.items():
+            if result.times:
+                result.extra = "clstr peak RSS %.1f MiB" % (memory[tool].peak_self / 1024)
+                print("    %s: %s" % (tool, result.extra), flush=True)
 
 
 def once_on_each_node(tools, results, reps, count):
